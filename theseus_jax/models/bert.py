@@ -1,0 +1,390 @@
+"""BERT in Flax linen, with submodules named as in Hugging Face's `modeling_bert`.
+
+The names matter: converting a PyTorch checkpoint is then a short table
+(`theseus_jax.convert`), and the encoder keeps its layers as a list of modules
+(`encoder/layer_{i}`) so that Theseus Compression can run them one module at a time.
+
+All heads take an optional encoder factory (`encoder_factory=`), which is how the
+Theseus encoder (`theseus_jax.compression.theseus`) plugs in without copying the
+embeddings, pooler or heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Fields of HF's BertConfig that this implementation reads; the rest of config.json is
+# ignored on load and written back with HF's defaults on save.
+_HF_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "pad_token_id",
+    "classifier_dropout",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Mirror of Hugging Face's `BertConfig` fields, plus the compute dtype."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None
+    num_labels: int = 2
+    # Compute dtype of matmuls ("float32" or "bfloat16"); parameters stay float32 and
+    # LayerNorm, softmax and losses are computed in float32.
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not a multiple of "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}"
+            )
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes: Any) -> "BertConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], num_labels: int | None = None) -> "BertConfig":
+        """Builds a config from a Hugging Face `config.json` dictionary."""
+        kwargs = {k: d[k] for k in _HF_FIELDS if k in d}
+        if num_labels is not None:
+            kwargs["num_labels"] = num_labels
+        elif "id2label" in d:
+            kwargs["num_labels"] = len(d["id2label"])
+        return cls(**kwargs)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The `config.json` contents that transformers' `BertConfig` reads back."""
+        d = {k: getattr(self, k) for k in _HF_FIELDS}
+        d.update(
+            model_type="bert",
+            position_embedding_type="absolute",
+            id2label={str(i): f"LABEL_{i}" for i in range(self.num_labels)},
+            label2id={f"LABEL_{i}": i for i in range(self.num_labels)},
+        )
+        return d
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # BERT's "gelu" is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(config.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32, name=name)
+
+
+def attention_bias(attention_mask: Array, dtype: jnp.dtype = jnp.float32) -> Array:
+    """HF's additive mask: 0 where attended, the dtype's minimum where padded; [B, 1, 1, L]."""
+    mask = attention_mask[:, None, None, :].astype(dtype)
+    return (1.0 - mask) * jnp.finfo(dtype).min
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        init = nn.initializers.normal(cfg.initializer_range)
+        word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, name="word_embeddings")
+        position = nn.Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init, name="position_embeddings"
+        )
+        token_type = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init, name="token_type_embeddings")
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        hidden = word(input_ids) + position(positions) + token_type(token_type_ids)
+        hidden = _layer_norm(cfg)(hidden)
+        return nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, bias: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        heads = cfg.num_attention_heads
+        head_dim = cfg.hidden_size // heads
+
+        def split(x: Array) -> Array:  # [B, L, H] -> [B, L, heads, head_dim]
+            return x.reshape(x.shape[:-1] + (heads, head_dim))
+
+        query = split(_dense(cfg, cfg.hidden_size, "query")(hidden))
+        key = split(_dense(cfg, cfg.hidden_size, "key")(hidden))
+        value = split(_dense(cfg, cfg.hidden_size, "value")(hidden))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        scores = scores / jnp.sqrt(jnp.float32(head_dim)) + bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+        return context.reshape(context.shape[:2] + (cfg.hidden_size,))
+
+
+class BertSelfOutput(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        hidden = _dense(cfg, cfg.hidden_size, "dense")(hidden)
+        hidden = nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+        return _layer_norm(cfg)(hidden + residual)
+
+
+class BertAttention(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, bias: Array, deterministic: bool) -> Array:
+        context = BertSelfAttention(self.config, name="self")(hidden, bias, deterministic)
+        return BertSelfOutput(self.config, name="output")(context, hidden, deterministic)
+
+
+class BertIntermediate(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array) -> Array:
+        hidden = _dense(self.config, self.config.intermediate_size, "dense")(hidden)
+        return ACTIVATIONS[self.config.hidden_act](hidden)
+
+
+class BertOutput(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, residual: Array, deterministic: bool) -> Array:
+        cfg = self.config
+        hidden = _dense(cfg, cfg.hidden_size, "dense")(hidden)
+        hidden = nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
+        return _layer_norm(cfg)(hidden + residual)
+
+
+class BertLayer(nn.Module):
+    """One transformer block: `hidden [B, L, H] -> hidden [B, L, H]`."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, bias: Array, deterministic: bool = True) -> Array:
+        attended = BertAttention(self.config, name="attention")(hidden, bias, deterministic)
+        intermediate = BertIntermediate(self.config, name="intermediate")(attended)
+        return BertOutput(self.config, name="output")(intermediate, attended, deterministic)
+
+
+class BertEncoder(nn.Module):
+    """The plain stack of `num_hidden_layers` layers (`layer_0`, `layer_1`, ...)."""
+
+    config: BertConfig
+
+    def setup(self) -> None:
+        self.layer = [BertLayer(self.config) for _ in range(self.config.num_hidden_layers)]
+
+    def __call__(
+        self, hidden: Array, bias: Array, deterministic: bool = True, output_hidden_states: bool = False
+    ) -> tuple[Array, tuple[Array, ...]]:
+        """Returns the last hidden state and, if asked, the input plus every layer's output."""
+        states = (hidden,)
+        for layer in self.layer:
+            hidden = layer(hidden, bias, deterministic)
+            states += (hidden,)
+        return hidden, states if output_hidden_states else ()
+
+
+class BertPooler(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array) -> Array:
+        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense")(hidden[:, 0]))
+
+
+@dataclasses.dataclass
+class BertOutputs:
+    last_hidden_state: Array
+    pooler_output: Array | None
+    hidden_states: tuple[Array, ...]
+
+
+jax.tree_util.register_dataclass(
+    BertOutputs, data_fields=["last_hidden_state", "pooler_output", "hidden_states"], meta_fields=[]
+)
+
+
+class BertModel(nn.Module):
+    """Embeddings, encoder and (optionally) pooler.
+
+    `encoder_factory(name=...)` builds a replacement for the plain `BertEncoder`; it is
+    called as `encoder(hidden, bias, deterministic, output_hidden_states, **encoder_kwargs)`.
+    """
+
+    config: BertConfig
+    add_pooling_layer: bool = True
+    encoder_factory: Callable[..., nn.Module] | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        **encoder_kwargs: Any,
+    ) -> BertOutputs:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        hidden = BertEmbeddings(self.config, name="embeddings")(input_ids, token_type_ids, deterministic)
+        hidden = hidden.astype(self.config.compute_dtype)
+        make_encoder = self.encoder_factory or functools.partial(BertEncoder, self.config)
+        encoder = make_encoder(name="encoder")
+        bias = attention_bias(attention_mask)
+        hidden, states = encoder(hidden, bias, deterministic, output_hidden_states, **encoder_kwargs)
+        pooled = BertPooler(self.config, name="pooler")(hidden) if self.add_pooling_layer else None
+        return BertOutputs(hidden, pooled, states)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array) -> Array:
+        hidden = _dense(self.config, self.config.hidden_size, "dense")(hidden)
+        hidden = ACTIVATIONS[self.config.hidden_act](hidden)
+        return _layer_norm(self.config)(hidden)
+
+
+class BertLMPredictionHead(nn.Module):
+    """Transform, then the decoder tied to the word embeddings, plus an output bias."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
+        hidden = BertPredictionHeadTransform(self.config, name="transform")(hidden)
+        bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,), jnp.float32)
+        logits = jnp.einsum(
+            "blh,vh->blv",
+            hidden.astype(self.config.compute_dtype),
+            word_embeddings.astype(self.config.compute_dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return logits + bias
+
+
+class BertOnlyMLMHead(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
+        return BertLMPredictionHead(self.config, name="predictions")(hidden, word_embeddings)
+
+
+class BertForMaskedLM(nn.Module):
+    """Returns MLM logits `[B, L, vocab]` (float32)."""
+
+    config: BertConfig
+    encoder_factory: Callable[..., nn.Module] | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        deterministic: bool = True,
+        **encoder_kwargs: Any,
+    ) -> Array:
+        bert = BertModel(self.config, add_pooling_layer=False, encoder_factory=self.encoder_factory, name="bert")
+        outputs = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs)
+        word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+        return BertOnlyMLMHead(self.config, name="cls")(outputs.last_hidden_state, word_embeddings)
+
+
+class BertForSequenceClassification(nn.Module):
+    """Returns class logits `[B, num_labels]` (float32) from the pooled [CLS] state."""
+
+    config: BertConfig
+    encoder_factory: Callable[..., nn.Module] | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        deterministic: bool = True,
+        **encoder_kwargs: Any,
+    ) -> Array:
+        cfg = self.config
+        bert = BertModel(cfg, add_pooling_layer=True, encoder_factory=self.encoder_factory, name="bert")
+        pooled = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs).pooler_output
+        rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+        pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
+        logits = _dense(cfg, cfg.num_labels, "classifier")(pooled)
+        return logits.astype(jnp.float32)
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "mlm": BertForMaskedLM,
+    "classification": BertForSequenceClassification,
+}
