@@ -1,0 +1,104 @@
+"""AdamW with linear warm-up/decay over the trainable partition only.
+
+Freezing is an optax partition: trainable leaves get clipping + AdamW, frozen leaves
+`set_to_zero` and hold no optimizer state. Because clipping runs inside the trainable
+branch, the global norm covers trainable leaves only and XLA drops the frozen weights'
+gradient matmuls from the compiled step.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import optax
+from flax import traverse_util
+
+Params = dict[str, Any]
+
+# Predecessor layers of a Theseus model never train.
+FROZEN_ALWAYS = (r"encoder/predecessor_\d+/",)
+
+# Named choices of what trains, as regexes over '/'-joined parameter paths.
+TRAINABLE_PRESETS: dict[str, tuple[str, ...]] = {
+    # What the original code hands its optimizer: the successor layers alone.
+    "successor": (r"encoder/successor_\d+/",),
+    # Successor plus embeddings, pooler and the task head.
+    "successor_embeddings_heads": (
+        r"encoder/successor_\d+/",
+        r"embeddings/",
+        r"pooler/",
+        r"^cls/",
+        r"^classifier/",
+    ),
+    # Everything but the predecessor (plain fine-tuning of a non-Theseus model).
+    "all": (r".",),
+}
+
+
+def trainable_mask(params: Params, trainable: str | Sequence[str]) -> Params:
+    """A tree of bools, True where a leaf trains.
+
+    `trainable` is a preset name (see `TRAINABLE_PRESETS`) or a list of regexes searched
+    in each leaf's path; predecessor layers are frozen whatever it says.
+    """
+    if isinstance(trainable, str) and trainable not in TRAINABLE_PRESETS:
+        raise ValueError(f"unknown trainable preset {trainable!r}; use one of {sorted(TRAINABLE_PRESETS)}")
+    patterns = TRAINABLE_PRESETS[trainable] if isinstance(trainable, str) else tuple(trainable)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    mask = {
+        path: any(re.search(p, path) for p in patterns) and not any(re.search(p, path) for p in FROZEN_ALWAYS)
+        for path in flat
+    }
+    if not any(mask.values()):
+        raise ValueError(f"trainable={trainable!r} matches no parameter")
+    return traverse_util.unflatten_dict(mask, sep="/")
+
+
+def decay_mask(params: Params) -> Params:
+    """Weight decay on kernels and embeddings; never on biases or LayerNorm."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.unflatten_dict(
+        {path: not (path.endswith("bias") or "LayerNorm" in path) for path in flat}, sep="/"
+    )
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+    """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`."""
+    warmup_steps = min(warmup_steps, total_steps)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
+            optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1)),
+        ],
+        [warmup_steps],
+    )
+
+
+def make_optimizer(
+    params: Params,
+    trainable: str | Sequence[str],
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: float = 0.01,
+    max_grad_norm: float | None = 1.0,
+) -> tuple[optax.GradientTransformation, Params]:
+    """The optimizer and the trainable mask it was built from."""
+    mask = trainable_mask(params, trainable)
+    inner = optax.chain(
+        optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
+        optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay, mask=decay_mask),
+    )
+    labels = jax.tree.map(lambda train: "train" if train else "freeze", mask)
+    return optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels), mask
+
+
+def apply_trainable_updates(params: Params, updates: Params, mask: Params) -> Params:
+    """Adds updates to trainable leaves; frozen leaves are passed through untouched
+    (bit-identical, and no 0-add over the frozen weights every step)."""
+    return jax.tree.map(lambda p, u, train: p + u.astype(p.dtype) if train else p, params, updates, mask)
+
+
+def trainable_global_norm(grads: Params, mask: Params) -> jax.Array:
+    """Gradient norm over trainable leaves only (a norm over all would keep frozen grads alive)."""
+    return optax.tree.norm([g for g, train in zip(jax.tree.leaves(grads), jax.tree.leaves(mask)) if train])

@@ -1,0 +1,139 @@
+"""Pure train and eval steps: `(state, batch, rng) -> (state, metrics)`.
+
+One factory serves plain fine-tuning and Theseus Compression: with a `Compression`, the
+step computes p from its step number, draws the replacement mask from the step's key and
+passes it to the model; everything stays inside one jitted function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from theseus_jax.compression.schedules import Schedule, sample_replace_mask
+from theseus_jax.training.optimizer import apply_trainable_updates, trainable_global_norm
+
+Array = jax.Array
+Batch = dict[str, Array]
+Metrics = dict[str, Array]
+Objective = Literal["mlm", "classification"]
+IGNORE_INDEX = -100
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array
+    params: Any
+    opt_state: optax.OptState
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+    """What a train step needs to run Theseus Compression."""
+
+    schedule: Schedule
+    num_modules: int
+
+
+def mlm_loss(logits: Array, batch: Batch) -> tuple[Array, Metrics]:
+    """Mean cross entropy over masked positions (labels != -100) only."""
+    labels = batch["labels"]
+    weights = (labels != IGNORE_INDEX).astype(jnp.float32)
+    safe_labels = jnp.where(labels == IGNORE_INDEX, 0, labels)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe_labels)
+    count = weights.sum()
+    correct = ((logits.argmax(-1) == labels) * weights).sum()
+    loss_sum = (losses * weights).sum()
+    return loss_sum / jnp.maximum(count, 1.0), {"loss_sum": loss_sum, "count": count, "correct": correct}
+
+
+def classification_loss(logits: Array, batch: Batch) -> tuple[Array, Metrics]:
+    """Mean cross entropy over real examples (`example_mask` drops padding rows)."""
+    weights = batch.get("example_mask", jnp.ones(logits.shape[0])).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"])
+    count = weights.sum()
+    correct = ((logits.argmax(-1) == batch["labels"]) * weights).sum()
+    loss_sum = (losses * weights).sum()
+    return loss_sum / jnp.maximum(count, 1.0), {"loss_sum": loss_sum, "count": count, "correct": correct}
+
+
+LOSSES: dict[str, Callable[[Array, Batch], tuple[Array, Metrics]]] = {
+    "mlm": mlm_loss,
+    "classification": classification_loss,
+}
+
+
+def _forward(model: nn.Module, params: Any, batch: Batch, **kwargs: Any) -> Array:
+    return model.apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kwargs
+    )
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    trainable: Any,
+    objective: Objective,
+    compression: Compression | None = None,
+    learning_rate: optax.Schedule | None = None,
+) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
+    """Builds `train_step(state, batch, rng)`; jit it with `donate_argnums=(0,)`.
+
+    `rng` is the run's key: the step folds in its own number, so a resumed run draws the
+    same masks and dropout as an uninterrupted one. `trainable` is the bool mask tree the
+    optimizer was built with.
+    """
+    loss_of = LOSSES[objective]
+
+    def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, Metrics]:
+        replace_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+        metrics: Metrics = {}
+        kwargs: dict[str, Any] = {}
+        if compression is not None:
+            p = compression.schedule(state.step)
+            replace_mask = sample_replace_mask(replace_rng, p, compression.num_modules)
+            kwargs["replace_mask"] = replace_mask
+            metrics["replace_rate"] = p
+            metrics["modules_replaced"] = replace_mask.sum()
+
+        def loss_fn(params: Any) -> tuple[Array, Metrics]:
+            logits = _forward(model, params, batch, deterministic=False, rngs={"dropout": dropout_rng}, **kwargs)
+            return loss_of(logits, batch)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = apply_trainable_updates(state.params, updates, trainable)
+        metrics.update(loss=loss, grad_norm=trainable_global_norm(grads, trainable), **aux)
+        if learning_rate is not None:
+            metrics["learning_rate"] = learning_rate(state.step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module, objective: Objective) -> Callable[[Any, Batch], Metrics]:
+    """Builds `eval_step(params, batch)` returning sums to aggregate over batches and, for
+    classification, the class probabilities (for ROC AUC and F1 on the host).
+
+    A Theseus model evaluates its successor alone (no replacement mask).
+    """
+    loss_of = LOSSES[objective]
+
+    def eval_step(params: Any, batch: Batch) -> Metrics:
+        logits = _forward(model, params, batch, deterministic=True)
+        _, metrics = loss_of(logits, batch)
+        if objective == "classification":
+            metrics["probabilities"] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return metrics
+
+    return eval_step
