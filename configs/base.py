@@ -1,0 +1,102 @@
+"""Defaults shared by every experiment: the source study's hyperparameters.
+
+Experiment configs import `get_base_config()` and override what differs. Every field
+can be overridden on the command line: `--config.compression.starting_rate=0.3`.
+"""
+
+import ml_collections
+
+
+def data_config(**kwargs) -> ml_collections.ConfigDict:
+    """Where a dataset comes from; `format` picks the reader (see theseus_jax.data)."""
+    d = ml_collections.ConfigDict(
+        {
+            "format": "germeval",  # germeval | mimic | nohate | nohate_lm | table | text | fortunes
+            "train_path": "",  # file (or folder for mimic/fortunes)
+            "test_path": "",  # optional; without it the train file is split 80/20
+            "text_column": "text",  # table / nohate formats
+            "label_column": "label",
+            "label_map": "",  # "a=1,b=0" for nohate / table labels
+            "topics": "",  # fortunes: "pos1+pos2/neg1+neg2"
+            "test_share": 0.2,
+            "validation_share": 0.0,
+            "max_examples": 0,  # 0 = all; small values make quick runs
+        }
+    )
+    d.update(kwargs)
+    return d
+
+
+def stage_config(**kwargs) -> ml_collections.ConfigDict:
+    """One training stage (LM or downstream)."""
+    d = ml_collections.ConfigDict(
+        {
+            "epochs": 1,
+            "batch_size": 16,
+            "eval_batch_size": 32,
+            "learning_rate": 2e-5,
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.01,
+            "max_grad_norm": 1.0,
+            "max_length": 512,
+            "buckets": (32, 64, 128, 256, 512),
+            "max_steps": 0,  # 0 = epochs * batches per epoch
+        }
+    )
+    d.update(kwargs)
+    return d
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # lm_baseline | lm_compress | cls_baseline | cls_compress | series
+    config.pipeline = "series"
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict(
+        {
+            "path": "packaged",  # HF checkpoint folder; "packaged" = the bundled all-MiniLM-L6-v2
+            "tokenizer_path": "",  # defaults to model.path
+            # Non-empty: a randomly initialised BERT with these BertConfig fields (tests, timing).
+            "random_config": ml_collections.ConfigDict(),
+            "dtype": "float32",
+        }
+    )
+    # What cls_baseline trains: predecessor | truncated | a checkpoint folder.
+    config.cls_model = "predecessor"
+
+    config.compression = ml_collections.ConfigDict(
+        {
+            "num_successor_layers": 6,
+            "init_offset": "0",  # "0".."r-1" (lower..upper layer of each module) or "original"
+            "schedule": "curriculum",  # curriculum | constant
+            "starting_rate": 0.1,  # b
+            "ratio_replacement_changes": 0.85,  # p reaches 1 after this share of the steps
+            "constant_rate": 0.5,  # constant schedule's p
+            "replacing_steps": 0,  # constant schedule: p = 1 after these steps; 0 = never
+            # What trains besides the successor: successor | successor_embeddings_heads
+            "trainable": "successor",
+        }
+    )
+
+    config.lm = ml_collections.ConfigDict(
+        {"data": data_config(format="text"), "mlm_probability": 0.15, **stage_config(epochs=50)}
+    )
+    config.cls = ml_collections.ConfigDict(
+        {"data": data_config(), "metric": "macro_f1", **stage_config(epochs=15)}
+    )
+
+    config.series = ml_collections.ConfigDict(
+        {
+            # Stages in order; lm_* fine-tune the MLM, cls_* train the downstream classifier on
+            # the predecessor (from lm_baseline), the successor (from lm_compress) and the
+            # truncated predecessor (bottom n layers, the "6L fine-tuning" baseline).
+            "stages": "lm_baseline,lm_compress,cls_predecessor,cls_successor,cls_truncated",
+        }
+    )
+
+    config.eval_every_steps = 0
+    config.checkpoint_every_steps = 200
+    config.keep_checkpoints = 2
+    config.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0})
+    return config

@@ -1,0 +1,54 @@
+"""Task metrics on the host, from scikit-learn, and perplexity from summed MLM losses."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+# The metric each task selects its best checkpoint by (higher is better for all).
+TASK_METRICS = ("macro_f1", "roc_auc", "accuracy")
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Macro F1, ROC AUC, accuracy, per-class precision/recall and the confusion matrix.
+
+    `probabilities` is [N, num_labels]; the prediction is the argmax, ROC AUC uses the
+    positive class's probability (binary) or one-vs-rest macro (multi-class).
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if labels.shape[0] != probabilities.shape[0] or labels.shape[0] == 0:
+        raise ValueError(f"need as many labels as predictions, got {labels.shape[0]} and {probabilities.shape[0]}")
+    num_labels = probabilities.shape[1]
+    classes = list(range(num_labels))
+    predictions = probabilities.argmax(-1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0
+    )
+    if len(np.unique(labels)) < 2:
+        roc_auc = float("nan")  # undefined with one class present
+    elif num_labels == 2:
+        roc_auc = float(skm.roc_auc_score(labels, probabilities[:, 1]))
+    else:
+        roc_auc = float(skm.roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
+    return {
+        "macro_f1": float(skm.f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
+        "roc_auc": roc_auc,
+        "accuracy": float(skm.accuracy_score(labels, predictions)),
+        "precision": [float(x) for x in precision],
+        "recall": [float(x) for x in recall],
+        "f1": [float(x) for x in f1],
+        "support": [int(x) for x in support],
+        "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=classes).tolist(),
+        "num_examples": int(labels.shape[0]),
+    }
+
+
+def perplexity(loss_sum: float, count: float) -> float:
+    """exp(mean masked-token cross entropy)."""
+    if count <= 0:
+        raise ValueError("perplexity needs at least one masked token")
+    return float(math.exp(loss_sum / count))

@@ -1,0 +1,117 @@
+"""Resumable runs: orbax checkpoints of the train state plus the loop's position.
+
+A checkpoint holds the `TrainState` (step, parameters, optimizer state) and a JSON
+`progress` record: data position (epoch, batch within the epoch), evaluation history,
+best metric and the wall-clock time spent so far. The PRNG needs no saving: every step
+folds its number into the run's seed key. Orbax writes each checkpoint into a temporary
+directory and renames it when complete, so a kill at any moment leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the training loop stands; everything needed to resume besides the state."""
+
+    epoch: int = 0
+    batch: int = 0  # batches of `epoch` already trained on
+    elapsed_s: float = 0.0  # wall clock spent training and evaluating, across restarts
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # one entry per evaluation
+    best: dict[str, Any] | None = None  # the best evaluation entry
+    evals_without_improvement: int = 0  # for early stopping
+    stopped_early: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Progress":
+        return cls(**d)
+
+
+class Checkpoints:
+    """Periodic checkpoints with a keep-N policy, restored on restart."""
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=("state", "progress"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, progress: Progress) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress.to_json())
+            ),
+            force=True,
+        )
+
+    def restore(self, target_state: Any) -> tuple[Any, Progress]:
+        """The latest checkpoint, restored into the structure (and shardings) of `target_state`."""
+        step = self.manager.latest_step()
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state), progress=ocp.args.JsonRestore()),
+        )
+        return restored["state"], Progress.from_json(restored["progress"])
+
+    def close(self) -> None:
+        """Waits for asynchronous writes to finish."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class WorkdirConflict(RuntimeError):
+    pass
+
+
+def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -> bool:
+    """Records the run's config in `workdir/config.json`.
+
+    Returns True when the workdir already holds this run (resume). A workdir holding a
+    run of another config is refused unless `overwrite`, which clears it first.
+    """
+    workdir = Path(workdir)
+    saved = workdir / "config.json"
+    text = json.dumps(config_json, indent=2, sort_keys=True, default=str)
+    if saved.exists():
+        if saved.read_text() == text:
+            return True
+        if not overwrite:
+            old, new = _flatten(json.loads(saved.read_text())), _flatten(json.loads(text))
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise WorkdirConflict(
+                f"{workdir} holds a run with a different config (fields differ: {', '.join(changed)}); "
+                "pass --overwrite to replace it or choose another --workdir"
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(saved)
+    return False
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

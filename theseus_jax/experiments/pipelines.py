@@ -1,0 +1,239 @@
+"""The study's pipelines, from a config to a trained model and its report.
+
+`lm_baseline`, `lm_compress`, `cls_baseline`, `cls_compress` each train one model in a
+workdir; `series` chains them (LM stage, then downstream training of predecessor,
+successor and the truncated baseline) and ends with the comparison: compression ratio,
+retained performance and fine-tuning speedup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from theseus_jax.compression import schedules, theseus
+from theseus_jax.experiments import datasets, report
+from theseus_jax.experiments.trainer import TrainingJob, train
+from theseus_jax.models.bert import HEADS, BertConfig
+from theseus_jax.tokenization import load_tokenizer, packaged_model_dir
+from theseus_jax.training import optimizer, steps
+
+log = logging.getLogger("theseus_jax")
+Params = dict[str, Any]
+HEAD_OF = {"mlm": "mlm", "classification": "classification"}
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """A plain BERT to start from, and the tokenizer folder that goes with it."""
+
+    config: BertConfig
+    params: Params
+    tokenizer_dir: Path
+
+
+def _model_dir(path: str) -> Path:
+    return packaged_model_dir() if path in ("", "packaged") else Path(path)
+
+
+def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = None) -> ModelSource:
+    """The configured predecessor (or the checkpoint at `path`) with the given head."""
+    from theseus_jax.convert import load_hf_checkpoint
+
+    num_labels = 2
+    tokenizer_dir = _model_dir(config.model.tokenizer_path or config.model.path)
+    if path is None and config.model.random_config:
+        bert_config = BertConfig(num_labels=num_labels, **config.model.random_config.to_dict())
+        module = HEADS[head](bert_config)
+        params = module.init(jax.random.key(config.seed), jnp.zeros((1, 8), jnp.int32))["params"]
+    else:
+        folder = Path(path) if path else _model_dir(config.model.path)
+        bert_config, params = load_hf_checkpoint(folder, head=head, num_labels=num_labels, seed=config.seed)
+        if path:
+            tokenizer_dir = folder if (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists() else tokenizer_dir
+    bert_config = bert_config.replace(dtype=config.model.dtype)
+    return ModelSource(bert_config, params, tokenizer_dir)
+
+
+def _init_offset(value: str) -> theseus.InitOffset:
+    return "original" if value == "original" else int(value)
+
+
+def _schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> schedules.Schedule:
+    c = cfg.compression
+    if c.schedule == "curriculum":
+        return schedules.curriculum_schedule(
+            c.starting_rate, total_steps=total_steps, ratio_replacement_changes=c.ratio_replacement_changes
+        )
+    if c.schedule == "constant":
+        return schedules.constant_schedule(c.constant_rate, c.replacing_steps or None)
+    raise ValueError(f"config.compression.schedule: unknown schedule {c.schedule!r} (curriculum | constant)")
+
+
+def _job(
+    name: str,
+    cfg: ml_collections.ConfigDict,
+    stage: ml_collections.ConfigDict,
+    objective: str,
+    model: Any,
+    params: Params,
+    trainable: str,
+    loaders: datasets.Loaders,
+    export: Callable[[Params], tuple[BertConfig, Params]],
+    tokenizer_dir: Path,
+    compression_of: Callable[[int], steps.Compression] | None = None,
+) -> TrainingJob:
+    total_steps = stage.max_steps or stage.epochs * loaders.train.num_batches(0)
+    lr = optimizer.learning_rate_schedule(stage.learning_rate, total_steps, int(stage.warmup_ratio * total_steps))
+    tx, mask = optimizer.make_optimizer(params, trainable, lr, stage.weight_decay, stage.max_grad_norm or None)
+    return TrainingJob(
+        name=name,
+        objective=objective,
+        model=model,
+        params=params,
+        tx=tx,
+        trainable=mask,
+        train_loader=loaders.train,
+        eval_loader=loaders.test,
+        epochs=stage.epochs,
+        metric="perplexity" if objective == "mlm" else cfg.cls.metric,
+        export=export,
+        tokenizer_dir=tokenizer_dir,
+        compression=compression_of(total_steps) if compression_of else None,
+        learning_rate=lr,
+        seed=cfg.seed,
+        eval_every_steps=cfg.eval_every_steps,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        keep_checkpoints=cfg.keep_checkpoints,
+        early_stopping_patience=cfg.early_stopping.patience,
+        early_stopping_min_delta=cfg.early_stopping.min_delta,
+    )
+
+
+def _run(job: TrainingJob, workdir: Path, cfg: ml_collections.ConfigDict, source: ModelSource, loaders: datasets.Loaders, kind: str) -> dict[str, Any]:
+    """Trains (or resumes) one job and writes its report; a finished run is not redone."""
+    done = workdir / "report.json"
+    if done.exists():
+        log.info("%s: already finished, reusing %s", job.name, done)
+        return json.loads(done.read_text())
+    progress = train(job, workdir)
+    exported_config, exported = job.export(jax.device_get(job.params))
+    result = {
+        "name": job.name,
+        "pipeline": kind,
+        "objective": job.objective,
+        "metric": job.metric,
+        "history": progress.history,
+        "best": progress.best,
+        "time_until_best_s": progress.best["elapsed_s"] if progress.best else None,
+        "total_time_s": progress.elapsed_s,
+        "stopped_early": progress.stopped_early,
+        "parameters": {
+            "trained_model": theseus.count_params(job.params),
+            "exported_model": theseus.count_params(exported),
+            "exported_layers": exported_config.num_hidden_layers,
+        },
+        "data": loaders.statistics,
+        "best_model_dir": str(workdir / "best"),
+    }
+    report.write_run_report(workdir, result, cfg)
+    return result
+
+
+def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """MLM fine-tuning of the whole predecessor on domain text."""
+    source = load_model(cfg, "mlm")
+    loaders = datasets.mlm_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.lm.max_length))
+    job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, "all", loaders,
+               lambda p: (source.config, p), source.tokenizer_dir)
+    return _run(job, workdir, cfg, source, loaders, "lm_baseline")
+
+
+def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str) -> dict[str, Any]:
+    head = HEAD_OF[objective]
+    source = load_model(cfg, head)
+    tokenizer = load_tokenizer(source.tokenizer_dir, (cfg.lm if objective == "mlm" else cfg.cls).max_length)
+    loaders = datasets.mlm_loaders(cfg, tokenizer) if objective == "mlm" else datasets.classification_loaders(cfg, tokenizer)
+    n = cfg.compression.num_successor_layers
+    params = theseus.init_theseus_params(source.params, source.config, n, _init_offset(cfg.compression.init_offset))
+    model = theseus.theseus_model(source.config, head, n)
+    stage = cfg.lm if objective == "mlm" else cfg.cls
+    job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
+               lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
+               compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
+    result = _run(job, workdir, cfg, source, loaders, name)
+    result["compression_ratio"] = theseus.count_params(source.params) / result["parameters"]["exported_model"]
+    return result
+
+
+def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Theseus Compression during MLM fine-tuning; the best successor is exported."""
+    return _compress(cfg, workdir, "mlm", "lm_compress")
+
+
+def cls_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Theseus Compression during downstream training (the original method)."""
+    return _compress(cfg, workdir, "classification", "cls_compress")
+
+
+def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: str | None = None, name: str = "cls_baseline") -> dict[str, Any]:
+    """Downstream training of a plain model: `predecessor`, `truncated` (its bottom n
+    layers) or a checkpoint folder (e.g. an LM stage's `best/`)."""
+    model = model or cfg.cls_model
+    if model in ("predecessor", "truncated"):
+        source = load_model(cfg, "classification")
+    else:
+        source = load_model(cfg, "classification", path=model)
+    if model == "truncated":
+        config, params = theseus.truncate_layers(source.config, source.params, cfg.compression.num_successor_layers)
+        source = ModelSource(config, params, source.tokenizer_dir)
+    loaders = datasets.classification_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.cls.max_length))
+    job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params, "all",
+               loaders, lambda p: (source.config, p), source.tokenizer_dir)
+    return _run(job, workdir, cfg, source, loaders, name)
+
+
+def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """The study's testing series, each stage in its own sub-workdir, then the comparison."""
+    stages = [s.strip() for s in cfg.series.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(SERIES_STAGES)
+    if unknown:
+        raise ValueError(f"config.series.stages: unknown stages {sorted(unknown)}; known: {list(SERIES_STAGES)}")
+    results: dict[str, Any] = {}
+    for stage in stages:
+        results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results)
+    comparison = report.compare(results, cfg)
+    report.write_series_report(workdir, results, comparison, cfg)
+    return {"stages": results, "comparison": comparison}
+
+
+def _lm_output(results: dict[str, Any], stage: str) -> str | None:
+    return results[stage]["best_model_dir"] if stage in results else None
+
+
+SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, Any]], dict[str, Any]]] = {
+    "lm_baseline": lambda cfg, wd, _: lm_baseline(cfg, wd),
+    "lm_compress": lambda cfg, wd, _: lm_compress(cfg, wd),
+    "cls_compress": lambda cfg, wd, _: cls_compress(cfg, wd),
+    # Downstream on the LM-fine-tuned predecessor (or the original one without an LM stage).
+    "cls_predecessor": lambda cfg, wd, r: cls_baseline(cfg, wd, _lm_output(r, "lm_baseline") or "predecessor", "cls_predecessor"),
+    # Downstream on the compressed successor; needs lm_compress.
+    "cls_successor": lambda cfg, wd, r: cls_baseline(cfg, wd, r["lm_compress"]["best_model_dir"], "cls_successor"),
+    # Bottom n layers of the predecessor, fine-tuned for the same steps.
+    "cls_truncated": lambda cfg, wd, _: cls_baseline(cfg, wd, "truncated", "cls_truncated"),
+}
+
+PIPELINES: dict[str, Callable[[ml_collections.ConfigDict, Path], dict[str, Any]]] = {
+    "lm_baseline": lm_baseline,
+    "lm_compress": lm_compress,
+    "cls_baseline": cls_baseline,
+    "cls_compress": cls_compress,
+    "series": series,
+}

@@ -1,0 +1,208 @@
+"""The training loop: jitted steps in the middle, I/O at the edges.
+
+One loop serves every pipeline (MLM or classification, plain or Theseus). It evaluates
+after every epoch (and every K steps if asked), keeps the best model as a Hugging Face
+checkpoint, writes resumable orbax checkpoints, logs scalars every step, and stops with
+a clear message on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from theseus_jax.evaluation.metrics import classification_metrics, perplexity
+from theseus_jax.experiments.checkpoints import Checkpoints, Progress
+from theseus_jax.models.bert import BertConfig
+from theseus_jax.training import steps
+
+log = logging.getLogger("theseus_jax")
+Batch = dict[str, np.ndarray]
+Params = dict[str, Any]
+
+
+class Loader(Protocol):
+    def num_batches(self, epoch: int) -> int: ...
+
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]: ...
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainingJob:
+    """Everything one training run needs; built by `theseus_jax.experiments.pipelines`."""
+
+    name: str
+    objective: steps.Objective
+    model: nn.Module  # the training model (Theseus or plain)
+    params: Params
+    tx: optax.GradientTransformation
+    trainable: Params  # bool mask tree the optimizer was built with
+    train_loader: Loader
+    eval_loader: Loader
+    epochs: int
+    metric: str  # "macro_f1", "roc_auc", "accuracy" (higher is better) or "perplexity" (lower)
+    export: Callable[[Params], tuple[BertConfig, Params]]  # params -> plain BERT to save as best
+    tokenizer_dir: Path | None = None
+    compression: steps.Compression | None = None
+    learning_rate: optax.Schedule | None = None
+    seed: int = 0
+    eval_every_steps: int = 0  # 0: after every epoch only
+    checkpoint_every_steps: int = 100
+    keep_checkpoints: int = 2
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
+    early_stopping_min_delta: float = 0.0
+
+
+def _better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool:
+    if metric == "perplexity":
+        return new < old - min_delta
+    return new > old + min_delta
+
+
+def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str, desc: str) -> dict[str, Any]:
+    """Metrics over the whole evaluation set (padding rows ignored)."""
+    totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+    probabilities, labels = [], []
+    for batch in tqdm(loader.batches(0), total=loader.num_batches(0), desc=desc, leave=False, disable=None):
+        out = jax.device_get(eval_step(params, batch))
+        for key in totals:
+            totals[key] += float(out[key])
+        if objective == "classification":
+            real = np.asarray(batch["example_mask"]) > 0
+            probabilities.append(np.asarray(out["probabilities"])[real])
+            labels.append(np.asarray(batch["labels"])[real])
+    result: dict[str, Any] = {"loss": totals["loss_sum"] / max(totals["count"], 1.0)}
+    if objective == "mlm":
+        result["perplexity"] = perplexity(totals["loss_sum"], totals["count"])
+        result["mlm_accuracy"] = totals["correct"] / max(totals["count"], 1.0)
+    else:
+        result.update(classification_metrics(np.concatenate(labels), np.concatenate(probabilities)))
+    return result
+
+
+class _StepLog:
+    """Per-step scalars to `steps.jsonl` (plots, resume-safe) and TensorBoard."""
+
+    def __init__(self, workdir: Path, resume_step: int) -> None:
+        self.path = workdir / "steps.jsonl"
+        kept = []
+        if self.path.exists():  # drop steps logged after the checkpoint we resume from
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = self.path.open("a")
+        from tensorboardX import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        for key, value in scalars.items():
+            self.tensorboard.add_scalar(f"train/{key}", value, step)
+
+    def write_eval(self, step: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tensorboard.add_scalar(f"eval/{key}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tensorboard.close()
+
+
+def train(job: TrainingJob, workdir: Path) -> Progress:
+    """Runs (or resumes) `job` in `workdir`; returns the final progress record.
+
+    Leaves `workdir/best/` (the best model as an HF checkpoint) and `workdir/checkpoints/`.
+    """
+    from theseus_jax.convert import save_hf_checkpoint
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_step = jax.jit(
+        steps.make_train_step(job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(steps.make_eval_step(job.model, job.objective))
+    rng = jax.random.key(job.seed)
+    state = steps.create_train_state(job.params, job.tx)
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=job.keep_checkpoints)
+    progress = Progress()
+    if checkpoints.latest_step() is not None:
+        state, progress = checkpoints.restore(state)
+        log.info("%s: resuming at step %d (epoch %d, batch %d)", job.name, int(state.step), progress.epoch, progress.batch)
+    step_log = _StepLog(workdir, int(state.step))
+    session_start = time.perf_counter() - progress.elapsed_s
+
+    def elapsed() -> float:
+        return time.perf_counter() - session_start
+
+    def run_evaluation(epoch: int) -> bool:
+        """Evaluates, exports a new best model; returns True if training should stop early."""
+        metrics = evaluate(eval_step, state.params, job.eval_loader, job.objective, f"{job.name} eval")
+        entry = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed(), **metrics}
+        progress.history.append(entry)
+        step_log.write_eval(int(state.step), metrics)
+        value = metrics[job.metric]
+        previous_best = None if progress.best is None else progress.best[job.metric]
+        if progress.best is None or _better(job.metric, value, progress.best[job.metric]):
+            progress.best = entry
+            config, params = job.export(jax.device_get(state.params))
+            save_hf_checkpoint(config, params, workdir / "best", tokenizer_dir=job.tokenizer_dir)
+        log.info("%s: epoch %d step %d %s=%.4f (best %.4f)", job.name, epoch, int(state.step), job.metric, value, progress.best[job.metric])
+        if previous_best is not None and not _better(job.metric, value, previous_best, job.early_stopping_min_delta):
+            progress.evals_without_improvement += 1
+        else:
+            progress.evals_without_improvement = 0
+        patience = job.early_stopping_patience
+        progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience
+        return progress.stopped_early
+
+    try:
+        while progress.epoch < job.epochs and not progress.stopped_early:
+            epoch = progress.epoch
+            total = job.train_loader.num_batches(epoch)
+            bar = tqdm(total=total, initial=progress.batch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", disable=None)
+            for batch in job.train_loader.batches(epoch, progress.batch):
+                state, metrics = train_step(state, batch, rng)
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step = int(state.step)
+                if not math.isfinite(scalars["loss"]):
+                    raise NonFiniteLoss(
+                        f"{job.name}: non-finite loss {scalars['loss']} at step {step} (epoch {epoch + 1}); "
+                        f"the last good checkpoint is kept in {workdir / 'checkpoints'}"
+                    )
+                step_log.write(step, scalars)
+                progress.batch += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
+                if job.eval_every_steps and step % job.eval_every_steps == 0 and progress.batch < total:
+                    if run_evaluation(epoch):
+                        break
+                if step % job.checkpoint_every_steps == 0:
+                    progress.elapsed_s = elapsed()
+                    checkpoints.save(step, state, progress)
+            bar.close()
+            if not progress.stopped_early:
+                run_evaluation(epoch)
+            progress.epoch, progress.batch = epoch + 1, 0
+            progress.elapsed_s = elapsed()
+            checkpoints.save(int(state.step), state, progress)
+    finally:
+        checkpoints.close()
+        step_log.close()
+    return progress
