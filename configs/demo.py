@@ -1,0 +1,44 @@
+"""The embedded default: compress the packaged all-MiniLM-L6-v2 (6 -> 3 layers) on real text.
+
+No user data: Debian's `fortunes` package supplies real, human-written English texts
+grouped by topic (`apt-get install fortunes`). The LM stage fine-tunes the masked LM on
+six topics; the downstream task tells `science` from `politics` fortunes. The series
+compares the predecessor, the compressed successor and the truncated predecessor (its
+bottom 3 layers, fine-tuned for the same steps). About 10 minutes on 2 CPU cores.
+
+    python launch.py --config=configs/demo.py --workdir=runs/demo
+"""
+
+from configs.base import data_config, get_base_config
+
+FORTUNES = "/usr/share/games/fortunes"
+
+
+def get_config():
+    config = get_base_config()
+    config.model.path = "packaged"
+    config.compression.num_successor_layers = 3
+    config.compression.init_offset = "0"  # successor i <- predecessor layer 2i
+
+    config.lm.data = data_config(
+        format="fortunes",
+        train_path=FORTUNES,
+        topics="people+wisdom+work+men-women+art+literature",
+        test_share=0.1,
+        max_examples=2000,
+    )
+    config.lm.epochs = 3
+    config.lm.max_length = 64
+    config.lm.buckets = (32, 64)
+    config.lm.learning_rate = 1e-4
+
+    config.cls.data = data_config(format="fortunes", train_path=FORTUNES, topics="science/politics")
+    config.cls.metric = "macro_f1"
+    config.cls.epochs = 4
+    config.cls.max_length = 64
+    config.cls.buckets = (32, 64)
+    config.cls.learning_rate = 5e-5
+    config.cls.warmup_ratio = 0.1
+
+    config.checkpoint_every_steps = 50
+    return config
