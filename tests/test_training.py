@@ -168,3 +168,15 @@ def test_frozen_weight_gradients_are_dropped_from_the_compiled_step():
     # The step's forward pass is counted in both the step and the gradient programs.
     assert ours == split_grad
     assert ours < full_grad
+
+
+def test_mlm_logits_at_masked_positions_equal_the_full_logits_there():
+    params = BertForMaskedLM(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    batch = _batch("mlm")
+    positions = np.array([[0, 3, 3], [1, 2, 7], [0, 0, 0], [11, 5, 0]], np.int32)
+    model = BertForMaskedLM(CFG)
+    full = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    gathered = model.apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], masked_positions=positions
+    )
+    np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None], axis=1), atol=1e-6)

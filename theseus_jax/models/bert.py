@@ -340,7 +340,11 @@ class BertOnlyMLMHead(nn.Module):
 
 
 class BertForMaskedLM(nn.Module):
-    """Returns MLM logits `[B, L, vocab]` (float32)."""
+    """Returns MLM logits `[B, L, vocab]` (float32), or `[B, P, vocab]` at `masked_positions`.
+
+    Training needs logits only where tokens were masked: with `masked_positions` [B, P]
+    the vocabulary projection (as costly as several encoder layers) runs on P << L rows.
+    """
 
     config: BertConfig
     encoder_factory: Callable[..., nn.Module] | None = None
@@ -352,12 +356,15 @@ class BertForMaskedLM(nn.Module):
         attention_mask: Array | None = None,
         token_type_ids: Array | None = None,
         deterministic: bool = True,
+        masked_positions: Array | None = None,
         **encoder_kwargs: Any,
     ) -> Array:
         bert = BertModel(self.config, add_pooling_layer=False, encoder_factory=self.encoder_factory, name="bert")
-        outputs = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs)
+        hidden = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs).last_hidden_state
+        if masked_positions is not None:
+            hidden = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)
         word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-        return BertOnlyMLMHead(self.config, name="cls")(outputs.last_hidden_state, word_embeddings)
+        return BertOnlyMLMHead(self.config, name="cls")(hidden, word_embeddings)
 
 
 class BertForSequenceClassification(nn.Module):

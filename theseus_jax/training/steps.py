@@ -74,6 +74,8 @@ LOSSES: dict[str, Callable[[Array, Batch], tuple[Array, Metrics]]] = {
 
 
 def _forward(model: nn.Module, params: Any, batch: Batch, **kwargs: Any) -> Array:
+    if "masked_positions" in batch:  # MLM logits only where labels are (see BertForMaskedLM)
+        kwargs["masked_positions"] = batch["masked_positions"]
     return model.apply(
         {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kwargs
     )
