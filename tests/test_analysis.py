@@ -70,3 +70,39 @@ def test_a_successor_that_is_its_predecessor_compares_perfectly():
     assert np.asarray(result["cka"]).shape == (2, 2)
     assert result["module_size"] == 2
     assert all(0 <= c <= 1 + 1e-9 for row in result["cka"] for c in row)
+
+
+def test_error_analysis_counts_agree_with_confusion_matrices(tmp_path):
+    from sklearn.metrics import confusion_matrix
+
+    from theseus_jax.analysis import errors
+
+    rng = np.random.default_rng(3)
+    n = 500
+    labels = rng.integers(0, 2, n)
+    prob_a = np.clip(labels * 0.6 + rng.normal(0.2, 0.25, n), 0, 1)
+    prob_b = np.clip(labels * 0.5 + rng.normal(0.25, 0.25, n), 0, 1)
+    texts = [f"text {i}" for i in range(n)]
+    rows, summary = errors.error_analysis(texts, labels, prob_a, prob_b, per_type=30, seed=0)
+    for model, probs in (("predecessor", prob_a), ("successor", prob_b)):
+        (tn, fp), (fn, tp) = confusion_matrix(labels, (probs > 0.5).astype(int))
+        assert summary[f"FP_{model}"] == fp and summary[f"FN_{model}"] == fn
+        assert summary[f"errors_{model}"] == fp + fn
+        for kind, total in (("FP", fp), ("FN", fn)):
+            sampled = [r for r in rows if r["model"] == model and r["error_type"] == kind]
+            assert len(sampled) == min(30, total)
+            assert all((r["label"] == 0) == (kind == "FP") for r in sampled)
+    wrong_a = set(np.nonzero((prob_a > 0.5) != labels)[0])
+    wrong_b = set(np.nonzero((prob_b > 0.5) != labels)[0])
+    assert summary["shared"] == len(wrong_a & wrong_b)
+    assert summary["new"] == len(wrong_b - wrong_a) and summary["fixed"] == len(wrong_a - wrong_b)
+    # Seeded: the same sample again.
+    assert errors.error_analysis(texts, labels, prob_a, prob_b, per_type=30, seed=0)[0] == rows
+
+    path = tmp_path / "errors.csv"
+    for i, row in enumerate(rows):
+        row["error_class"] = "irony" if i % 3 == 0 else ""
+    errors.write_rows(rows, path)
+    tally = errors.tally_error_classes(path)
+    assert sum(sum(c.values()) for c in tally.values()) == len(rows)
+    assert tally["predecessor"]["irony"] == sum(1 for i, r in enumerate(rows) if r["model"] == "predecessor" and i % 3 == 0)
