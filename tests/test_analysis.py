@@ -106,3 +106,39 @@ def test_error_analysis_counts_agree_with_confusion_matrices(tmp_path):
     tally = errors.tally_error_classes(path)
     assert sum(sum(c.values()) for c in tally.values()) == len(rows)
     assert tally["predecessor"]["irony"] == sum(1 for i, r in enumerate(rows) if r["model"] == "predecessor" and i % 3 == 0)
+
+
+def test_grid_runs_every_point_once_and_resumes(tmp_path):
+    import json
+
+    from theseus_jax.analysis import grid
+
+    points = grid.grid_points([1e-5, 2e-5], [0.1, 0.3], [0.85, 1.0], ["0"])
+    assert len({p.name for p in points}) == 8
+    shards = [grid.my_points(points, i, 3) for i in range(3)]
+    assert sorted(p.name for shard in shards for p in shard) == sorted(p.name for p in points)
+
+    calls = []
+
+    def fake_launch(config, workdir, overrides):
+        calls.append(workdir.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # interrupted mid-grid, before this point wrote its report
+        workdir.mkdir(parents=True)
+        lr = float(overrides[0].split("=")[1])
+        b = float(overrides[2].split("=")[1])
+        (workdir / "report.json").write_text(json.dumps({"metric": "macro_f1", "best": {"macro_f1": lr * 1e4 + b}, "total_time_s": 1.0}))
+
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_grid("cfg.py", tmp_path, points, launcher=fake_launch)
+    ran = grid.run_grid("cfg.py", tmp_path, points, launcher=fake_launch)
+    assert len(calls) == 3 + 6 and len(ran) == 6
+    assert sorted(set(calls)) == sorted(p.name for p in points)  # each point finished once
+    assert grid.run_grid("cfg.py", tmp_path, points, launcher=fake_launch) == []
+
+    rows = grid.summarise(tmp_path, points)
+    assert len(rows) == 8
+    by_name = {r["name"]: r for r in rows}
+    assert by_name[points[0].name]["value"] == pytest.approx(points[0].learning_rate * 1e4 + points[0].starting_rate)
+    assert (tmp_path / "summary.csv").read_text().count("\n") == 9
+    assert (tmp_path / "grid_starting_rate.png").exists()

@@ -1,0 +1,196 @@
+"""Hyperparameter grid over learning rate x starting rate x ratio of replacement changes x
+init offset, each point a `launch.py` run in its own workdir.
+
+Points already finished (their `report.json` exists) are skipped, and an interrupted
+point resumes from its checkpoints, so rerunning the same command completes the grid.
+`--index/--count` split the points across devices or hosts (point k runs where
+k % count == index). The summary (CSV + Markdown) and the study's figures are made from
+the points' recorded reports.
+
+    python -m theseus_jax.analysis.grid --config=configs/germeval.py --root=runs/grid \
+        --learning-rates=1e-5,2e-5 --starting-rates=0.1,0.3,0.7,0.9 --rrcs=0.05,0.45,0.85,1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    learning_rate: float
+    starting_rate: float
+    ratio_replacement_changes: float
+    init_offset: str
+
+    @property
+    def name(self) -> str:
+        return (
+            f"lr{self.learning_rate:g}_b{self.starting_rate:g}_rrc{self.ratio_replacement_changes:g}"
+            f"_off{self.init_offset}"
+        )
+
+    def overrides(self) -> list[str]:
+        return [
+            f"--config.lm.learning_rate={self.learning_rate}",
+            f"--config.cls.learning_rate={self.learning_rate}",
+            f"--config.compression.starting_rate={self.starting_rate}",
+            f"--config.compression.ratio_replacement_changes={self.ratio_replacement_changes}",
+            f"--config.compression.init_offset={self.init_offset}",
+        ]
+
+
+def grid_points(
+    learning_rates: Sequence[float], starting_rates: Sequence[float], rrcs: Sequence[float], init_offsets: Sequence[str]
+) -> list[GridPoint]:
+    return [GridPoint(*values) for values in itertools.product(learning_rates, starting_rates, rrcs, init_offsets)]
+
+
+def my_points(points: list[GridPoint], index: int, count: int) -> list[GridPoint]:
+    if not 0 <= index < count:
+        raise ValueError(f"--index must be in [0, --count), got {index} of {count}")
+    return [p for k, p in enumerate(points) if k % count == index]
+
+
+def launch_point(config: str, workdir: Path, overrides: list[str]) -> None:
+    """Runs one point as its own process (a crash or kill loses nothing: rerun resumes)."""
+    subprocess.run([sys.executable, str(LAUNCH), f"--config={config}", f"--workdir={workdir}", *overrides], check=True)
+
+
+def run_grid(
+    config: str,
+    root: Path,
+    points: list[GridPoint],
+    extra_overrides: Sequence[str] = (),
+    launcher: Callable[[str, Path, list[str]], None] = launch_point,
+) -> list[GridPoint]:
+    """Runs the points not finished yet; returns those it ran."""
+    ran = []
+    for point in points:
+        workdir = Path(root) / point.name
+        if (workdir / "report.json").exists():
+            continue
+        launcher(config, workdir, point.overrides() + list(extra_overrides))
+        ran.append(point)
+    return ran
+
+
+def _point_result(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
+    """One summary row from a point's report (a series or a single compression run)."""
+    row: dict[str, Any] = dataclasses.asdict(point) | {"name": point.name}
+    if "comparison" in report:
+        comparison = report["comparison"]
+        metric = comparison["metric"]
+        row.update(
+            metric=metric,
+            value=comparison.get(f"{metric}_successor"),
+            baseline=comparison.get(f"{metric}_predecessor"),
+            compression_ratio=comparison.get("compression_ratio"),
+            retained_performance=comparison.get("retained_performance"),
+            finetuning_speedup=comparison.get("finetuning_speedup"),
+            time_s=sum(s.get("total_time_s") or 0 for s in report["stages"].values()),
+        )
+    else:
+        row.update(
+            metric=report["metric"],
+            value=(report["best"] or {}).get(report["metric"]),
+            compression_ratio=report.get("compression_ratio"),
+            time_s=report.get("total_time_s"),
+        )
+    return row
+
+
+def summarise(root: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
+    """Rows of the finished points, written to `summary.csv` and `summary.md`, plus figures."""
+    root = Path(root)
+    rows = [
+        _point_result(p, json.loads((root / p.name / "report.json").read_text()))
+        for p in points
+        if (root / p.name / "report.json").exists()
+    ]
+    if not rows:
+        return rows
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (root / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    best = sorted(rows, key=lambda r: -(r["value"] if r["value"] is not None else float("-inf")))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in best]
+    figures = plot_grid(root, rows)
+    (root / "summary.md").write_text(
+        f"# Grid over {len(points)} points ({len(rows)} finished), best first\n\n" + "\n".join(lines) + "\n\n"
+        + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
+    )
+    return rows
+
+
+def plot_grid(root: Path, rows: list[dict[str, Any]], rrc_fixed: float = 0.85, b_fixed: float = 0.1) -> list[str]:
+    """The study's figures: metric vs starting rate (rrc fixed) and vs rrc (b fixed), a line per lr."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for x_key, fixed_key, fixed, filename in (
+        ("starting_rate", "ratio_replacement_changes", rrc_fixed, "grid_starting_rate.png"),
+        ("ratio_replacement_changes", "starting_rate", b_fixed, "grid_rrc.png"),
+    ):
+        chosen = [r for r in rows if abs(r[fixed_key] - fixed) < 1e-9 and r["value"] is not None]
+        if not chosen:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for lr in sorted({r["learning_rate"] for r in chosen}):
+            line = sorted((r[x_key], r["value"]) for r in chosen if r["learning_rate"] == lr)
+            ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=f"lr {lr:g}")
+        ax.set(xlabel=x_key, ylabel=chosen[0]["metric"], title=f"{fixed_key} = {fixed:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(root / filename, dpi=110)
+        plt.close(fig)
+        files.append(filename)
+    return files
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--learning-rates", default="1e-5,2e-5")
+    parser.add_argument("--starting-rates", default="0.1,0.3,0.7,0.9")
+    parser.add_argument("--rrcs", default="0.05,0.45,0.85,1.0")
+    parser.add_argument("--init-offsets", default="0")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--summary-only", action="store_true")
+    args, extra = parser.parse_known_args(argv)
+    points = grid_points(
+        _floats(args.learning_rates), _floats(args.starting_rates), _floats(args.rrcs),
+        [x.strip() for x in args.init_offsets.split(",") if x.strip()],
+    )
+    if not args.summary_only:
+        run_grid(args.config, args.root, my_points(points, args.index, args.count), extra)
+    rows = summarise(args.root, points)
+    print(f"{len(rows)} of {len(points)} points finished; summary in {args.root / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
