@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from theseus_jax.experiments.checkpoints import claim_workdir
@@ -27,18 +28,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("theseus_jax").setLevel(logging.INFO)
+    # Our progress at INFO; libraries (orbax logs every checkpoint step) at WARNING.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("theseus_jax")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     config = _CONFIG.value
     if config.pipeline not in PIPELINES:
         raise app.UsageError(f"config.pipeline={config.pipeline!r}; choose one of {sorted(PIPELINES)}")
     workdir = Path(_WORKDIR.value)
     resumed = claim_workdir(workdir, config.to_dict(), _OVERWRITE.value)
-    logging.info("%s run in %s", "resuming the" if resumed else "starting a new", workdir)
+    logger.info("%s run in %s", "resuming the" if resumed else "starting a new", workdir)
     result = PIPELINES[config.pipeline](config, workdir)
-    logging.info("done: %s", workdir / "report.md")
-    if "comparison" in result:
-        for key, value in result["comparison"].items():
-            logging.info("  %s: %s", key, value)
+    logger.info("done: %s", workdir / "report.md")
+    for key, value in result.get("comparison", {}).items():
+        logger.info("  %s: %s", key, value)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import ml_collections
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.experiments import datasets, report
 from theseus_jax.experiments.trainer import TrainingJob, train
-from theseus_jax.models.bert import HEADS, BertConfig
+from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.tokenization import load_tokenizer, packaged_model_dir
 from theseus_jax.training import optimizer, steps
 
@@ -51,7 +51,7 @@ def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = 
     tokenizer_dir = _model_dir(config.model.tokenizer_path or config.model.path)
     if path is None and config.model.random_config:
         bert_config = BertConfig(num_labels=num_labels, **config.model.random_config.to_dict())
-        module = HEADS[head](bert_config)
+        module = BertModel(bert_config) if head == "none" else HEADS[head](bert_config)
         params = module.init(jax.random.key(config.seed), jnp.zeros((1, 8), jnp.int32))["params"]
     else:
         folder = Path(path) if path else _model_dir(config.model.path)
@@ -60,6 +60,11 @@ def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = 
             tokenizer_dir = folder if (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists() else tokenizer_dir
     bert_config = bert_config.replace(dtype=config.model.dtype)
     return ModelSource(bert_config, params, tokenizer_dir)
+
+
+def _architecture(folder: Path) -> str:
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+    return architectures[0]
 
 
 def _init_offset(value: str) -> theseus.InitOffset:
@@ -114,6 +119,7 @@ def _job(
         keep_checkpoints=cfg.keep_checkpoints,
         early_stopping_patience=cfg.early_stopping.patience,
         early_stopping_min_delta=cfg.early_stopping.min_delta,
+        eval_texts=[e.text for e in loaders.test_examples],
     )
 
 
@@ -123,8 +129,10 @@ def _run(job: TrainingJob, workdir: Path, cfg: ml_collections.ConfigDict, source
     if done.exists():
         log.info("%s: already finished, reusing %s", job.name, done)
         return json.loads(done.read_text())
+    exported_config, exported = job.export(job.params)  # before training donates the params
+    exported_params = theseus.count_params(exported)
+    trained_params = theseus.count_params(job.params)
     progress = train(job, workdir)
-    exported_config, exported = job.export(jax.device_get(job.params))
     result = {
         "name": job.name,
         "pipeline": kind,
@@ -136,8 +144,8 @@ def _run(job: TrainingJob, workdir: Path, cfg: ml_collections.ConfigDict, source
         "total_time_s": progress.elapsed_s,
         "stopped_early": progress.stopped_early,
         "parameters": {
-            "trained_model": theseus.count_params(job.params),
-            "exported_model": theseus.count_params(exported),
+            "trained_model": trained_params,
+            "exported_model": exported_params,
             "exported_layers": exported_config.num_hidden_layers,
         },
         "data": loaders.statistics,
@@ -191,6 +199,10 @@ def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: str | Non
         source = load_model(cfg, "classification")
     else:
         source = load_model(cfg, "classification", path=model)
+        if _architecture(Path(model)) == "BertForMaskedLM":
+            # An MLM checkpoint has no pooler: keep the predecessor's (pretrained) one rather
+            # than a random init.
+            source.params["bert"]["pooler"] = load_model(cfg, "none").params["pooler"]
     if model == "truncated":
         config, params = theseus.truncate_layers(source.config, source.params, cfg.compression.num_successor_layers)
         source = ModelSource(config, params, source.tokenizer_dir)

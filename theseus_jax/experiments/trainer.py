@@ -58,6 +58,7 @@ class TrainingJob:
     metric: str  # "macro_f1", "roc_auc", "accuracy" (higher is better) or "perplexity" (lower)
     export: Callable[[Params], tuple[BertConfig, Params]]  # params -> plain BERT to save as best
     tokenizer_dir: Path | None = None
+    eval_texts: list[str] | None = None  # written beside the best model's test predictions
     compression: steps.Compression | None = None
     learning_rate: optax.Schedule | None = None
     seed: int = 0
@@ -74,25 +75,44 @@ def _better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool
     return new > old + min_delta
 
 
-def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str, desc: str) -> dict[str, Any]:
-    """Metrics over the whole evaluation set (padding rows ignored)."""
+def evaluate(
+    eval_step: Callable, params: Params, loader: Loader, objective: str, desc: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics over the whole evaluation set (padding rows ignored), and for classification
+    the predictions in example order (`index`, `labels`, `probabilities`)."""
     totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
-    probabilities, labels = [], []
+    parts: dict[str, list[np.ndarray]] = {"index": [], "labels": [], "probabilities": []}
     for batch in tqdm(loader.batches(0), total=loader.num_batches(0), desc=desc, leave=False, disable=None):
         out = jax.device_get(eval_step(params, batch))
         for key in totals:
             totals[key] += float(out[key])
         if objective == "classification":
             real = np.asarray(batch["example_mask"]) > 0
-            probabilities.append(np.asarray(out["probabilities"])[real])
-            labels.append(np.asarray(batch["labels"])[real])
+            parts["index"].append(np.asarray(batch["example_index"])[real])
+            parts["probabilities"].append(np.asarray(out["probabilities"])[real])
+            parts["labels"].append(np.asarray(batch["labels"])[real])
     result: dict[str, Any] = {"loss": totals["loss_sum"] / max(totals["count"], 1.0)}
     if objective == "mlm":
         result["perplexity"] = perplexity(totals["loss_sum"], totals["count"])
         result["mlm_accuracy"] = totals["correct"] / max(totals["count"], 1.0)
-    else:
-        result.update(classification_metrics(np.concatenate(labels), np.concatenate(probabilities)))
-    return result
+        return result, {}
+    order = np.argsort(np.concatenate(parts["index"]))
+    predictions = {key: np.concatenate(value)[order] for key, value in parts.items()}
+    result.update(classification_metrics(predictions["labels"], predictions["probabilities"]))
+    return result, predictions
+
+
+def write_predictions(path: Path, texts: list[str], predictions: dict[str, np.ndarray]) -> None:
+    """text, label, probability (of the positive class) per test example, for error analysis."""
+    import csv
+
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "text", "label", "probability"])
+        for i, label, probs in zip(predictions["index"], predictions["labels"], predictions["probabilities"]):
+            writer.writerow([int(i), texts[i], int(label), f"{probs[-1]:.6f}"])
+    tmp.replace(path)
 
 
 class _StepLog:
@@ -153,7 +173,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     def run_evaluation(epoch: int) -> bool:
         """Evaluates, exports a new best model; returns True if training should stop early."""
-        metrics = evaluate(eval_step, state.params, job.eval_loader, job.objective, f"{job.name} eval")
+        metrics, predictions = evaluate(eval_step, state.params, job.eval_loader, job.objective, f"{job.name} eval")
         entry = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed(), **metrics}
         progress.history.append(entry)
         step_log.write_eval(int(state.step), metrics)
@@ -163,6 +183,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             progress.best = entry
             config, params = job.export(jax.device_get(state.params))
             save_hf_checkpoint(config, params, workdir / "best", tokenizer_dir=job.tokenizer_dir)
+            if predictions and job.eval_texts is not None:
+                write_predictions(workdir / "predictions.csv", job.eval_texts, predictions)
         log.info("%s: epoch %d step %d %s=%.4f (best %.4f)", job.name, epoch, int(state.step), job.metric, value, progress.best[job.metric])
         if previous_best is not None and not _better(job.metric, value, previous_best, job.early_stopping_min_delta):
             progress.evals_without_improvement += 1

@@ -1,0 +1,116 @@
+"""From a config's `data` block to cleaned, split, tokenised and batched data."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from theseus_jax.data import fortunes, readers
+from theseus_jax.data.batching import BatchLoader, encode, masking_config
+from theseus_jax.data.cleaning import clean
+from theseus_jax.data.records import DataError, Example
+from theseus_jax.data.splits import stratified_split
+from theseus_jax.data.statistics import dataset_statistics
+
+log = logging.getLogger("theseus_jax")
+
+
+@dataclasses.dataclass
+class Loaders:
+    train: BatchLoader
+    test: BatchLoader
+    test_examples: list[Example]
+    statistics: dict[str, Any]
+
+
+def _fortunes(data: ml_collections.ConfigDict, labelled: bool) -> list[Example]:
+    """'a+b/c+d': topics a, b are the positive class, c, d the negative; 'a+b' unlabelled."""
+    groups = data.topics.split("/")
+    if labelled and len(groups) != 2:
+        raise DataError(f"data.topics={data.topics!r}: a labelled fortunes task needs 'positive topics/negative topics'")
+    examples = []
+    for label, group in zip((1, 0), groups) if labelled else ((None, "+".join(groups)),):
+        for path in fortunes.topic_files(data.train_path, group):
+            examples += [Example(text, label, f"{path}:{line}") for text, line in fortunes.read_fortunes(path)]
+    return examples
+
+
+def read_file(data: ml_collections.ConfigDict, path: str, labelled: bool) -> list[Example]:
+    """The examples of one file (or folder) in the configured format."""
+    if not path:
+        raise DataError(f"data.train_path is empty: set --config.<stage>.data.train_path for format {data.format!r}")
+    label_map = readers.parse_label_map(data.label_map) or None
+    fmt = data.format
+    if fmt == "germeval":
+        return readers.read_germeval(path)
+    if fmt == "mimic":
+        from theseus_jax.data.mimic import read_mimic
+
+        return read_mimic(path)
+    if fmt == "nohate":
+        return readers.read_nohate(path, data.text_column, data.label_column, label_map or {})
+    if fmt == "nohate_lm":
+        return readers.read_nohate_lm(path, data.text_column)
+    if fmt == "table":
+        return readers.read_table(path, data.text_column, data.label_column if labelled else None, label_map)
+    if fmt == "text":
+        return readers.read_text_lines(path)
+    if fmt == "fortunes":
+        return _fortunes(data, labelled)
+    raise DataError(f"data.format={fmt!r} is not one of germeval, mimic, nohate, nohate_lm, table, text, fortunes")
+
+
+def split_examples(data: ml_collections.ConfigDict, labelled: bool, seed: int) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """Cleaned (train, test) examples: the test file when given, else a stratified split."""
+    def prepared(path: str) -> tuple[list[Example], dict[str, int]]:
+        examples = read_file(data, path, labelled)
+        if not labelled:
+            examples = [dataclasses.replace(e, label=None) for e in examples]
+        elif any(e.label is None for e in examples):
+            raise DataError(f"{path}: a classification stage needs labels (format {data.format!r})")
+        examples, report = clean(examples)
+        if data.max_examples and len(examples) > data.max_examples:
+            keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[: data.max_examples])
+            examples = [examples[i] for i in keep]
+        return examples, dataclasses.asdict(report)
+
+    train, train_report = prepared(data.train_path)
+    cleaning = {"train_file": train_report}
+    if data.test_path:
+        test, cleaning["test_file"] = prepared(data.test_path)
+    else:
+        train, test, _ = stratified_split(train, data.test_share, seed)
+    if not train or not test:
+        raise DataError(f"{data.train_path}: too few examples for a train/test split ({len(train)}/{len(test)})")
+    return train, test, cleaning
+
+
+def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: bool, mlm_probability: float = 0.15) -> Loaders:
+    train, test, cleaning = split_examples(stage.data, labelled, seed)
+    masking = None if labelled else masking_config(tokenizer, mlm_probability)
+    parts = {}
+    for name, examples in (("train", train), ("test", test)):
+        encoded = encode([e.text for e in examples], tokenizer, stage.max_length)
+        labels = np.array([e.label for e in examples], np.int32) if labelled else None
+        loader = BatchLoader(
+            encoded, labels, stage.batch_size if name == "train" else stage.eval_batch_size,
+            pad_token_id=tokenizer.pad_token_id, buckets=tuple(stage.buckets), shuffle=name == "train",
+            seed=seed, masking=masking,
+        )
+        parts[name] = (loader, dataset_statistics(examples, encoded.full_lengths, stage.max_length))
+    statistics = {"cleaning": cleaning, "train": parts["train"][1], "test": parts["test"][1]}
+    log.info("data: %d train / %d test examples", len(train), len(test))
+    return Loaders(parts["train"][0], parts["test"][0], test, statistics)
+
+
+def classification_loaders(cfg: ml_collections.ConfigDict, tokenizer) -> Loaders:
+    return _loaders(cfg.cls, tokenizer, cfg.seed, labelled=True)
+
+
+def mlm_loaders(cfg: ml_collections.ConfigDict, tokenizer) -> Loaders:
+    return _loaders(cfg.lm, tokenizer, cfg.seed, labelled=False, mlm_probability=cfg.lm.mlm_probability)
