@@ -31,7 +31,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=True)
+    return json.dumps(data, indent=2, default=str, allow_nan=True)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

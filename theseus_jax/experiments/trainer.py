@@ -215,7 +215,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 if job.eval_every_steps and step % job.eval_every_steps == 0 and progress.batch < total:
                     if run_evaluation(epoch):
                         break
-                if step % job.checkpoint_every_steps == 0:
+                if step % job.checkpoint_every_steps == 0 and progress.batch < total:  # epoch ends save below
                     progress.elapsed_s = elapsed()
                     checkpoints.save(step, state, progress)
             bar.close()

@@ -1,0 +1,129 @@
+"""launch.py end to end on a tiny random BERT and generated GermEval-format data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "der die das und ist nicht ein eine Politik heute Land Menschen Zeit Stadt Bahn Wetter".split()
+RUDE = "Idiot dumm Pack Vollpfosten".split()
+
+
+@pytest.fixture(scope="module")
+def germeval_tsv(tmp_path_factory):
+    """120 GermEval-format lines; offensive ones carry rude words, so the task is learnable."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "germeval.tsv"
+    lines = []
+    for _ in range(120):
+        offensive = rng.random() < 0.4
+        words = list(rng.choice(WORDS, rng.integers(3, 20)))
+        if offensive:
+            words.insert(int(rng.integers(0, len(words))), str(rng.choice(RUDE)))
+        lines.append(f"{' '.join(words)}\t{'OFFENSE' if offensive else 'OTHER'}\t{'INSULT' if offensive else 'OTHER'}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _command(workdir, data, *overrides):
+    return [
+        sys.executable, str(REPO / "launch.py"), f"--config={REPO / 'tests' / 'tiny_config.py'}", f"--workdir={workdir}",
+        f"--config.cls.data.train_path={data}", f"--config.lm.data.train_path={data}", *overrides,
+    ]
+
+
+def _launch(workdir, data, *overrides):
+    return subprocess.run(_command(workdir, data, *overrides), cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_series_end_to_end_report(tmp_path, germeval_tsv):
+    workdir = tmp_path / "series"
+    _ok(_launch(workdir, germeval_tsv))
+    report = json.loads((workdir / "report.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == ["lm_baseline", "lm_compress", "cls_predecessor", "cls_successor", "cls_truncated"]
+    for name, stage in stages.items():
+        stage_report = json.loads((workdir / name / "report.json").read_text())
+        assert len(stage_report["history"]) == 2  # one evaluation per epoch
+        assert (workdir / name / "best" / "model.safetensors").exists()
+        assert (workdir / name / "report.md").exists() and (workdir / name / "steps.png").exists()
+    # Layers: 4-layer predecessor, 2-layer successor and truncated model.
+    assert stages["cls_predecessor"]["parameters"]["exported_layers"] == 4
+    assert stages["cls_successor"]["parameters"]["exported_layers"] == 2
+    assert stages["cls_truncated"]["parameters"]["exported_layers"] == 2
+    # The comparison is computed from the recorded numbers.
+    comparison = report["comparison"]
+    pred, succ = stages["cls_predecessor"], stages["cls_successor"]
+    assert comparison["compression_ratio"] == pytest.approx(
+        pred["parameters"]["exported_model"] / succ["parameters"]["exported_model"]
+    )
+    assert comparison["retained_performance"] == pytest.approx(succ["best"]["macro_f1"] / pred["best"]["macro_f1"])
+    assert comparison["finetuning_speedup"] == pytest.approx(pred["time_until_best_s"] / succ["time_until_best_s"])
+    assert comparison["perplexity_lm_compress"] == stages["lm_compress"]["best"]["perplexity"]
+    # The replacement rate is logged every step and follows the curriculum (b = 0.1 at step 1).
+    logged = [json.loads(line) for line in (workdir / "lm_compress" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in logged] == list(range(1, len(logged) + 1))
+    assert logged[0]["replace_rate"] == pytest.approx(0.1)
+    assert logged[-1]["replace_rate"] == 1.0
+    # Predictions for error analysis: one row per test example.
+    predictions = (workdir / "cls_successor" / "predictions.csv").read_text().splitlines()
+    assert len(predictions) - 1 == stages["cls_successor"]["data"]["test"]["count"]
+    # The exported successor is a plain 2-layer BERT that transformers loads.
+    transformers = pytest.importorskip("transformers")
+    model = transformers.BertForSequenceClassification.from_pretrained(workdir / "cls_successor" / "best")
+    assert model.config.num_hidden_layers == 2
+
+
+def _history(workdir):
+    report = json.loads((workdir / "report.json").read_text())
+    return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in report["history"]]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv):
+    overrides = ("--config.pipeline=cls_compress", "--config.cls.epochs=3", "--config.checkpoint_every_steps=4")
+    reference = tmp_path / "reference"
+    _ok(_launch(reference, germeval_tsv, *overrides))
+
+    killed = tmp_path / "killed"
+    command = _command(killed, germeval_tsv, *overrides)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    checkpoints = killed / "checkpoints"
+    # Kill once a mid-run checkpoint exists (12 steps per epoch, so step 8 is in epoch 1).
+    while time.time() < deadline and not (checkpoints.exists() and any(p.name.isdigit() and int(p.name) >= 8 for p in checkpoints.iterdir())):
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "report.json").exists()
+    resumed = _ok(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600))
+    assert "resuming" in resumed.stderr
+    assert _history(killed) == _history(reference)
+
+
+def test_workdir_of_another_config_is_refused(tmp_path, germeval_tsv):
+    workdir = tmp_path / "run"
+    _ok(_launch(workdir, germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.epochs=1"))
+    refused = _launch(workdir, germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.epochs=2")
+    assert refused.returncode != 0 and "different config" in refused.stderr and "cls.epochs" in refused.stderr
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path, germeval_tsv):
+    result = _launch(
+        tmp_path / "nan", germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.learning_rate=1e30",
+        "--config.cls.max_grad_norm=0",
+    )
+    assert result.returncode != 0
+    assert "non-finite loss" in result.stderr and "at step" in result.stderr
