@@ -19,6 +19,9 @@ def get_config():
     config.model.path = "packaged"
     config.compression.num_successor_layers = 3
     config.compression.init_offset = "0"  # successor i <- predecessor layer 2i
+    # all-MiniLM-L6-v2 ships without an MLM head: it starts from a random init, so it must
+    # train beside the successor (with the successor alone it would stay random).
+    config.compression.trainable = "successor_embeddings_heads"
 
     config.lm.data = data_config(
         format="fortunes",
