@@ -1,193 +1,214 @@
-"""MIMIC-III in-hospital mortality from admission notes (van Aken et al.'s task, as in the study).
+"""MIMIC-III in-hospital mortality from admission notes (users bring their own MIMIC-III v1.4).
 
-Built from MIMIC-III v1.4's `NOTEEVENTS.csv(.gz)` and `ADMISSIONS.csv(.gz)`:
-discharge summaries only; no NEWBORN admissions; no notes without TEXT or HADM_ID;
-duplicate texts dropped keeping the latest; each admission's report joined with its
-addenda; only the sections known at admission kept (chief complaint, present illness,
-medical history, medications on admission, allergies, physical exam, family history,
-social history), and admissions with none of chief complaint, present illness and
-medical history dropped. Label: the admission's HOSPITAL_EXPIRE_FLAG.
-
-The notes file (about 4 GB) is streamed row by row; only discharge summaries are held.
-The built dataset is cached as JSONL keyed by both files' paths, sizes and mtimes, so a
-rerun reads it in seconds.
+Built as in the clinical-outcome-prediction setup the source study follows: discharge
+summaries of non-newborn admissions, duplicates dropped keeping the latest, each
+report joined with its addenda, then cut down to the sections known at admission.
+The 4 GB NOTEEVENTS file is streamed in chunks; the result is cached as JSONL keyed by
+the input files' paths, sizes and mtimes, so a rerun reads a few MB instead.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
+import contextlib
 import hashlib
 import json
 import os
 import re
-import sys
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterable, Iterator
+
+import pandas as pd
 
 from theseus_jax.data.records import DataError, Example
 
-# Section header names (lower case, single spaces) -> the admission section they open.
-ADMISSION_SECTIONS = {
-    "chief complaint": "chief complaint",
-    "history of present illness": "present illness",
-    "history of the present illness": "present illness",
-    "present illness": "present illness",
-    "hpi": "present illness",
-    "past medical history": "medical history",
-    "medical history": "medical history",
-    "pmh": "medical history",
-    "medications on admission": "medications on admission",
-    "admission medications": "medications on admission",
-    "meds on admission": "medications on admission",
-    "medications prior to admission": "medications on admission",
-    "allergies": "allergies",
-    "physical exam": "physical exam",
-    "physical examination": "physical exam",
-    "admission physical exam": "physical exam",
-    "physical exam on admission": "physical exam",
-    "family history": "family history",
-    "social history": "social history",
-}
-REQUIRED_SECTIONS = {"chief complaint", "present illness", "medical history"}
-# Other headers of discharge summaries: they end an admission section and are dropped.
-OTHER_SECTIONS = {
-    "admission date", "discharge date", "date of birth", "sex", "service", "attending", "addendum",
-    "major surgical or invasive procedure", "major surgical and invasive procedures", "past surgical history",
-    "review of systems", "pertinent results", "labs", "laboratory data", "imaging", "studies", "impression",
-    "brief hospital course", "hospital course", "concise summary of hospital course",
-    "discharge medications", "discharge diagnosis", "discharge diagnoses", "discharge condition",
-    "discharge disposition", "discharge instructions", "followup instructions", "follow-up instructions",
-    "discharge exam", "physical exam on discharge", "discharge physical exam", "facility", "completed by",
-    "condition on discharge", "disposition", "diagnosis", "final diagnosis", "procedures", "history",
-}
-HEADER = re.compile(r"^\s*([A-Za-z][A-Za-z /&,()'-]{1,60}?)\s*:(.*)$")
+# Bump when the build below changes, so stale caches are not reused.
+BUILD_VERSION = 1
 NOTE_COLUMNS = ("ROW_ID", "HADM_ID", "CHARTDATE", "CATEGORY", "DESCRIPTION", "TEXT")
 ADMISSION_COLUMNS = ("HADM_ID", "ADMISSION_TYPE", "HOSPITAL_EXPIRE_FLAG")
-CACHE_VERSION = 1
+CHUNK_ROWS = 20_000
+
+# Sections known at admission, in output order, with the header wordings that name them.
+ADMISSION_SECTIONS: dict[str, str] = {
+    "CHIEF COMPLAINT": r"chief complaints?",
+    "PRESENT ILLNESS": r"(history of (the )?)?present illness|hpi",
+    "MEDICAL HISTORY": r"(past )?medical history|(past )?medical( and |/| & )surgical history|pmh",
+    "MEDICATIONS ON ADMISSION": r"medications? (on|at|prior to) admission|(pre-?)?admission medications?|home medications?",
+    "ALLERGIES": r"allerg(y|ies)",
+    "PHYSICAL EXAM": r"(admission )?physical exam(ination)?( (on|at) admission)?|(admission )?exam (on|at) admission",
+    "FAMILY HISTORY": r"family history|fhx?",
+    "SOCIAL HISTORY": r"social history|shx?",
+}
+REQUIRED_SECTIONS = ("CHIEF COMPLAINT", "PRESENT ILLNESS", "MEDICAL HISTORY")
+# Later sections, recognised as headers even where no blank line precedes them.
+OTHER_HEADERS = (
+    r"admission date|discharge date|date of birth|sex|service|attending|"
+    r"major surgical or invasive procedures?|pertinent results|(brief )?hospital course|labs?|"
+    r"discharge (medications?|diagnos[ie]s|disposition|condition|instructions|exam(ination)?)|"
+    r"follow-?up instructions|review of systems|past surgical history|impression|facility"
+)
+_KNOWN = [(name, re.compile(pattern, re.I)) for name, pattern in ADMISSION_SECTIONS.items()]
+_OTHER = re.compile(OTHER_HEADERS, re.I)
+# "Title:" at the start of a line: letters and a little punctuation, no digits (so "BP 120/80:" is text).
+_HEADER = re.compile(r"^[ \t]*([A-Za-z][A-Za-z ,/&()'\-]{0,60}?)[ \t]*:(.*)$")
+_MAX_TITLE_WORDS = 6
 
 
-def _normal(name: str) -> str:
-    return " ".join(name.lower().split())
+def _header(line: str, after_blank: bool) -> tuple[str, str] | None:
+    """(normalised title, rest of the line) if `line` opens a section.
+
+    A known title opens a section anywhere; an unknown one only after a blank line, since
+    inside a section "Gen: NAD" or "Lungs: clear" are findings, not headers.
+    """
+    match = _HEADER.match(line)
+    if not match:
+        return None
+    title = " ".join(match.group(1).split()).lower()
+    known = any(p.fullmatch(title) for _, p in _KNOWN) or _OTHER.fullmatch(title)
+    if known or (after_blank and len(title.split()) <= _MAX_TITLE_WORDS):
+        return title, match.group(2)
+    return None
 
 
-def admission_sections(note: str) -> dict[str, str]:
-    """The admission sections of a note: {section: text}, each running from its header to the
-    next known header; repeated sections (e.g. from an addendum) are concatenated."""
-    sections: dict[str, list[str]] = {}
-    current: str | None = None
+def split_sections(note: str) -> list[tuple[str, str]]:
+    """(title, body) per section, a section running from its header line to the next header line.
+
+    Titles are lower case with single spaces; bodies have their whitespace collapsed.
+    Text before the first header is dropped.
+    """
+    sections: list[tuple[str, list[str]]] = []
+    after_blank = True
     for line in note.splitlines():
-        match = HEADER.match(line)
-        name = _normal(match.group(1)) if match else None
-        if name in ADMISSION_SECTIONS:
-            current = ADMISSION_SECTIONS[name]
-            sections.setdefault(current, []).append(match.group(2).strip())
-        elif name in OTHER_SECTIONS:
-            current = None
-        elif current is not None:
-            sections[current].append(line.strip())
-    return {k: " ".join(" ".join(v).split()) for k, v in sections.items() if " ".join(v).strip()}
+        header = _header(line, after_blank)
+        if header:
+            sections.append((header[0], [header[1]]))
+        elif sections:
+            sections[-1][1].append(line)
+        after_blank = not line.strip()
+    return [(title, " ".join(" ".join(body).split())) for title, body in sections]
 
 
 def admission_text(note: str) -> str | None:
-    """The note reduced to its admission sections, or None if it has none of the required ones."""
-    sections = admission_sections(note)
-    if not REQUIRED_SECTIONS & sections.keys():
+    """The note cut to the sections known at admission, "NAME: body" joined by blank lines.
+
+    The first non-empty occurrence of each section counts; None when the note has none of
+    chief complaint, present illness and medical history.
+    """
+    found: dict[str, str] = {}
+    for title, body in split_sections(note):
+        name = next((name for name, p in _KNOWN if p.fullmatch(title)), None)
+        if name and body and name not in found:
+            found[name] = body
+    if not any(name in found for name in REQUIRED_SECTIONS):
         return None
-    return "\n".join(f"{name.capitalize()}: {text}" for name, text in sections.items())
-
-
-def _open(path: Path) -> IO[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8", newline="")
+    return "\n\n".join(f"{name}: {found[name]}" for name in ADMISSION_SECTIONS if name in found)
 
 
 def _find(folder: Path, stem: str) -> Path:
     for name in (f"{stem}.csv.gz", f"{stem}.csv"):
         if (folder / name).is_file():
             return folder / name
-    raise DataError(f"{folder}: no {stem}.csv or {stem}.csv.gz (MIMIC-III v1.4 file)")
+    raise DataError(f"{folder}: no {stem}.csv.gz or {stem}.csv (MIMIC-III v1.4 files)")
 
 
-def _rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    csv.field_size_limit(sys.maxsize)  # discharge summaries exceed csv's 128 KB default
-    with _open(path) as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing columns {missing}")
-        try:
-            for row in reader:
-                yield reader.line_num, row
-        except csv.Error as err:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turns pandas' and the codec's errors into `DataError`s that name the file."""
+    try:
+        yield
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from None
+    except (ValueError, pd.errors.ParserError) as err:
+        raise DataError(f"{path}: unreadable CSV ({err})") from None
 
 
-def _admissions(path: Path) -> dict[str, tuple[str, int]]:
-    admissions = {}
-    for line, row in _rows(path, ADMISSION_COLUMNS):
-        flag = row["HOSPITAL_EXPIRE_FLAG"].strip()
-        if flag not in ("0", "1"):
-            raise DataError(f"{path}:{line}: HOSPITAL_EXPIRE_FLAG must be 0 or 1, got {flag!r}")
-        admissions[row["HADM_ID"].strip()] = (row["ADMISSION_TYPE"].strip().upper(), int(flag))
-    return admissions
+def _read_csv(path: Path, columns: Iterable[str], **kwargs):
+    """pandas.read_csv restricted to `columns`, after checking the header has them."""
+    columns = list(columns)
+    with _reading(path):
+        header = pd.read_csv(path, nrows=0).columns
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (found {list(header)})")
+    with _reading(path):
+        return pd.read_csv(path, usecols=columns, **kwargs)
 
 
-def build_mimic(notes_path: Path, admissions_path: Path) -> list[Example]:
-    """The mortality dataset from the two MIMIC-III files (see the module docstring)."""
-    admissions = _admissions(admissions_path)
-    latest_by_text: dict[str, tuple[tuple[str, int], str, str, str, int]] = {}
-    for line, row in _rows(notes_path, NOTE_COLUMNS):
-        if row["CATEGORY"].strip() != "Discharge summary":
-            continue
-        hadm, text = row["HADM_ID"].strip(), row["TEXT"]
-        if not hadm or not text.strip():
-            continue
-        hadm = str(int(float(hadm)))  # "123.0" in some exports
-        order = (row["CHARTDATE"], int(row["ROW_ID"] or 0))
-        digest = hashlib.sha1(text.encode()).hexdigest()
-        if digest not in latest_by_text or order > latest_by_text[digest][0]:
-            latest_by_text[digest] = (order, hadm, row["DESCRIPTION"].strip().lower(), text, line)
-    notes_by_admission: dict[str, list[tuple[tuple[str, int], str, str, int]]] = {}
-    for order, hadm, description, text, line in latest_by_text.values():
-        notes_by_admission.setdefault(hadm, []).append((order, description, text, line))
+def _mortality_labels(path: Path) -> dict[int, int]:
+    """HADM_ID -> HOSPITAL_EXPIRE_FLAG for every admission that is not NEWBORN."""
+    admissions = _read_csv(path, ADMISSION_COLUMNS, dtype={"ADMISSION_TYPE": str, "HOSPITAL_EXPIRE_FLAG": str})
+    # Admissions have no multi-line fields, so data row i is on line i + 2.
+    for column, bad in (
+        ("HADM_ID", admissions.HADM_ID.isna()),
+        ("HOSPITAL_EXPIRE_FLAG", ~admissions.HOSPITAL_EXPIRE_FLAG.isin(["0", "1"])),
+    ):
+        if bad.any():
+            index = int(bad.to_numpy().argmax())
+            value = admissions[column].iloc[index]
+            raise DataError(f"{path}:{index + 2}: {column} is {value!r}, expected {'an id' if column == 'HADM_ID' else '0 or 1'}")
+    adults = admissions[admissions.ADMISSION_TYPE != "NEWBORN"]
+    return dict(zip(adults.HADM_ID.astype("int64"), adults.HOSPITAL_EXPIRE_FLAG.astype(int)))
+
+
+def _discharge_summaries(path: Path, labels: dict[int, int]) -> pd.DataFrame:
+    """Discharge summaries with TEXT of labelled (non-newborn) admissions, streamed in chunks."""
+    kept = []
+    dtype = {"ROW_ID": "int64", "HADM_ID": "float64", "CHARTDATE": str, "CATEGORY": str, "DESCRIPTION": str, "TEXT": str}
+    chunks = _read_csv(path, NOTE_COLUMNS, chunksize=CHUNK_ROWS, dtype=dtype)
+    with _reading(path):
+        for chunk in chunks:
+            chunk = chunk[(chunk.CATEGORY == "Discharge summary") & chunk.TEXT.notna() & chunk.HADM_ID.notna()]
+            kept.append(chunk[chunk.HADM_ID.astype("int64").isin(labels.keys())])
+    notes = pd.concat(kept, ignore_index=True)
+    notes["HADM_ID"] = notes.HADM_ID.astype("int64")
+    return notes
+
+
+def build_mortality(notes_path: Path, admissions_path: Path) -> list[Example]:
+    """Admission notes labelled with in-hospital death, in HADM_ID order (no cache)."""
+    labels = _mortality_labels(admissions_path)
+    notes = _discharge_summaries(notes_path, labels)
+    notes = notes.sort_values(["CHARTDATE", "ROW_ID"], kind="stable").drop_duplicates("TEXT", keep="last")
     examples = []
-    for hadm in sorted(notes_by_admission, key=int):
-        if hadm not in admissions:
-            raise DataError(f"{notes_path}: HADM_ID {hadm} is not in {admissions_path}")
-        admission_type, label = admissions[hadm]
-        if admission_type == "NEWBORN":
+    for hadm, group in notes.groupby("HADM_ID", sort=True):
+        reports = group[group.DESCRIPTION == "Report"]
+        if reports.empty:  # addenda whose report is missing or was a duplicate
             continue
-        # The report first, then its addenda in chart order.
-        notes = sorted(notes_by_admission[hadm], key=lambda n: (n[1] != "report", n[0]))
-        text = admission_text("\n".join(n[2] for n in notes))
+        text = admission_text("\n\n".join(group.TEXT))
         if text is not None:
-            examples.append(Example(text, label, f"{notes_path}:{notes[0][3]} (HADM_ID {hadm})"))
+            row = int(reports.ROW_ID.iloc[-1])
+            examples.append(Example(text, labels[hadm], f"{notes_path}:HADM_ID={hadm}:ROW_ID={row}"))
     return examples
 
 
-def _cache_key(*paths: Path) -> str:
-    parts = [CACHE_VERSION] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-
-
 def default_cache_dir() -> Path:
+    """$THESEUS_CACHE, else $XDG_CACHE_HOME/theseus_jax, else ~/.cache/theseus_jax."""
+    if os.environ.get("THESEUS_CACHE"):
+        return Path(os.environ["THESEUS_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "theseus_jax"
 
 
+def _cache_key(paths: Iterable[Path]) -> str:
+    parts = [BUILD_VERSION] + [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
 def read_mimic(folder: str | Path, cache_dir: str | Path | None = None) -> list[Example]:
-    """The mortality dataset from a MIMIC-III folder, built once and then read from the cache."""
+    """The mortality dataset from a folder with NOTEEVENTS.csv(.gz) and ADMISSIONS.csv(.gz), cached."""
     folder = Path(folder)
-    notes, admissions = _find(folder, "NOTEEVENTS"), _find(folder, "ADMISSIONS")
-    cache = Path(cache_dir or default_cache_dir()) / f"mimic-mortality-{_cache_key(notes, admissions)}.jsonl"
-    if cache.exists():
+    notes_path, admissions_path = _find(folder, "NOTEEVENTS"), _find(folder, "ADMISSIONS")
+    cache = Path(cache_dir or default_cache_dir()) / f"mimic-mortality-{_cache_key([notes_path, admissions_path])}.jsonl"
+    if cache.is_file():
         with cache.open(encoding="utf-8") as f:
             return [Example(**json.loads(line)) for line in f]
-    examples = build_mimic(notes, admissions)
+    examples = build_mortality(notes_path, admissions_path)
+    if not examples:
+        raise DataError(f"{notes_path}: no discharge summary with admission sections and a labelled admission")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for e in examples:
-            f.write(json.dumps({"text": e.text, "label": e.label, "source": e.source}) + "\n")
+            f.write(json.dumps({"text": e.text, "label": e.label, "source": e.source}, ensure_ascii=False) + "\n")
     tmp.replace(cache)
     return examples

@@ -7,9 +7,11 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Example:
+    """One observation; `source` ("file:line") survives cleaning and splitting for error analysis."""
+
     text: str
     label: int | None
-    source: str  # "file:line", kept for error reports and error analysis
+    source: str
 
     @property
     def labelled(self) -> bool:
@@ -17,4 +19,4 @@ class Example:
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file and line or field."""
+    """Bad input data; the message names the file and the line or field."""
