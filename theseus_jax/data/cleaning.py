@@ -10,6 +10,8 @@ from theseus_jax.data.records import Example
 
 @dataclasses.dataclass(frozen=True)
 class CleaningReport:
+    """How many examples each rule removed, for the statistics report."""
+
     kept: int
     empty: int
     duplicates: int

@@ -27,15 +27,29 @@ def open_text(path: str | Path) -> TextIO:
     return path.open(encoding="utf-8", newline="")
 
 
+def encoding_error(path: str | Path) -> DataError:
+    """The error for a file that is not UTF-8, naming the first bad line.
+
+    Text files decode in blocks, so the decoder's offset does not give the line; this
+    rescans the bytes line by line (only on the error path).
+    """
+    with Path(path).open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return DataError(f"{path}:{number}: not valid UTF-8 ({err.reason} at column {err.start + 1})")
+    return DataError(f"{path}: not valid UTF-8")
+
+
 def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without its line break); bad UTF-8 names the file and line."""
-    number = 0
     try:
         with open_text(path) as f:
             for number, line in enumerate(f, start=1):
                 yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}:{number + 1}: not valid UTF-8 ({err.reason})") from None
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
 
 
 def parse_label_map(spec: str) -> dict[str, int]:
@@ -91,8 +105,8 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Row]]:
                     raise DataError(f"{path}:{start}: {len(reader.fieldnames) + len(row[None])} fields, the header has {len(reader.fieldnames)}")
                 yield start, row
                 start = reader.line_num + 1
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason}, near line {reader.line_num + 1})") from None
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
     except csv.Error as err:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
 

@@ -118,7 +118,7 @@ def _reading(path: Path) -> Iterator[None]:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file") from None
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from None
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from None  # notes span many lines: name the file
     except (ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: unreadable CSV ({err})") from None
 
