@@ -210,10 +210,12 @@ def tokenizer(packaged_model_dir):
 def test_encode_truncates_keeping_sep_and_records_full_lengths(tokenizer):
     texts = ["hello world", "word " * 40]
     encoded = encode(texts, tokenizer, max_length=16)
-    assert encoded.ids[0].tolist() == [tokenizer.cls_token_id, *tokenizer("hello world", add_special_tokens=False)["input_ids"], tokenizer.sep_token_id]
+    words = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    assert encoded.ids[0].tolist() == [tokenizer.cls_token_id, *words, tokenizer.sep_token_id]
     assert encoded.full_lengths.tolist() == [4, 42]
     assert len(encoded.ids[1]) == 16 and encoded.ids[1][-1] == tokenizer.sep_token_id
-    assert tokenizer("word " * 40, truncation=True, max_length=8)["input_ids"][-1] == tokenizer.sep_token_id  # caller's tokenizer untouched
+    # The caller's tokenizer keeps its own truncation settings.
+    assert tokenizer("word " * 40, truncation=True, max_length=8)["input_ids"][-1] == tokenizer.sep_token_id
 
 
 def test_encode_cache_is_reused(tokenizer, tmp_path, monkeypatch):

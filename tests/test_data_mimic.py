@@ -175,7 +175,8 @@ def write_mimic(folder: Path, notes=NOTES, admissions=ADMISSIONS, note_columns=N
     writer = csv.writer(out, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
     writer.writerow(note_columns)
     for row_id, hadm, date, category, description, text in notes:
-        row = dict(zip(NOTE_COLUMNS, [row_id, 7, "" if hadm is None else hadm, date, "", "", category, description, "", "", "" if text is None else text]))
+        values = [row_id, 7, "" if hadm is None else hadm, date, "", "", category, description, "", "", text or ""]
+        row = dict(zip(NOTE_COLUMNS, values))
         writer.writerow([row[c] for c in note_columns])
     with gzip.open(folder / "NOTEEVENTS.csv.gz", "wt", encoding="utf-8") as f:
         f.write(out.getvalue())

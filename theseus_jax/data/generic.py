@@ -102,7 +102,8 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, Row]]:
             start = reader.line_num + 1
             for row in reader:
                 if None in row:
-                    raise DataError(f"{path}:{start}: {len(reader.fieldnames) + len(row[None])} fields, the header has {len(reader.fieldnames)}")
+                    width = len(reader.fieldnames)
+                    raise DataError(f"{path}:{start}: {width + len(row[None])} fields, the header has {width}")
                 yield start, row
                 start = reader.line_num + 1
     except UnicodeDecodeError:
