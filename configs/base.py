@@ -59,7 +59,8 @@ def get_base_config() -> ml_collections.ConfigDict:
             "tokenizer_path": "",  # defaults to model.path
             # Non-empty: a randomly initialised BERT with these BertConfig fields (tests, timing).
             "random_config": ml_collections.ConfigDict(),
-            "dtype": "float32",
+            "dtype": "float32",  # compute dtype; "bfloat16" on GPUs (weights stay float32)
+            "remat": False,  # recompute layer activations in the backward pass (long sequences)
         }
     )
     # What cls_baseline trains: predecessor | truncated | a checkpoint folder.
@@ -94,6 +95,12 @@ def get_base_config() -> ml_collections.ConfigDict:
             "stages": "lm_baseline,lm_compress,cls_predecessor,cls_successor,cls_truncated",
         }
     )
+
+    # Data parallelism: batches split over this many devices (0 = all); the global batch
+    # size stays `batch_size` whatever the device count.
+    config.num_devices = 0
+    # Gradient accumulation: each batch is split into this many micro-batches.
+    config.accumulation_steps = 1
 
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 200

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from theseus_jax.models.bert import HEADS, BertConfig, BertLayer, BertModel
+from theseus_jax.models.bert import HEADS, BertConfig, BertModel, layer_class
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -53,8 +53,9 @@ class TheseusEncoder(nn.Module):
     def setup(self) -> None:
         n_pred = self.config.num_hidden_layers
         self.r = module_size(n_pred, self.num_successor_layers)
-        self.predecessor = [BertLayer(self.config) for _ in range(n_pred)]
-        self.successor = [BertLayer(self.config) for _ in range(self.num_successor_layers)]
+        layer = layer_class(self.config)
+        self.predecessor = [layer(self.config) for _ in range(n_pred)]
+        self.successor = [layer(self.config) for _ in range(self.num_successor_layers)]
 
     def run_predecessor(self, i: int, hidden: Array, bias: Array, deterministic: bool) -> Array:
         for layer in self.predecessor[i * self.r : (i + 1) * self.r]:

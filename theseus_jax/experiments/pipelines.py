@@ -58,7 +58,7 @@ def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = 
         bert_config, params = load_hf_checkpoint(folder, head=head, num_labels=num_labels, seed=config.seed)
         if path:
             tokenizer_dir = folder if (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists() else tokenizer_dir
-    bert_config = bert_config.replace(dtype=config.model.dtype)
+    bert_config = bert_config.replace(dtype=config.model.dtype, remat=config.model.remat)
     return ModelSource(bert_config, params, tokenizer_dir)
 
 
@@ -120,6 +120,8 @@ def _job(
         early_stopping_patience=cfg.early_stopping.patience,
         early_stopping_min_delta=cfg.early_stopping.min_delta,
         eval_texts=[e.text for e in loaders.test_examples],
+        num_devices=cfg.num_devices,
+        accumulation_steps=cfg.accumulation_steps,
     )
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
 from theseus_jax.experiments.checkpoints import Checkpoints, Progress
 from theseus_jax.models.bert import BertConfig
-from theseus_jax.training import steps
+from theseus_jax.training import parallel, steps
 
 log = logging.getLogger("theseus_jax")
 Batch = dict[str, np.ndarray]
@@ -59,6 +59,8 @@ class TrainingJob:
     export: Callable[[Params], tuple[BertConfig, Params]]  # params -> plain BERT to save as best
     tokenizer_dir: Path | None = None
     eval_texts: list[str] | None = None  # written beside the best model's test predictions
+    num_devices: int = 0  # data-parallel mesh size; 0 = every device
+    accumulation_steps: int = 1
     compression: steps.Compression | None = None
     learning_rate: optax.Schedule | None = None
     seed: int = 0
@@ -154,12 +156,15 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     train_step = jax.jit(
-        steps.make_train_step(job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate),
+        steps.make_train_step(
+            job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps
+        ),
         donate_argnums=(0,),
     )
     eval_step = jax.jit(steps.make_eval_step(job.model, job.objective))
+    mesh = parallel.make_mesh(job.num_devices)
     rng = jax.random.key(job.seed)
-    state = steps.create_train_state(job.params, job.tx)
+    state = parallel.replicate(steps.create_train_state(job.params, job.tx), mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=job.keep_checkpoints)
     progress = Progress()
     if checkpoints.latest_step() is not None:
@@ -173,7 +178,9 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     def run_evaluation(epoch: int) -> bool:
         """Evaluates, exports a new best model; returns True if training should stop early."""
-        metrics, predictions = evaluate(eval_step, state.params, job.eval_loader, job.objective, f"{job.name} eval")
+        metrics, predictions = evaluate(
+            lambda p, b: eval_step(p, parallel.shard_batch(b, mesh)), state.params, job.eval_loader, job.objective, f"{job.name} eval"
+        )
         entry = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed(), **metrics}
         progress.history.append(entry)
         step_log.write_eval(int(state.step), metrics)
@@ -200,7 +207,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             total = job.train_loader.num_batches(epoch)
             bar = tqdm(total=total, initial=progress.batch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", disable=None)
             for batch in job.train_loader.batches(epoch, progress.batch):
-                state, metrics = train_step(state, batch, rng)
+                state, metrics = train_step(state, parallel.shard_batch(batch, mesh), rng)
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step = int(state.step)
                 if not math.isfinite(scalars["loss"]):

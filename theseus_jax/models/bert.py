@@ -63,6 +63,8 @@ class BertConfig:
     # Compute dtype of matmuls ("float32" or "bfloat16"); parameters stay float32 and
     # LayerNorm, softmax and losses are computed in float32.
     dtype: str = "float32"
+    # Recompute each layer's activations in the backward pass (long sequences, small memory).
+    remat: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -229,13 +231,19 @@ class BertLayer(nn.Module):
         return BertOutput(self.config, name="output")(intermediate, attended, deterministic)
 
 
+def layer_class(config: BertConfig) -> type[nn.Module]:
+    """`BertLayer`, rematerialised when `config.remat` (parameter names are unchanged)."""
+    return nn.remat(BertLayer, static_argnums=(3,)) if config.remat else BertLayer
+
+
 class BertEncoder(nn.Module):
     """The plain stack of `num_hidden_layers` layers (`layer_0`, `layer_1`, ...)."""
 
     config: BertConfig
 
     def setup(self) -> None:
-        self.layer = [BertLayer(self.config) for _ in range(self.config.num_hidden_layers)]
+        layer = layer_class(self.config)
+        self.layer = [layer(self.config) for _ in range(self.config.num_hidden_layers)]
 
     def __call__(
         self, hidden: Array, bias: Array, deterministic: bool = True, output_hidden_states: bool = False

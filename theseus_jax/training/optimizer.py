@@ -98,7 +98,3 @@ def apply_trainable_updates(params: Params, updates: Params, mask: Params) -> Pa
     (bit-identical, and no 0-add over the frozen weights every step)."""
     return jax.tree.map(lambda p, u, train: p + u.astype(p.dtype) if train else p, params, updates, mask)
 
-
-def trainable_global_norm(grads: Params, mask: Params) -> jax.Array:
-    """Gradient norm over trainable leaves only (a norm over all would keep frozen grads alive)."""
-    return optax.tree.norm([g for g, train in zip(jax.tree.leaves(grads), jax.tree.leaves(mask)) if train])

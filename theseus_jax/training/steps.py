@@ -15,9 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from theseus_jax.compression.schedules import Schedule, sample_replace_mask
-from theseus_jax.training.optimizer import apply_trainable_updates, trainable_global_norm
+from theseus_jax.training.optimizer import apply_trainable_updates
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -88,14 +89,34 @@ def make_train_step(
     objective: Objective,
     compression: Compression | None = None,
     learning_rate: optax.Schedule | None = None,
+    accumulation_steps: int = 1,
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng)`; jit it with `donate_argnums=(0,)`.
 
     `rng` is the run's key: the step folds in its own number, so a resumed run draws the
     same masks and dropout as an uninterrupted one. `trainable` is the bool mask tree the
-    optimizer was built with.
+    optimizer was built with: only that partition is differentiated, so no frozen
+    weight gradient is ever computed. With `accumulation_steps` k > 1 the batch is split
+    into k micro-batches (scanned, one replacement draw for all of them) whose summed
+    gradients equal the whole batch's.
     """
     loss_of = LOSSES[objective]
+    is_trainable = traverse_util.flatten_dict(trainable, sep="/")
+
+    def split(params: Any) -> tuple[dict[str, Array], dict[str, Array]]:
+        flat = traverse_util.flatten_dict(params, sep="/")
+        return (
+            {k: v for k, v in flat.items() if is_trainable[k]},
+            {k: v for k, v in flat.items() if not is_trainable[k]},
+        )
+
+    def summed_loss(train_part, frozen_part, batch, dropout_rng, kwargs) -> tuple[Array, Metrics]:
+        params = traverse_util.unflatten_dict({**train_part, **frozen_part}, sep="/")
+        logits = _forward(model, params, batch, deterministic=False, rngs={"dropout": dropout_rng}, **kwargs)
+        _, aux = loss_of(logits, batch)
+        return aux["loss_sum"], aux
+
+    gradient = jax.grad(summed_loss, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, Metrics]:
         replace_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -108,14 +129,26 @@ def make_train_step(
             metrics["replace_rate"] = p
             metrics["modules_replaced"] = replace_mask.sum()
 
-        def loss_fn(params: Any) -> tuple[Array, Metrics]:
-            logits = _forward(model, params, batch, deterministic=False, rngs={"dropout": dropout_rng}, **kwargs)
-            return loss_of(logits, batch)
+        train_part, frozen_part = split(state.params)
+        if accumulation_steps == 1:
+            grads, aux = gradient(train_part, frozen_part, batch, dropout_rng, kwargs)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape((accumulation_steps, -1) + x.shape[1:]), batch)
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            def accumulate(total, xs):
+                micro_batch, i = xs
+                out = gradient(train_part, frozen_part, micro_batch, jax.random.fold_in(dropout_rng, i), kwargs)
+                return jax.tree.map(jnp.add, total, out), None
+
+            zeros = (jax.tree.map(jnp.zeros_like, train_part), {k: jnp.zeros(()) for k in ("loss_sum", "count", "correct")})
+            (grads, aux), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accumulation_steps)))
+        count = jnp.maximum(aux["count"], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)  # gradient of the mean loss
+        # The optimizer sees the whole tree; frozen leaves get zeros it ignores (set_to_zero).
+        full_grads = traverse_util.unflatten_dict({**grads, **jax.tree.map(jnp.zeros_like, frozen_part)}, sep="/")
+        updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
         params = apply_trainable_updates(state.params, updates, trainable)
-        metrics.update(loss=loss, grad_norm=trainable_global_norm(grads, trainable), **aux)
+        metrics.update(loss=aux["loss_sum"] / count, grad_norm=optax.tree.norm(grads), **aux)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
