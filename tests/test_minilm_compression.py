@@ -12,7 +12,9 @@ import pytest
 
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.convert import load_hf_checkpoint, save_hf_checkpoint
-from theseus_jax.data.batching import BatchLoader, encode, masking_config
+from theseus_jax.data.batching import BatchLoader
+from theseus_jax.data.encoding import encode
+from theseus_jax.data.masking import masking_config
 from theseus_jax.tokenization import load_tokenizer, packaged_model_dir
 from theseus_jax.training import optimizer, steps
 
@@ -37,7 +39,7 @@ def test_mlm_compression_lowers_successor_loss_and_exports_to_transformers(tmp_p
     assert len(texts) > 100
     train_texts, eval_texts = texts[: len(texts) - 32], texts[-32:]
     masking = masking_config(tokenizer)
-    train = BatchLoader(encode(train_texts, tokenizer, 64), None, 16, tokenizer.pad_token_id, (64,), seed=0, masking=masking)
+    train = BatchLoader(encode(train_texts, tokenizer, 64), None, 16, tokenizer.pad_token_id, (64,), seed=0, masking=masking, gather_masked=True)
     held_out = BatchLoader(encode(eval_texts, tokenizer, 64), None, 16, tokenizer.pad_token_id, (64,), shuffle=False, masking=masking)
 
     config, pred_params = load_hf_checkpoint(model_dir, head="mlm")  # no MLM head shipped: initialised

@@ -11,7 +11,9 @@ import ml_collections
 import numpy as np
 
 from theseus_jax.data import fortunes, readers
-from theseus_jax.data.batching import BatchLoader, encode, masking_config
+from theseus_jax.data.batching import BatchLoader
+from theseus_jax.data.encoding import encode
+from theseus_jax.data.masking import masking_config
 from theseus_jax.data.cleaning import clean
 from theseus_jax.data.records import DataError, Example
 from theseus_jax.data.splits import stratified_split
@@ -49,9 +51,7 @@ def read_file(data: ml_collections.ConfigDict, path: str, labelled: bool) -> lis
     if fmt == "germeval":
         return readers.read_germeval(path)
     if fmt == "mimic":
-        from theseus_jax.data.mimic import read_mimic
-
-        return read_mimic(path)
+        return readers.read_mimic(path)
     if fmt == "nohate":
         return readers.read_nohate(path, data.text_column, data.label_column, label_map or {})
     if fmt == "nohate_lm":
@@ -100,7 +100,7 @@ def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: b
         loader = BatchLoader(
             encoded, labels, stage.batch_size if name == "train" else stage.eval_batch_size,
             pad_token_id=tokenizer.pad_token_id, buckets=tuple(stage.buckets), shuffle=name == "train",
-            seed=seed, masking=masking,
+            seed=seed, masking=masking, gather_masked=masking is not None,
         )
         parts[name] = (loader, dataset_statistics(examples, encoded.full_lengths, stage.max_length))
     statistics = {"cleaning": cleaning, "train": parts["train"][1], "test": parts["test"][1]}

@@ -166,9 +166,10 @@ def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]
     return _run(job, workdir, cfg, source, loaders, "lm_baseline")
 
 
-def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str) -> dict[str, Any]:
+def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None) -> dict[str, Any]:
     head = HEAD_OF[objective]
-    source = load_model(cfg, head)
+    source = load_model(cfg, head, path)
+    predecessor_size = theseus.count_params(source.params)
     tokenizer = load_tokenizer(source.tokenizer_dir, (cfg.lm if objective == "mlm" else cfg.cls).max_length)
     loaders = datasets.mlm_loaders(cfg, tokenizer) if objective == "mlm" else datasets.classification_loaders(cfg, tokenizer)
     n = cfg.compression.num_successor_layers
@@ -179,7 +180,7 @@ def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, nam
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
                compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
     result = _run(job, workdir, cfg, source, loaders, name)
-    result["compression_ratio"] = theseus.count_params(source.params) / result["parameters"]["exported_model"]
+    result["compression_ratio"] = predecessor_size / result["parameters"]["exported_model"]
     return result
 
 
@@ -188,9 +189,12 @@ def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]
     return _compress(cfg, workdir, "mlm", "lm_compress")
 
 
-def cls_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-    """Theseus Compression during downstream training (the original method)."""
-    return _compress(cfg, workdir, "classification", "cls_compress")
+def cls_compress(cfg: ml_collections.ConfigDict, workdir: Path, model: str | None = None) -> dict[str, Any]:
+    """Theseus Compression during downstream training (the original method), from the
+    configured predecessor or from a classifier checkpoint (`model`, e.g. the fine-tuned
+    predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT)."""
+    model = model or (cfg.cls_model if cfg.cls_model not in ("predecessor", "truncated") else None)
+    return _compress(cfg, workdir, "classification", "cls_compress", model)
 
 
 def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: str | None = None, name: str = "cls_baseline") -> dict[str, Any]:
@@ -235,7 +239,9 @@ def _lm_output(results: dict[str, Any], stage: str) -> str | None:
 SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, Any]], dict[str, Any]]] = {
     "lm_baseline": lambda cfg, wd, _: lm_baseline(cfg, wd),
     "lm_compress": lambda cfg, wd, _: lm_compress(cfg, wd),
-    "cls_compress": lambda cfg, wd, _: cls_compress(cfg, wd),
+    # The original method: compress while training on the task, from the fine-tuned
+    # predecessor classifier when cls_predecessor ran before.
+    "cls_compress": lambda cfg, wd, r: cls_compress(cfg, wd, r["cls_predecessor"]["best_model_dir"] if "cls_predecessor" in r else None),
     # Downstream on the LM-fine-tuned predecessor (or the original one without an LM stage).
     "cls_predecessor": lambda cfg, wd, r: cls_baseline(cfg, wd, _lm_output(r, "lm_baseline") or "predecessor", "cls_predecessor"),
     # Downstream on the compressed successor; needs lm_compress.

@@ -126,23 +126,28 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """CR, RP and speedups from the stages' recorded numbers."""
+    """CR, RP and speedups from the stages' recorded numbers.
+
+    The compressed model is `cls_successor` (compressed during MLM) and/or `cls_compress`
+    (compressed during downstream training); the unsuffixed keys describe the first present.
+    """
     metric = cfg.cls.metric
     best = lambda stage: results[stage]["best"][metric] if stage in results and results[stage]["best"] else None
     time_to_best = lambda stage: results[stage]["time_until_best_s"] if stage in results else None
     params = lambda stage: results[stage]["parameters"]["exported_model"] if stage in results else None
-    out: dict[str, Any] = {"metric": metric}
-    baseline, compressed = "cls_predecessor", "cls_successor" if "cls_successor" in results else "cls_compress"
-    out["compression_ratio"] = _ratio(params(baseline), params(compressed))
-    out["retained_performance"] = _ratio(best(compressed), best(baseline))
-    out["finetuning_speedup"] = _ratio(time_to_best(baseline), time_to_best(compressed))
-    out[f"{metric}_predecessor"] = best(baseline)
-    out[f"{metric}_successor"] = best(compressed)
+    baseline = "cls_predecessor"
+    out: dict[str, Any] = {"metric": metric, f"{metric}_predecessor": best(baseline)}
+    compressed = [s for s in ("cls_successor", "cls_compress") if s in results]
+    for i, stage in enumerate(compressed):
+        suffix = "" if i == 0 else f"_{stage}"
+        out[f"compression_ratio{suffix}"] = _ratio(params(baseline), params(stage))
+        out[f"retained_performance{suffix}"] = _ratio(best(stage), best(baseline))
+        out[f"finetuning_speedup{suffix}"] = _ratio(time_to_best(baseline), time_to_best(stage))
+        out[f"{metric}_{'successor' if i == 0 else stage}"] = best(stage)
+        if "cls_truncated" in results and best(stage) is not None:
+            out[f"{'successor' if i == 0 else stage}_beats_truncated"] = best(stage) > best("cls_truncated")
     if "cls_truncated" in results:
         out[f"{metric}_truncated"] = best("cls_truncated")
-        out["successor_beats_truncated"] = (
-            None if best(compressed) is None else best(compressed) > best("cls_truncated")
-        )
     for stage in ("lm_baseline", "lm_compress"):
         if stage in results and results[stage]["best"]:
             out[f"perplexity_{stage}"] = results[stage]["best"]["perplexity"]
