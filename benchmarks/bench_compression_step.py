@@ -5,7 +5,7 @@ seq 128, float32. All variants are compiled first, then run interleaved round by
 (A, B, C, ... A, B, C, ...) so that machine drift hits all of them alike; medians and
 median paired ratios are reported.
 
-    python benchmarks/bench_compression_step.py --rounds 8 --output BENCHMARKS.md
+    python -m benchmarks.bench_compression_step --rounds 8 --output BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main() -> None:
     )
     print(table)
     if args.output:
-        command = f"python benchmarks/bench_compression_step.py --rounds {args.rounds} --output {args.output}"
+        command = f"python -m benchmarks.bench_compression_step --rounds {args.rounds} --output {args.output}"
         write_section(args.output, "Compression step: cond vs full fine-tuning vs select", command, table)
 
 
