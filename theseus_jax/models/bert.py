@@ -179,7 +179,10 @@ class BertSelfAttention(nn.Module):
         return context.reshape(context.shape[:2] + (cfg.hidden_size,))
 
 
-class BertSelfOutput(nn.Module):
+class BertOutput(nn.Module):
+    """Projection to the hidden size, dropout, residual and LayerNorm: HF's `BertOutput`,
+    also serving as its identical `BertSelfOutput` (`attention/output`)."""
+
     config: BertConfig
 
     @nn.compact
@@ -196,7 +199,7 @@ class BertAttention(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, bias: Array, deterministic: bool) -> Array:
         context = BertSelfAttention(self.config, name="self")(hidden, bias, deterministic)
-        return BertSelfOutput(self.config, name="output")(context, hidden, deterministic)
+        return BertOutput(self.config, name="output")(context, hidden, deterministic)
 
 
 class BertIntermediate(nn.Module):
@@ -206,17 +209,6 @@ class BertIntermediate(nn.Module):
     def __call__(self, hidden: Array) -> Array:
         hidden = _dense(self.config, self.config.intermediate_size, "dense")(hidden)
         return ACTIVATIONS[self.config.hidden_act](hidden)
-
-
-class BertOutput(nn.Module):
-    config: BertConfig
-
-    @nn.compact
-    def __call__(self, hidden: Array, residual: Array, deterministic: bool) -> Array:
-        cfg = self.config
-        hidden = _dense(cfg, cfg.hidden_size, "dense")(hidden)
-        hidden = nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
-        return _layer_norm(cfg)(hidden + residual)
 
 
 class BertLayer(nn.Module):
