@@ -11,6 +11,7 @@ the modes alternate round by round and the speed-up is the median of paired rati
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ def padding_efficiency(loader: BatchLoader) -> tuple[float, int]:
 
 
 def main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()[0]
     tokenizer = load_tokenizer(packaged_model_dir())
     examples = read_germeval(args.data)
     labels = np.array([e.label for e in examples], np.int32)
@@ -96,7 +98,8 @@ def main(args: argparse.Namespace) -> None:
             f"of {len(keep)} GermEval 2018 training tweets ({tokens:,} real tokens, English uncased WordPiece), "
             f"{args.rounds} alternating rounds, compilation excluded. Real tokens exclude padding. Padding efficiency "
             f"and shapes are over the whole training file ({len(examples):,} tweets, one shuffled epoch).",
-            f"Machine: {machine_description()}.",
+            f"Machine: {machine_description()}; 1-minute load average {load_before:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end (other work on the cores slows both modes and skews the ratio).",
             "",
             "| batching | batches | median s per pass | real tokens/s | real share of positions (full file) | shapes (full file) |",
             "|---|---|---|---|---|---|",
