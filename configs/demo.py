@@ -2,9 +2,11 @@
 
 No user data: Debian's `fortunes` package supplies real, human-written English texts
 grouped by topic (`apt-get install fortunes`). The LM stage fine-tunes the masked LM on
-six topics; the downstream task tells `science` from `politics` fortunes. The series
-compares the predecessor, the compressed successor and the truncated predecessor (its
-bottom 3 layers, fine-tuned for the same steps). About 10 minutes on 2 CPU cores.
+six other topics; the downstream task tells science, medicine and education fortunes
+from politics, law and news. The series compares the predecessor, the successor
+compressed during MLM fine-tuning, the successor compressed during downstream training
+(BERT-of-Theseus' setting, from the fine-tuned predecessor) and the truncated
+predecessor (its bottom 3 layers, fine-tuned for the same steps).
 
     python launch.py --config=configs/demo.py --workdir=runs/demo
 """
@@ -28,14 +30,16 @@ def get_config():
         train_path=FORTUNES,
         topics="people+wisdom+work+men-women+art+literature",
         test_share=0.1,
-        max_examples=2000,
+        max_examples=1200,
     )
-    config.lm.epochs = 3
+    config.lm.epochs = 2
     config.lm.max_length = 64
     config.lm.buckets = (32, 64)
     config.lm.learning_rate = 1e-4
 
-    config.cls.data = data_config(format="fortunes", train_path=FORTUNES, topics="science/politics")
+    config.cls.data = data_config(
+        format="fortunes", train_path=FORTUNES, topics="science+medicine+education/politics+law+news"
+    )
     config.cls.metric = "macro_f1"
     config.cls.epochs = 4
     config.cls.max_length = 64
@@ -43,5 +47,6 @@ def get_config():
     config.cls.learning_rate = 5e-5
     config.cls.warmup_ratio = 0.1
 
+    config.series.stages = "lm_baseline,lm_compress,cls_predecessor,cls_successor,cls_compress,cls_truncated"
     config.checkpoint_every_steps = 50
     return config
