@@ -34,15 +34,18 @@ class Predictor:
         config: BertConfig | None = None,
         params: dict | None = None,
     ) -> None:
-        """`config`/`params` given: use them (e.g. random weights for timing) with the folder's tokenizer."""
+        """`config`/`params` given: use them (e.g. random weights for timing) with the folder's tokenizer.
+
+        `max_length` is capped at the model's position embeddings: longer texts are truncated.
+        """
         if params is None:
             from theseus_jax.convert import load_hf_checkpoint
 
             config, params = load_hf_checkpoint(model_dir, head="classification")
         self.config = config.replace(dtype=dtype)
-        self.tokenizer = load_tokenizer(model_dir, max_length)
-        self.max_length = max_length
-        self.buckets = tuple(sorted({b for b in buckets if b < max_length} | {max_length}))
+        self.max_length = min(max_length, config.max_position_embeddings)
+        self.tokenizer = load_tokenizer(model_dir, self.max_length)
+        self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
         self.params = jax.device_put(params)
         model = BertForSequenceClassification(self.config)
 
