@@ -1,18 +1,23 @@
 """Inference speed: predecessor vs successor (speedup n@hw), and JAX vs Hugging Face PyTorch.
 
-Part 1 (JAX): for short (tweets), medium and long (clinical-note length) texts and batch
-sizes n, time the whole chain (tokenisation, padding to the bucket, device transfer,
-forward, probabilities back on the host) and the forward pass alone, for a
-predecessor and its successor: bert-base shape 12 -> 6 (random weights) and the packaged
-all-MiniLM-L6-v2 6 -> 3. Cases run interleaved (predecessor, successor, ...); speedup is
-the median of paired ratios.
+Part 1 (JAX): for short (tweets), medium (comment-length) and long (clinical-note length)
+texts and batch sizes n, time the whole chain (tokenisation, padding to the bucket, device
+transfer, forward, probabilities back on the host) and the forward pass alone (transfer
+included, tokenisation not), for a predecessor and its successor: bert-base shape 12 -> 6
+(random weights) and the packaged all-MiniLM-L6-v2 6 -> 3. Predecessor and successor run
+interleaved in rounds; speedup = median over rounds of the paired ratio of round means.
 
 Part 2 (frameworks): bert-base 12 layers, forward only, fixed sequence length, our jitted
 JAX forward against transformers' eager `BertForSequenceClassification` with the same
 weights under `torch.inference_mode`, same thread count; each framework in its own
-subprocess (their thread pools would fight), alternating, repeated.
+subprocess (idle thread pools would steal the cores), alternating, repeated; the ratio is
+the median of paired (round by round) ratios.
 
-    python -m benchmarks.bench_inference --output BENCHMARKS.md
+The same code runs on GPU (JAX's default device; torch uses CUDA when it has it); results
+are stored per backend in results/bench.json and plotted side by side.
+
+    python -m benchmarks.bench_inference --output BENCHMARKS.md            # --quick plan
+    python -m benchmarks.bench_inference --full --output BENCHMARKS.md     # the study's protocol
 """
 
 from __future__ import annotations
@@ -26,12 +31,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
-GERMEVAL_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "germeval2018" / "germeval2018.test.txt"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+GERMEVAL_TEST = REPO.parent / "shared" / "data" / "germeval2018" / "germeval2018.test.txt"
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+# --quick: the bert-base-shaped pair runs these batch sizes only (seconds per call at 512 tokens).
+QUICK_BERT_BASE = {"tweets": (1, 4, 16), "medium": (1, 4, 16), "long": (1, 4)}
+FRAMEWORK_CASES = ((1, 128), (8, 128), (16, 128), (1, 512), (8, 512), (16, 512))
+TEXTS_PER_SET = 256
+Row = dict[str, Any]
 
 
 def encoder_gflops(layers: int, hidden: int, intermediate: int, length: int) -> float:
@@ -40,131 +52,178 @@ def encoder_gflops(layers: int, hidden: int, intermediate: int, length: int) -> 
     return layers * per_layer / 1e9
 
 
-def text_sets(seed: int = 0) -> dict[str, list[str]]:
+def text_sets(seed: int = 0) -> tuple[dict[str, list[str]], str]:
     """Tweets (GermEval 2018 test texts when ../shared/data is present, else generated),
-    medium comments (~4 tweets) and long notes (~25 tweets, past 512 tokens)."""
+    medium comments (3 tweets, ~120 tokens) and long notes (25 tweets, past 512 tokens)."""
+    rng = np.random.default_rng(seed)
     if GERMEVAL_TEST.exists():
-        tweets = [line.split("\t")[0] for line in GERMEVAL_TEST.read_text(encoding="utf-8").splitlines() if line.strip()]
-        source = "GermEval 2018 test tweets"
+        lines = GERMEVAL_TEST.read_text(encoding="utf-8").splitlines()
+        tweets = [line.split("\t")[0] for line in lines if line.strip()]
+        source = f"GermEval 2018 test tweets ({GERMEVAL_TEST.name}, first column)"
     else:
-        rng = np.random.default_rng(seed)
         words = "the of and to in is that it for was on are with as his they be at one have this from".split()
         tweets = [" ".join(rng.choice(words, rng.integers(8, 30))) for _ in range(2000)]
-        source = "generated word sequences"
-    rng = np.random.default_rng(seed)
-    join = lambda k: [" ".join(rng.choice(tweets, k)) for _ in range(256)]
-    return {"tweets": tweets[:256], "medium": join(4), "long": join(25), "_source": source}
+        source = "generated word sequences (GermEval 2018 not found)"
+
+    def joined(k: int) -> list[str]:
+        return [" ".join(rng.choice(tweets, k)) for _ in range(TEXTS_PER_SET)]
+
+    return {"tweets": tweets[:TEXTS_PER_SET], "medium": joined(3), "long": joined(25)}, source
 
 
-def _time(fn: Callable[[], object], budget_s: float, max_reps: int = 100) -> list[float]:
-    """Per-call seconds after one warm-up call: at least 3 reps, up to the budget or max_reps."""
-    fn()
+def time_calls(fn: Callable[[], object], budget_s: float, min_reps: int, max_reps: int) -> list[float]:
+    """Seconds per call: at least `min_reps`, then until `budget_s` is spent or `max_reps` reached."""
     times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget_s and len(times) < max_reps):
+    while len(times) < min_reps or (sum(times) < budget_s and len(times) < max_reps):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return times
 
 
-def part1(model_pairs, batch_sizes, sets, budget_s) -> list[dict]:
-    rows = []
-    for pair_name, predictors in model_pairs:
-        for set_name, texts in sets.items():
-            for n in batch_sizes:
-                batch = texts[:n]
-                encoded = {role: p.encode(batch) for role, p in predictors.items()}
-                timings = {role: {"chain": [], "forward": []} for role in predictors}
-                rounds: dict[str, list[float]] = {"chain": [], "forward": []}  # paired ratios per round
-                for _ in range(3):  # interleave predecessor and successor
-                    means = {}
-                    for role, p in predictors.items():
-                        for mode, fn in (("chain", lambda: p.predict_proba(batch, batch_size=n)),
-                                         ("forward", lambda: p.forward(*encoded[role]))):
-                            ts = _time(fn, budget_s / 3)
-                            timings[role][mode] += ts
-                            means[role, mode] = statistics.mean(ts)
-                    for mode in rounds:
-                        rounds[mode].append(means["predecessor", mode] / means["successor", mode])
-                row = {"models": pair_name, "texts": set_name, "n": n, "seq_len": int(encoded["predecessor"][0].shape[1])}
-                for role in predictors:
-                    for mode in ("chain", "forward"):
-                        ts = timings[role][mode]
-                        row[f"{role}_{mode}_ms"] = 1e3 * statistics.mean(ts)
-                        row[f"{role}_{mode}_std_ms"] = 1e3 * statistics.pstdev(ts)
-                for mode in rounds:
-                    row[f"speedup_{mode}"] = statistics.median(rounds[mode])
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    return rows
+def runtime_info() -> dict[str, Any]:
+    """Where a result was measured: device, JAX/XLA (jaxlib) versions, threads, load."""
+    import jax
+    import jaxlib
+
+    from benchmarks.report import machine_description
+
+    return {
+        "machine": machine_description(),
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "jaxlib_xla": jaxlib.__version__,
+        "threads": len(os.sched_getaffinity(0)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
-def build_pairs(minilm: bool, bert_base: bool):
-    """(name, {predecessor: Predictor, successor: Predictor}) with successor = layers 0, 2, 4, ..."""
+# --- part 1: predecessor vs successor, whole chain and forward -------------------------------
+
+
+def build_pairs(dtype: str) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, config, {predecessor: Predictor, successor: Predictor}); successor = layers 0, 2, 4, ..."""
     import jax
     import jax.numpy as jnp
 
     from theseus_jax.compression import theseus
+    from theseus_jax.convert import load_hf_checkpoint
     from theseus_jax.inference import Predictor
     from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
     from theseus_jax.tokenization import packaged_model_dir
 
     folder = packaged_model_dir()
+    base = BertConfig()
+    base_params = BertForSequenceClassification(base).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     pairs = []
-
-    def pair(name, config, params, n):
-        successor = theseus.extract_successor(config, theseus.init_theseus_params(params, config, n))
-        pairs.append((name, {
-            "predecessor": Predictor(folder, config=config, params=params),
-            "successor": Predictor(folder, config=successor[0], params=successor[1]),
+    for name, (config, params), layers in (
+        ("bert-base 12->6", (base, base_params), 6),
+        ("all-MiniLM-L6-v2 6->3", load_hf_checkpoint(folder, head="classification"), 3),
+    ):
+        successor = theseus.extract_successor(config, theseus.init_theseus_params(params, config, layers))
+        pairs.append((name, config, {
+            "predecessor": Predictor(folder, dtype=dtype, config=config, params=params),
+            "successor": Predictor(folder, dtype=dtype, config=successor[0], params=successor[1]),
         }))
-
-    if bert_base:
-        config = BertConfig()
-        params = BertForSequenceClassification(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-        pair("bert-base 12->6 (random weights)", config, params, 6)
-    if minilm:
-        from theseus_jax.convert import load_hf_checkpoint
-
-        config, params = load_hf_checkpoint(folder, head="classification")
-        pair("all-MiniLM-L6-v2 6->3", config, params, 3)
     return pairs
 
 
-# --- part 2: JAX vs PyTorch, each in its own process -----------------------------------
+def time_pair(predictors: dict[str, Any], batch: list[str], args: argparse.Namespace) -> tuple[dict, dict, int]:
+    """Interleaved rounds; returns per-(role, mode) times, per-mode paired ratios, bucket length."""
+    encoded = {role: p.encode(batch) for role, p in predictors.items()}
+    calls = {
+        (role, mode): fn
+        for role, p in predictors.items()
+        for mode, fn in (
+            ("chain", lambda p=p: p.predict_proba(batch, batch_size=len(batch))),
+            ("forward", lambda p=p, role=role: p.forward(*encoded[role])),
+        )
+    }
+    for fn in calls.values():  # warm-up: compiles each bucket shape once
+        fn()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    ratios: dict[str, list[float]] = {"chain": [], "forward": []}
+    block_budget = args.budget / (args.rounds * len(calls))
+    for _ in range(args.rounds):
+        means = {}
+        for key, fn in calls.items():
+            ts = time_calls(fn, block_budget, args.min_reps, -(-args.reps // args.rounds))
+            times[key] += ts
+            means[key] = statistics.mean(ts)
+        for mode in ratios:
+            ratios[mode].append(means["predecessor", mode] / means["successor", mode])
+    return times, ratios, int(encoded["predecessor"][0].shape[1])
 
 
-def worker(framework: str, model_dir: str, cases: list[list[int]], budget_s: float) -> None:
-    """Prints {"n,L": [seconds per call...]} for a fixed-length forward pass."""
+def part1(args: argparse.Namespace) -> tuple[list[Row], dict[str, dict[str, list[int]]]]:
+    """Speedup rows and the batch sizes actually run per pair and text set."""
+    sets, _ = text_sets()
+    rows, plan = [], {}
+    for name, config, predictors in build_pairs(args.dtype):
+        quick = args.quick and name.startswith("bert-base")
+        plan[name] = {s: [n for n in args.batch_sizes if not quick or n in QUICK_BERT_BASE[s]] for s in sets}
+        for set_name, texts in sets.items():
+            for n in plan[name][set_name]:
+                times, ratios, length = time_pair(predictors, texts[:n], args)
+                gflop = n * encoder_gflops(config.num_hidden_layers, config.hidden_size, config.intermediate_size, length)
+                row: Row = {"models": name, "texts": set_name, "n": n, "seq_len": length, "reps": min(map(len, times.values()))}
+                for (role, mode), ts in times.items():
+                    row[f"{role}_{mode}_ms"] = 1e3 * statistics.mean(ts)
+                    row[f"{role}_{mode}_std_ms"] = 1e3 * statistics.pstdev(ts)
+                row["predecessor_forward_gflops"] = gflop / statistics.mean(times["predecessor", "forward"])
+                for mode, values in ratios.items():
+                    row[f"speedup_{mode}"] = statistics.median(values)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows, plan
+
+
+# --- part 2: JAX vs PyTorch, each in its own process -----------------------------------------
+
+
+def worker(framework: str, model_dir: str, cases: list[list[int]], args: argparse.Namespace) -> None:
+    """Prints {"device": ..., "times": {"n,L": [seconds per call, ...]}} for a fixed-length forward."""
     rng = np.random.default_rng(0)
-    out = {}
+    threads = args.threads
+    times = {}
     if framework == "torch":
         import torch
         import transformers
 
-        torch.set_num_threads(os.cpu_count() or 1)
-        model = transformers.BertForSequenceClassification.from_pretrained(model_dir).eval()
+        torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        model = transformers.BertForSequenceClassification.from_pretrained(model_dir).eval().to(device)
         for n, length in cases:
-            ids = torch.from_numpy(rng.integers(1000, 30000, (n, length)))
+            ids = torch.from_numpy(rng.integers(1000, 30000, (n, length))).to(device)
             mask = torch.ones_like(ids)
 
-            def run():
+            def run() -> None:
                 with torch.inference_mode():
-                    model(input_ids=ids, attention_mask=mask).logits.numpy()
+                    model(input_ids=ids, attention_mask=mask).logits.cpu().numpy()
 
-            out[f"{n},{length}"] = _time(run, budget_s)
+            run()
+            times[f"{n},{length}"] = time_calls(run, args.budget, args.min_reps, args.reps)
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     else:
+        import jax
+
         from theseus_jax.inference import Predictor
 
-        predictor = Predictor(model_dir)
+        predictor = Predictor(model_dir, dtype=args.dtype)
+        name = jax.devices()[0].device_kind
         for n, length in cases:
             ids = rng.integers(1000, 30000, (n, length)).astype(np.int32)
             mask = np.ones_like(ids)
-            out[f"{n},{length}"] = _time(lambda: predictor.forward(ids, mask), budget_s)
-    print(json.dumps(out))
+            predictor.forward(ids, mask)
+            times[f"{n},{length}"] = time_calls(lambda: predictor.forward(ids, mask), args.budget, args.min_reps, args.reps)
+        versions = {"jax": jax.__version__}
+    print(json.dumps({"device": name, "threads": threads, "versions": versions, "times": times}))
 
 
-def part2(cases: list[list[int]], rounds: int, budget_s: float) -> list[dict]:
+def part2(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """Rows per (n, L) and the frameworks' device/version info."""
     import jax
     import jax.numpy as jnp
 
@@ -174,128 +233,205 @@ def part2(cases: list[list[int]], rounds: int, budget_s: float) -> list[dict]:
 
     config = BertConfig()
     params = BertForSequenceClassification(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    cases = [list(case) for case in FRAMEWORK_CASES]
+    per_round: dict[str, dict[str, list[float]]] = {"jax": {}, "torch": {}}  # median seconds per round
+    info: dict[str, Any] = {}
+    env = os.environ | {
+        "OMP_NUM_THREADS": str(args.threads),
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={str(args.threads > 1).lower()} "
+        f"intra_op_parallelism_threads={args.threads}".strip(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_hf_checkpoint(config, jax.device_get(params), Path(tmp) / "bert-base", tokenizer_dir=packaged_model_dir())
-        times: dict[str, dict[str, list[float]]] = {"jax": {}, "torch": {}}
-        for _ in range(rounds):
+        folder = Path(tmp) / "bert-base"
+        save_hf_checkpoint(config, jax.device_get(params), folder, tokenizer_dir=packaged_model_dir())
+        for _ in range(args.framework_rounds):
             for framework in ("jax", "torch"):
-                result = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.bench_inference", "--worker", framework, "--model-dir", str(folder),
-                     "--cases", json.dumps(cases), "--budget", str(budget_s)],
-                    capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
-                )
-                for key, ts in json.loads(result.stdout.strip().splitlines()[-1]).items():
-                    times[framework].setdefault(key, []).append(statistics.median(ts))
+                command = [sys.executable, "-m", "benchmarks.bench_inference", "--worker", framework,
+                           "--model-dir", str(folder), "--cases", json.dumps(cases), "--budget", str(args.framework_budget if args.quick else args.budget),
+                           "--reps", str(args.reps), "--threads", str(args.threads), "--min-reps", str(args.min_reps), "--dtype", args.dtype]
+                result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, env=env)
+                out = json.loads(result.stdout.strip().splitlines()[-1])
+                info[framework] = {k: out[k] for k in ("device", "threads", "versions")}
+                for key, ts in out["times"].items():
+                    per_round[framework].setdefault(key, []).append(statistics.median(ts))
     rows = []
     for n, length in cases:
-        key = f"{n},{length}"
-        jax_s, torch_s = times["jax"][key], times["torch"][key]
-        gflop = n * encoder_gflops(12, 768, 3072, length)
+        jax_s, torch_s = per_round["jax"][f"{n},{length}"], per_round["torch"][f"{n},{length}"]
+        gflop = n * encoder_gflops(config.num_hidden_layers, config.hidden_size, config.intermediate_size, length)
+        jax_med, torch_med = statistics.median(jax_s), statistics.median(torch_s)
         rows.append({
-            "n": n, "seq_len": length,
-            "jax_ms": 1e3 * statistics.median(jax_s), "torch_ms": 1e3 * statistics.median(torch_s),
-            "jax_seq_per_s": n / statistics.median(jax_s), "torch_seq_per_s": n / statistics.median(torch_s),
-            "jax_gflops": gflop / statistics.median(jax_s), "torch_gflops": gflop / statistics.median(torch_s),
+            "n": n, "seq_len": length, "rounds": len(jax_s),
+            "jax_ms": 1e3 * jax_med, "torch_ms": 1e3 * torch_med,
+            "jax_seq_per_s": n / jax_med, "torch_seq_per_s": n / torch_med,
+            "jax_gflops": gflop / jax_med, "torch_gflops": gflop / torch_med,
             "jax_over_torch_throughput": statistics.median(t / j for j, t in zip(jax_s, torch_s)),
         })
         print(json.dumps(rows[-1]), flush=True)
-    return rows
+    return rows, info
 
 
-def plot(rows: list[dict], path: Path) -> None:
+# --- output ------------------------------------------------------------------------------------
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    """Per pair (rows) and backend (column blocks): time vs n per text set, then speedup vs n."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = list(dict.fromkeys(r["models"] for r in rows))
-    sets = list(dict.fromkeys(r["texts"] for r in rows))
-    fig, axes = plt.subplots(len(pairs), len(sets) + 1, figsize=(4 * (len(sets) + 1), 3.2 * len(pairs)), squeeze=False)
-    for i, pair in enumerate(pairs):
-        for j, name in enumerate(sets):
-            chosen = [r for r in rows if r["models"] == pair and r["texts"] == name]
-            ns = [r["n"] for r in chosen]
-            for role, style in (("predecessor", "o-"), ("successor", "s-")):
-                axes[i, j].errorbar(ns, [r[f"{role}_chain_ms"] for r in chosen], [r[f"{role}_chain_std_ms"] for r in chosen], fmt=style, label=f"{role} (whole chain)", capsize=2)
-            axes[i, j].set(xscale="log", yscale="log", xlabel="batch size n", ylabel="ms per batch", title=f"{pair}\n{name}")
-            axes[i, j].grid(alpha=0.3)
-            axes[i, j].legend(fontsize=7)
-            ax = axes[i, -1]
-            ax.plot(ns, [r["speedup_chain"] for r in chosen], marker="o", label=f"{name}")
-        axes[i, -1].axhline(2.0, color="grey", lw=0.8, ls="--")
-        axes[i, -1].set(xscale="log", xlabel="batch size n", ylabel="speedup (whole chain)", title=f"{pair}: speedup n@cpu")
-        axes[i, -1].grid(alpha=0.3)
-        axes[i, -1].legend(fontsize=7)
+    backends = sorted(results)
+    rows_of = {b: results[b]["speedup"] for b in backends}
+    pairs = list(dict.fromkeys(r["models"] for b in backends for r in rows_of[b]))
+    sets = list(dict.fromkeys(r["texts"] for b in backends for r in rows_of[b]))
+    width = len(sets) + 1
+    fig, axes = plt.subplots(len(pairs), width * len(backends), figsize=(3.6 * width * len(backends), 3.2 * len(pairs)), squeeze=False)
+    for b, backend in enumerate(backends):
+        device = results[backend]["meta"]["device"]
+        for i, pair in enumerate(pairs):
+            speed_ax = axes[i, b * width + len(sets)]
+            for j, name in enumerate(sets):
+                chosen = [r for r in rows_of[backend] if r["models"] == pair and r["texts"] == name]
+                if not chosen:
+                    continue
+                ns = [r["n"] for r in chosen]
+                ax = axes[i, b * width + j]
+                for role, marker in (("predecessor", "o"), ("successor", "s")):
+                    for mode, line in (("chain", "-"), ("forward", ":")):
+                        ax.errorbar(ns, [r[f"{role}_{mode}_ms"] for r in chosen], [r[f"{role}_{mode}_std_ms"] for r in chosen],
+                                    fmt=marker + line, capsize=2, ms=4, label=f"{role} {mode}")
+                ax.set(xscale="log", yscale="log", xlabel="batch size n", ylabel="ms per batch",
+                       title=f"{device}: {pair}\n{name} (seq {'/'.join(str(s) for s in sorted({r['seq_len'] for r in chosen}))})")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=6)
+                speed_ax.plot(ns, [r["speedup_chain"] for r in chosen], "o-", label=f"{name} chain")
+                speed_ax.plot(ns, [r["speedup_forward"] for r in chosen], "s:", label=f"{name} forward")
+            speed_ax.axhline(2.0, color="grey", lw=0.8, ls="--")
+            speed_ax.set(xscale="log", xlabel="batch size n", ylabel="predecessor / successor time", title=f"{device}: {pair}\nspeedup n@{backend}")
+            speed_ax.grid(alpha=0.3)
+            speed_ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def markdown(part1_rows: list[dict], part2_rows: list[dict], meta: dict) -> str:
+def markdown(result: dict[str, Any], notes: str) -> str:
+    """The BENCHMARKS.md section body for one backend's results."""
+    meta, rows, frameworks = result["meta"], result["speedup"], result["frameworks"]
+    budget = (f"at least {meta['min_reps']} calls and until {meta['budget_s']:g} s per case are spent" if meta["quick"]
+              else f"{meta['min_reps']} calls")
+    plan = "; ".join(f"{pair}: " + ", ".join(f"{s} n={'/'.join(map(str, ns))}" for s, ns in sets.items()) for pair, sets in meta["plan"].items())
     lines = [
-        f"Machine: {meta['machine']}; {meta['threads']} threads; texts: {meta['texts']}.",
-        "Whole chain = tokenisation + padding to the bucket + transfer + forward + probabilities on the host. "
-        "Times are means (± std) per batch; speedup = median of paired predecessor/successor ratios.",
+        f"Machine: {meta['machine']}; device {meta['device']}; jaxlib (XLA) {meta['jaxlib_xla']}; {meta['threads']} threads; "
+        f"{meta['dtype']}; 1-minute load average {meta['load_before']:.1f} before, {meta['load_after']:.1f} after "
+        "(other engineers' jobs shared the cores).",
+        f"What ran ({'--quick' if meta['quick'] else '--full'}): {plan}. Per case: one warm-up call per model and mode, then "
+        f"{meta['rounds']} interleaved rounds, each timing predecessor chain, predecessor forward, successor chain, successor "
+        f"forward for {budget}, at most {meta['reps']} calls per model and mode in all (`reps` = calls per model and mode). "
+        f"Texts: {meta['texts']}; medium = 3 "
+        "random tweets joined, long = 25 (truncated to 512 tokens). Weights: bert-base random, MiniLM packaged; "
+        "successor = predecessor layers 0, 2, 4, ...",
         "",
-        "| models | texts | n | seq | predecessor chain ms | successor chain ms | speedup chain | predecessor forward ms | successor forward ms | speedup forward |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Whole chain = tokenisation + padding to the bucket + transfer + forward + probabilities on the host; forward = "
+        "transfer + forward + probabilities on the host. Times: mean ± std per batch; speedup = median over rounds of "
+        "paired predecessor/successor ratios. GFLOP/s: encoder FLOPs of the padded batch / predecessor forward time.",
+        "",
+        "| models | texts | n | seq | reps | predecessor chain ms | successor chain ms | speedup chain | predecessor forward ms | successor forward ms | speedup forward | predecessor GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in part1_rows:
+    for r in rows:
         lines.append(
-            f"| {r['models']} | {r['texts']} | {r['n']} | {r['seq_len']} | {r['predecessor_chain_ms']:.1f} ± {r['predecessor_chain_std_ms']:.1f} | "
-            f"{r['successor_chain_ms']:.1f} ± {r['successor_chain_std_ms']:.1f} | {r['speedup_chain']:.2f} | "
-            f"{r['predecessor_forward_ms']:.1f} | {r['successor_forward_ms']:.1f} | {r['speedup_forward']:.2f} |"
+            f"| {r['models']} | {r['texts']} | {r['n']} | {r['seq_len']} | {r['reps']} | "
+            f"{r['predecessor_chain_ms']:.1f} ± {r['predecessor_chain_std_ms']:.1f} | {r['successor_chain_ms']:.1f} ± {r['successor_chain_std_ms']:.1f} | "
+            f"**{r['speedup_chain']:.2f}** | {r['predecessor_forward_ms']:.1f} ± {r['predecessor_forward_std_ms']:.1f} | "
+            f"{r['successor_forward_ms']:.1f} ± {r['successor_forward_std_ms']:.1f} | **{r['speedup_forward']:.2f}** | {r['predecessor_forward_gflops']:.0f} |"
         )
-    if part2_rows:
+    if frameworks:
+        info = meta["frameworks"]
         lines += [
             "",
-            "JAX (jitted) vs Hugging Face PyTorch eager, bert-base 12 layers, same weights, forward only, fixed length, "
-            "each framework in its own process, alternating:",
+            f"JAX (jitted, {info['jax']['device']}) vs Hugging Face PyTorch eager (transformers {info['torch']['versions']['transformers']}, "
+            f"torch {info['torch']['versions']['torch']}, {info['torch']['device']}, `torch.inference_mode`), bert-base 12 layers, "
+            f"same weights, forward only, fixed length, all positions attended, {info['torch']['threads']} threads each; each "
+            f"framework in its own process, alternating for {frameworks[0]['rounds']} rounds; ms = median over rounds of each "
+            "round's median; JAX/PyTorch = median of paired round ratios of sequences per second.",
             "",
             "| n | seq | JAX ms | PyTorch ms | JAX seq/s | PyTorch seq/s | JAX GFLOP/s | PyTorch GFLOP/s | JAX/PyTorch throughput |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in part2_rows:
+        for r in frameworks:
             lines.append(
                 f"| {r['n']} | {r['seq_len']} | {r['jax_ms']:.0f} | {r['torch_ms']:.0f} | {r['jax_seq_per_s']:.2f} | {r['torch_seq_per_s']:.2f} | "
-                f"{r['jax_gflops']:.0f} | {r['torch_gflops']:.0f} | {r['jax_over_torch_throughput']:.2f} |"
+                f"{r['jax_gflops']:.0f} | {r['torch_gflops']:.0f} | **{r['jax_over_torch_throughput']:.2f}** |"
             )
-    lines += ["", "![inference](benchmarks/results/inference_cpu.png)"]
+    lines += ["", "![inference](benchmarks/results/inference.png)", "", notes]
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", choices=["jax", "torch"])
-    parser.add_argument("--model-dir")
-    parser.add_argument("--cases", default="[[1,128],[8,128],[16,128],[1,512],[8,512],[16,512]]")
-    parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per case")
-    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="part 1 (MiniLM); bert-base uses 1,8,16")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--skip-frameworks", action="store_true")
-    parser.add_argument("--output", default=None)
-    args = parser.parse_args()
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="quick", action="store_true", default=True,
+                      help="default: bert-base runs n in %s only, at most --budget seconds per case" % QUICK_BERT_BASE)
+    mode.add_argument("--full", dest="quick", action="store_false", help="every n for every pair, 100 calls per model and mode")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(n) for n in s.split(",")], default=list(BATCH_SIZES))
+    parser.add_argument("--budget", type=float, default=None, help="seconds per case (default 12 quick, unlimited full)")
+    parser.add_argument("--reps", type=int, default=100, help="at most this many timed calls per model and mode")
+    parser.add_argument("--min-reps", type=int, default=2, help="at least this many per round (part 1) or worker run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (part 1)")
+    parser.add_argument("--framework-rounds", type=int, default=2, help="alternating jax/torch process pairs (part 2)")
+    parser.add_argument("--framework-budget", type=float, default=6.0, help="seconds per case and process (part 2, quick)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads of each framework in part 2 (default: all cores)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (bfloat16: GPU)")
+    parser.add_argument("--skip-frameworks", action="store_true", help="part 1 only")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the BENCHMARKS.md section")
+    parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
+    parser.add_argument("--render", action="store_true", help="rewrite plot and section from results/bench.json, no timing")
+    parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.budget is None:
+        args.budget = 12.0 if args.quick else float("inf")
+    if not args.quick:
+        args.min_reps = max(args.min_reps, -(-args.reps // args.rounds))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
-        worker(args.worker, args.model_dir, json.loads(args.cases), args.budget)
+        worker(args.worker, args.model_dir, json.loads(args.cases), args)
         return
 
-    import jax
+    from benchmarks.report import write_section
 
-    from benchmarks.report import machine_description, write_section
-
-    sets = text_sets()
-    source = sets.pop("_source")
-    rows = part1(build_pairs(minilm=False, bert_base=True), [1, 8, 16], sets, args.budget)
-    rows += part1(build_pairs(minilm=True, bert_base=False), [int(n) for n in args.batch_sizes.split(",")], sets, args.budget / 2)
-    frameworks = [] if args.skip_frameworks else part2(json.loads(args.cases), args.rounds, args.budget)
-    meta = {"machine": machine_description(), "threads": os.cpu_count(), "texts": source, "jax": jax.__version__,
-            "device": str(jax.devices()[0])}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps({"meta": meta, "speedup": rows, "frameworks": frameworks}, indent=2))
-    plot(rows, RESULTS / "inference_cpu.png")
+    store = RESULTS / "bench.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if args.render:
+        meta = results[runtime_info()["backend"]]["meta"]
+    else:
+        meta = measure(args, " ".join(sys.argv[1:] if argv is None else argv), results)
+        RESULTS.mkdir(exist_ok=True)
+        store.write_text(json.dumps(results, indent=1))
+    plot(results, RESULTS / "inference.png")
     if args.output:
-        write_section(args.output, f"Inference on {jax.default_backend().upper()}: successor speedup and JAX vs PyTorch",
-                      "python -m benchmarks.bench_inference --output BENCHMARKS.md", markdown(rows, frameworks, meta))
+        notes = args.notes.read_text() if args.notes else ""
+        write_section(args.output, f"Inference on {meta['backend'].upper()}: successor speedup and JAX vs PyTorch",
+                      f"python -m benchmarks.bench_inference {meta['arguments']}".strip(), markdown(results[meta["backend"]], notes))
+
+
+def measure(args: argparse.Namespace, arguments: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Runs both parts and stores them in `results` under this backend; returns their meta."""
+    meta = runtime_info() | {"dtype": args.dtype, "quick": args.quick, "rounds": args.rounds, "reps": args.reps,
+                              "min_reps": args.min_reps, "budget_s": args.budget if args.quick else None, "texts": text_sets()[1],
+                              "load_before": os.getloadavg()[0], "arguments": arguments}
+    rows, meta["plan"] = part1(args)
+    frameworks, meta["frameworks"] = ([], {}) if args.skip_frameworks else part2(args)
+    meta["load_after"] = os.getloadavg()[0]
+    results[meta["backend"]] = {"meta": meta, "speedup": rows, "frameworks": frameworks}
+    return meta
 
 
 if __name__ == "__main__":
