@@ -8,6 +8,7 @@ passes it to the model; everything stays inside one jitted function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Literal
 
 import flax
@@ -82,6 +83,18 @@ def _forward(model: nn.Module, params: Any, batch: Batch, **kwargs: Any) -> Arra
     )
 
 
+def micro_batches(x: Array, steps: int) -> Array:
+    """[B, ...] -> [steps, B / steps, ...], micro-batch i holding rows i, i + steps, ....
+
+    Strided rather than contiguous: a device holding a block of B / D rows (data
+    parallelism) holds B / (D * steps) rows of every micro-batch, so when its rows divide
+    by `steps` no micro-batch moves between devices.
+    """
+    if x.shape[0] % steps:
+        raise ValueError(f"{x.shape[0]} batch rows do not split into {steps} micro-batches")
+    return jnp.swapaxes(x.reshape((-1, steps) + x.shape[1:]), 0, 1)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -133,7 +146,7 @@ def make_train_step(
         if accumulation_steps == 1:
             grads, aux = gradient(train_part, frozen_part, batch, dropout_rng, kwargs)
         else:
-            micro = jax.tree.map(lambda x: x.reshape((accumulation_steps, -1) + x.shape[1:]), batch)
+            micro = jax.tree.map(functools.partial(micro_batches, steps=accumulation_steps), batch)
 
             def accumulate(total, xs):
                 micro_batch, i = xs
