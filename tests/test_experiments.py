@@ -111,6 +111,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv):
     resumed = _ok(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600))
     assert "resuming" in resumed.stderr
     assert _history(killed) == _history(reference)
+    report = json.loads((reference / "report.json").read_text())
+    # Trained = shared parts + 4 predecessor + 2 successor layers; exported = shared + 2 layers,
+    # so one layer is (trained - exported) / 4 and the predecessor is exported + 2 layers.
+    trained, exported = report["parameters"]["trained_model"], report["parameters"]["exported_model"]
+    predecessor = exported + 2 * (trained - exported) // 4
+    assert report["compression_ratio"] == pytest.approx(predecessor / exported)
+    assert report["compression_ratio"] > 1
 
 
 def test_workdir_of_another_config_is_refused(tmp_path, germeval_tsv):

@@ -125,7 +125,7 @@ def summarise(root: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     best = sorted(rows, key=lambda r: -(r["value"] if r["value"] is not None else float("-inf")))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in best]

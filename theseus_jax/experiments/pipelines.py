@@ -125,7 +125,14 @@ def _job(
     )
 
 
-def _run(job: TrainingJob, workdir: Path, cfg: ml_collections.ConfigDict, source: ModelSource, loaders: datasets.Loaders, kind: str) -> dict[str, Any]:
+def _run(
+    job: TrainingJob,
+    workdir: Path,
+    cfg: ml_collections.ConfigDict,
+    loaders: datasets.Loaders,
+    kind: str,
+    predecessor_size: int | None = None,
+) -> dict[str, Any]:
     """Trains (or resumes) one job and writes its report; a finished run is not redone."""
     done = workdir / "report.json"
     if done.exists():
@@ -153,6 +160,8 @@ def _run(job: TrainingJob, workdir: Path, cfg: ml_collections.ConfigDict, source
         "data": loaders.statistics,
         "best_model_dir": str(workdir / "best"),
     }
+    if predecessor_size is not None:  # a compression run: CR of the exported successor
+        result["compression_ratio"] = predecessor_size / exported_params
     report.write_run_report(workdir, result, cfg)
     return result
 
@@ -163,7 +172,7 @@ def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]
     loaders = datasets.mlm_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.lm.max_length))
     job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, "all", loaders,
                lambda p: (source.config, p), source.tokenizer_dir)
-    return _run(job, workdir, cfg, source, loaders, "lm_baseline")
+    return _run(job, workdir, cfg, loaders, "lm_baseline")
 
 
 def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None) -> dict[str, Any]:
@@ -179,9 +188,7 @@ def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, nam
     job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
                compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
-    result = _run(job, workdir, cfg, source, loaders, name)
-    result["compression_ratio"] = predecessor_size / result["parameters"]["exported_model"]
-    return result
+    return _run(job, workdir, cfg, loaders, name, predecessor_size)
 
 
 def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -215,7 +222,7 @@ def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: str | Non
     loaders = datasets.classification_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.cls.max_length))
     job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params, "all",
                loaders, lambda p: (source.config, p), source.tokenizer_dir)
-    return _run(job, workdir, cfg, source, loaders, name)
+    return _run(job, workdir, cfg, loaders, name)
 
 
 def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
