@@ -28,7 +28,7 @@ from theseus_jax.experiments.checkpoints import Checkpoints, Progress  # noqa: E
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
 from theseus_jax.training import optimizer, parallel, steps  # noqa: E402
 
-CFG = BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48, max_position_embeddings=32)
+from tiny_bert import TINY as CFG  # noqa: E402
 NO_DROPOUT = CFG.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 SEED = 7
 

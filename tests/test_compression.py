@@ -15,14 +15,9 @@ from theseus_jax.models.bert import (
     attention_bias,
 )
 
-CFG = BertConfig(
-    vocab_size=97,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=32,
-)
+from tiny_bert import TINY
+
+CFG = TINY
 
 
 def _inputs():

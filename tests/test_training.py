@@ -10,17 +10,12 @@ import pytest
 from flax import traverse_util
 
 from theseus_jax.compression import schedules, theseus
-from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from theseus_jax.models.bert import BertForMaskedLM, BertForSequenceClassification
 from theseus_jax.training import optimizer, steps
 
-CFG = BertConfig(
-    vocab_size=97,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=32,
-)
+from tiny_bert import TINY
+
+CFG = TINY
 
 
 def _batch(objective, seed=0, batch=4, length=12):
