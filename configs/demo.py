@@ -12,8 +12,9 @@ predecessor (its bottom 3 layers, fine-tuned for the same steps).
 """
 
 from configs.base import data_config, get_base_config
+from theseus_jax.data.fortunes import FORTUNES_DIR
 
-FORTUNES = "/usr/share/games/fortunes"
+FORTUNES = str(FORTUNES_DIR)
 
 
 def get_config():

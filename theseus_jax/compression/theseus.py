@@ -20,7 +20,6 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel, layer_class
 
@@ -214,7 +213,3 @@ def compression_ratio(predecessor_params: Params, successor_params: Params) -> f
     """CR = params(predecessor model) / params(successor model); about 1.67 for bert-base 12->6."""
     return count_params(predecessor_params) / count_params(successor_params)
 
-
-def flat_paths(params: Params) -> dict[str, Any]:
-    """Leaves keyed by their '/'-joined path (what freezing patterns match against)."""
-    return traverse_util.flatten_dict(params, sep="/")

@@ -8,9 +8,6 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-# The metric each task selects its best checkpoint by (higher is better for all).
-TASK_METRICS = ("macro_f1", "roc_auc", "accuracy")
-
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
     """Macro F1, ROC AUC, accuracy, per-class precision/recall and the confusion matrix.

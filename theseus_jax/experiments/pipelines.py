@@ -27,7 +27,6 @@ from theseus_jax.training import optimizer, steps
 
 log = logging.getLogger("theseus_jax")
 Params = dict[str, Any]
-HEAD_OF = {"mlm": "mlm", "classification": "classification"}
 
 
 @dataclasses.dataclass
@@ -176,7 +175,7 @@ def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]
 
 
 def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None) -> dict[str, Any]:
-    head = HEAD_OF[objective]
+    head = objective  # the head of each objective carries its name
     source = load_model(cfg, head, path)
     predecessor_size = theseus.count_params(source.params)
     tokenizer = load_tokenizer(source.tokenizer_dir, (cfg.lm if objective == "mlm" else cfg.cls).max_length)
