@@ -14,12 +14,16 @@ def data_config(**kwargs) -> ml_collections.ConfigDict:
             "format": "germeval",  # germeval | mimic | nohate | nohate_lm | table | text | fortunes
             "train_path": "",  # file (or folder for mimic/fortunes)
             "test_path": "",  # optional; without it the train file is split 80/20
+            # Optional; without it a stratified validation_share of the training examples is
+            # held out. Selection, early stopping and learning-rate choice use validation only.
+            "validation_path": "",
             "text_column": "text",  # table / nohate formats
             "label_column": "label",
             "label_map": "",  # "a=1,b=0" for nohate / table labels
             "topics": "",  # fortunes: "pos1+pos2/neg1+neg2"
             "test_share": 0.2,
-            "validation_share": 0.0,
+            "validation_share": 0.1,
+            "split_seed": 0,  # test/validation splits and subsampling: the same for every seed and model
             "max_examples": 0,  # 0 = all; small values make quick runs
         }
     )
@@ -35,6 +39,10 @@ def stage_config(**kwargs) -> ml_collections.ConfigDict:
             "batch_size": 16,
             "eval_batch_size": 32,
             "learning_rate": 2e-5,
+            # A learning-rate set, e.g. "2e-5,5e-5,1e-4": one run per rate and seed, the rate
+            # chosen per seed on validation; empty = just learning_rate. Give every model of a
+            # comparison the same set (same tuning budget).
+            "learning_rates": "",
             "warmup_ratio": 0.0,
             "weight_decay": 0.01,
             "max_grad_norm": 1.0,
@@ -51,7 +59,16 @@ def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # lm_baseline | lm_compress | cls_baseline | cls_compress | series
     config.pipeline = "series"
+    # Every stage runs once per seed ("0,1,2"); reports give per-seed values, mean ± std and
+    # intervals. `seed` is the current run's seed, set from `seeds` by the pipelines.
+    config.seeds = "0"
     config.seed = 0
+    # "validation": best step, early stopping, exported best model, learning rate and grid
+    # ranking chosen on validation data, test evaluated at the chosen steps. "test": the
+    # source study's protocol (choices on the test set; optimistic), named in every report.
+    config.selection = "validation"
+    # 95% bootstrap intervals of test metrics and retained performance.
+    config.bootstrap = ml_collections.ConfigDict({"resamples": 1000, "seed": 0})
 
     config.model = ml_collections.ConfigDict(
         {

@@ -25,16 +25,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         labels, predictions, labels=classes, zero_division=0
     )
-    if len(np.unique(labels)) < 2:
-        roc_auc = float("nan")  # undefined with one class present
-    elif num_labels == 2:
-        roc_auc = float(skm.roc_auc_score(labels, probabilities[:, 1]))
-    else:
-        roc_auc = float(skm.roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
     return {
-        "macro_f1": float(skm.f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
-        "roc_auc": roc_auc,
-        "accuracy": float(skm.accuracy_score(labels, predictions)),
+        **{name: score(name, labels, probabilities) for name in SCORES},
         "precision": [float(x) for x in precision],
         "recall": [float(x) for x in recall],
         "f1": [float(x) for x in f1],
@@ -42,6 +34,33 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=classes).tolist(),
         "num_examples": int(labels.shape[0]),
     }
+
+
+SCORES = ("macro_f1", "roc_auc", "accuracy")
+
+
+def score(metric: str, labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """One of `SCORES` (higher is better): macro F1 and accuracy of the argmax, ROC AUC of the
+    positive class's probability (binary) or one-vs-rest macro (multi-class); NaN where
+    ROC AUC is undefined (one class present). Used per resample by the bootstrap."""
+    num_labels = probabilities.shape[1]
+    classes = list(range(num_labels))
+    if metric == "macro_f1":
+        return float(skm.f1_score(labels, probabilities.argmax(-1), labels=classes, average="macro", zero_division=0))
+    if metric == "accuracy":
+        return float(np.mean(labels == probabilities.argmax(-1)))
+    if metric == "roc_auc":
+        if len(np.unique(labels)) < 2:
+            return float("nan")
+        if num_labels == 2:
+            return float(skm.roc_auc_score(labels, probabilities[:, 1]))
+        return float(skm.roc_auc_score(labels, probabilities, multi_class="ovr", labels=classes))
+    raise ValueError(f"unknown metric {metric!r}; one of {SCORES}")
+
+
+def predicted_classes(confusion_matrix: list[list[int]]) -> int:
+    """How many classes a model predicted at least once (columns of the confusion matrix)."""
+    return int(np.count_nonzero(np.asarray(confusion_matrix).sum(axis=0)))
 
 
 def perplexity(loss_sum: float, count: float) -> float:

@@ -25,7 +25,8 @@ log = logging.getLogger("theseus_jax")
 @dataclasses.dataclass
 class Loaders:
     train: BatchLoader
-    test: BatchLoader
+    validation: BatchLoader  # model selection, early stopping, learning rate choice
+    test: BatchLoader  # evaluated at the selected checkpoints only (selection="validation")
     test_examples: list[Example]
     statistics: dict[str, Any]
 
@@ -65,8 +66,25 @@ def read_file(data: ml_collections.ConfigDict, path: str, labelled: bool) -> lis
     raise DataError(f"data.format={fmt!r} is not one of germeval, mimic, nohate, nohate_lm, table, text, fortunes")
 
 
-def split_examples(data: ml_collections.ConfigDict, labelled: bool, seed: int) -> tuple[list[Example], list[Example], dict[str, Any]]:
-    """Cleaned (train, test) examples: the test file when given, else a stratified split."""
+@dataclasses.dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    cleaning: dict[str, Any]  # per file: what cleaning removed
+    sources: dict[str, str]  # where each split came from, for the report
+
+
+def split_examples(data: ml_collections.ConfigDict, labelled: bool) -> Splits:
+    """Cleaned train / validation / test examples.
+
+    Test: the test file when given, else a stratified `test_share` of the training file.
+    Validation: the validation file when given, else a stratified `validation_share` of
+    what remains for training. Splits and subsampling use `data.split_seed`, not the run's
+    seed, so every seed and every model of a comparison sees the same examples.
+    """
+    seed = data.split_seed
+
     def prepared(path: str) -> tuple[list[Example], dict[str, int]]:
         examples = read_file(data, path, labelled)
         if not labelled:
@@ -81,20 +99,37 @@ def split_examples(data: ml_collections.ConfigDict, labelled: bool, seed: int) -
 
     train, train_report = prepared(data.train_path)
     cleaning = {"train_file": train_report}
+    stratified = "stratified " if labelled else ""
     if data.test_path:
         test, cleaning["test_file"] = prepared(data.test_path)
+        test_source = data.test_path
     else:
         train, test, _ = stratified_split(train, data.test_share, seed)
-    if not train or not test:
-        raise DataError(f"{data.train_path}: too few examples for a train/test split ({len(train)}/{len(test)})")
-    return train, test, cleaning
+        test_source = f"{stratified}{data.test_share:g} of {data.train_path} (split_seed {seed})"
+    if data.validation_path:
+        validation, cleaning["validation_file"] = prepared(data.validation_path)
+        validation_source = data.validation_path
+    elif data.validation_share > 0:
+        train, validation, _ = stratified_split(train, data.validation_share, seed + 1)
+        validation_source = f"{stratified}{data.validation_share:g} of the training examples (split_seed {seed})"
+    else:
+        raise DataError(
+            f"data.validation_share=0 and no data.validation_path for {data.train_path}: model selection needs "
+            "validation data; set --config.<stage>.data.validation_share=0.1 or a validation_path"
+        )
+    if not train or not validation or not test:
+        raise DataError(
+            f"{data.train_path}: too few examples for train/validation/test ({len(train)}/{len(validation)}/{len(test)})"
+        )
+    return Splits(train, validation, test, cleaning, {"train": data.train_path, "validation": validation_source, "test": test_source})
 
 
 def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: bool, mlm_probability: float = 0.15) -> Loaders:
-    train, test, cleaning = split_examples(stage.data, labelled, seed)
+    splits = split_examples(stage.data, labelled)
     masking = None if labelled else masking_config(tokenizer, mlm_probability)
     parts = {}
-    for name, examples in (("train", train), ("test", test)):
+    for name in ("train", "validation", "test"):
+        examples = getattr(splits, name)
         encoded = encode([e.text for e in examples], tokenizer, stage.max_length)
         labels = np.array([e.label for e in examples], np.int32) if labelled else None
         loader = BatchLoader(
@@ -103,9 +138,9 @@ def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: b
             seed=seed, masking=masking, gather_masked=masking is not None,
         )
         parts[name] = (loader, dataset_statistics(examples, encoded.full_lengths, stage.max_length))
-    statistics = {"cleaning": cleaning, "train": parts["train"][1], "test": parts["test"][1]}
-    log.info("data: %d train / %d test examples", len(train), len(test))
-    return Loaders(parts["train"][0], parts["test"][0], test, statistics)
+    statistics = {"cleaning": splits.cleaning, "sources": splits.sources, **{name: part[1] for name, part in parts.items()}}
+    log.info("data: %d train / %d validation / %d test examples", len(splits.train), len(splits.validation), len(splits.test))
+    return Loaders(parts["train"][0], parts["validation"][0], parts["test"][0], splits.test, statistics)
 
 
 def classification_loaders(cfg: ml_collections.ConfigDict, tokenizer) -> Loaders:

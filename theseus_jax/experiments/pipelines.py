@@ -1,9 +1,22 @@
 """The study's pipelines, from a config to a trained model and its report.
 
-`lm_baseline`, `lm_compress`, `cls_baseline`, `cls_compress` each train one model in a
+`lm_baseline`, `lm_compress`, `cls_baseline`, `cls_compress` each train one stage in a
 workdir; `series` chains them (LM stage, then downstream training of predecessor,
 successor and the truncated baseline) and ends with the comparison: compression ratio,
-retained performance and fine-tuning speedup.
+retained performance and fine-tuning speedup, on test at the validation-selected steps.
+
+A stage runs once per seed (`config.seeds`) and learning rate (`config.<lm|cls>.learning_rates`),
+and keeps per seed the learning rate whose run is best on validation. Folder layout of a
+stage's workdir (a part appears only when there are several seeds / learning rates):
+
+    <stage>/                      one seed, one learning rate: the run itself (as before)
+    <stage>/report.json           several: the stage's record over seeds (summary.stage_record)
+    <stage>/seed_<s>/             several seeds, one learning rate: one run per seed
+    <stage>/lr_<lr>/              one seed, several learning rates
+    <stage>/seed_<s>/lr_<lr>/     several of both
+
+A run folder holds best/, checkpoints/, steps.jsonl, report.json, report.md and, for
+classification, predictions.csv and test_predictions.npz. Finished runs are not redone.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from theseus_jax.compression import schedules, theseus
-from theseus_jax.experiments import datasets, report
+from theseus_jax.experiments import datasets, report, summary
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.tokenization import load_tokenizer, packaged_model_dir
@@ -105,7 +118,9 @@ def _job(
         tx=tx,
         trainable=mask,
         train_loader=loaders.train,
-        eval_loader=loaders.test,
+        validation_loader=loaders.validation,
+        test_loader=loaders.test,
+        selection=cfg.selection,
         epochs=stage.epochs,
         metric="perplexity" if objective == "mlm" else cfg.cls.metric,
         export=export,
@@ -118,7 +133,7 @@ def _job(
         keep_checkpoints=cfg.keep_checkpoints,
         early_stopping_patience=cfg.early_stopping.patience,
         early_stopping_min_delta=cfg.early_stopping.min_delta,
-        eval_texts=[e.text for e in loaders.test_examples],
+        test_texts=[e.text for e in loaders.test_examples],
         num_devices=cfg.num_devices,
         accumulation_steps=cfg.accumulation_steps,
     )
@@ -141,11 +156,15 @@ def _run(
     exported_params = theseus.count_params(exported)
     trained_params = theseus.count_params(job.params)
     progress = train(job, workdir)
+    stage = cfg.lm if job.objective == "mlm" else cfg.cls
     result = {
         "name": job.name,
         "pipeline": kind,
         "objective": job.objective,
         "metric": job.metric,
+        "selection": job.selection,
+        "seed": cfg.seed,
+        "learning_rate": float(stage.learning_rate),
         "history": progress.history,
         "best": progress.best,
         "time_until_best_s": progress.best["elapsed_s"] if progress.best else None,
@@ -157,16 +176,55 @@ def _run(
             "exported_layers": exported_config.num_hidden_layers,
         },
         "data": loaders.statistics,
+        "run_dir": str(workdir),
         "best_model_dir": str(workdir / "best"),
+        **summary.run_record(progress.best, job.objective, job.metric, workdir, cfg),
     }
+    if result["collapsed"]:
+        log.warning("%s: COLLAPSED: the selected model predicts one class (%s)", job.name, result["predicted_classes"])
+    result["per_seed"] = [{key: result.get(key) for key in summary.PER_SEED_KEYS}]
     if predecessor_size is not None:  # a compression run: CR of the exported successor
         result["compression_ratio"] = predecessor_size / exported_params
     report.write_run_report(workdir, result, cfg)
     return result
 
 
+Source = str | dict[int, str] | None  # a model, or one per seed (the previous stage's outputs)
+
+
+def _stage(
+    cfg: ml_collections.ConfigDict, workdir: Path, name: str, objective: str,
+    run: Callable[[ml_collections.ConfigDict, Path, str | None], dict[str, Any]], model: Source = None,
+) -> dict[str, Any]:
+    """`run(cfg, folder, model)` for every seed and learning rate, then the stage's record
+    (the learning rate chosen per seed on the selection split)."""
+    if cfg.selection not in ("validation", "test"):
+        raise ValueError(f"config.selection={cfg.selection!r}: choose 'validation' (default) or 'test' (the source study's protocol)")
+    key = "lm" if objective == "mlm" else "cls"
+    seeds, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(cfg[key])
+    runs: dict[int, list[dict[str, Any]]] = {}
+    for seed in seeds:
+        runs[seed] = []
+        for rate in rates:
+            folder = workdir / (f"seed_{seed}" if len(seeds) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
+            run_cfg = ml_collections.ConfigDict(cfg.to_dict())
+            run_cfg.seed = seed
+            run_cfg[key].learning_rate = rate
+            runs[seed].append(run(run_cfg, folder, model[seed] if isinstance(model, dict) else model))
+    record = summary.stage_record(name, runs, cfg)
+    if len(seeds) > 1 or len(rates) > 1:
+        if record["collapsed"]:
+            log.warning("%s: COLLAPSED in seeds %s", name, [e["seed"] for e in record["per_seed"] if e["collapsed"]])
+        report.write_stage_report(workdir, record, cfg)
+    return record
+
+
 def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """MLM fine-tuning of the whole predecessor on domain text."""
+    return _stage(cfg, workdir, "lm_baseline", "mlm", lambda c, wd, _: _lm_baseline_run(c, wd))
+
+
+def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     source = load_model(cfg, "mlm")
     loaders = datasets.mlm_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.lm.max_length))
     job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, "all", loaders,
@@ -192,21 +250,25 @@ def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, nam
 
 def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Theseus Compression during MLM fine-tuning; the best successor is exported."""
-    return _compress(cfg, workdir, "mlm", "lm_compress")
+    return _stage(cfg, workdir, "lm_compress", "mlm", lambda c, wd, _: _compress(c, wd, "mlm", "lm_compress"))
 
 
-def cls_compress(cfg: ml_collections.ConfigDict, workdir: Path, model: str | None = None) -> dict[str, Any]:
+def cls_compress(cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None) -> dict[str, Any]:
     """Theseus Compression during downstream training (the original method), from the
     configured predecessor or from a classifier checkpoint (`model`, e.g. the fine-tuned
-    predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT)."""
+    predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT; one per seed in a series)."""
     model = model or (cfg.cls_model if cfg.cls_model not in ("predecessor", "truncated") else None)
-    return _compress(cfg, workdir, "classification", "cls_compress", model)
+    return _stage(cfg, workdir, "cls_compress", "classification",
+                  lambda c, wd, m: _compress(c, wd, "classification", "cls_compress", m), model)
 
 
-def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: str | None = None, name: str = "cls_baseline") -> dict[str, Any]:
+def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, name: str = "cls_baseline") -> dict[str, Any]:
     """Downstream training of a plain model: `predecessor`, `truncated` (its bottom n
-    layers) or a checkpoint folder (e.g. an LM stage's `best/`)."""
-    model = model or cfg.cls_model
+    layers) or a checkpoint folder (e.g. an LM stage's `best/`; one per seed in a series)."""
+    return _stage(cfg, workdir, name, "classification", lambda c, wd, m: _cls_baseline_run(c, wd, m or c.cls_model, name), model)
+
+
+def _cls_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path, model: str, name: str) -> dict[str, Any]:
     if model in ("predecessor", "truncated"):
         source = load_model(cfg, "classification")
     else:
@@ -230,6 +292,9 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     unknown = set(stages) - set(SERIES_STAGES)
     if unknown:
         raise ValueError(f"config.series.stages: unknown stages {sorted(unknown)}; known: {list(SERIES_STAGES)}")
+    for stage, needs in (("cls_successor", "lm_compress"),):
+        if stage in stages and needs not in stages[: stages.index(stage)]:
+            raise ValueError(f"config.series.stages: {stage} needs {needs} before it")
     results: dict[str, Any] = {}
     for stage in stages:
         results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results)
@@ -238,8 +303,9 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     return {"stages": results, "comparison": comparison}
 
 
-def _lm_output(results: dict[str, Any], stage: str) -> str | None:
-    return results[stage]["best_model_dir"] if stage in results else None
+def _outputs(results: dict[str, Any], stage: str) -> dict[int, str] | None:
+    """The stage's selected model per seed, for the next stage of the same seed."""
+    return {e["seed"]: e["best_model_dir"] for e in results[stage]["per_seed"]} if stage in results else None
 
 
 SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, Any]], dict[str, Any]]] = {
@@ -247,11 +313,11 @@ SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, An
     "lm_compress": lambda cfg, wd, _: lm_compress(cfg, wd),
     # The original method: compress while training on the task, from the fine-tuned
     # predecessor classifier when cls_predecessor ran before.
-    "cls_compress": lambda cfg, wd, r: cls_compress(cfg, wd, r["cls_predecessor"]["best_model_dir"] if "cls_predecessor" in r else None),
+    "cls_compress": lambda cfg, wd, r: cls_compress(cfg, wd, _outputs(r, "cls_predecessor")),
     # Downstream on the LM-fine-tuned predecessor (or the original one without an LM stage).
-    "cls_predecessor": lambda cfg, wd, r: cls_baseline(cfg, wd, _lm_output(r, "lm_baseline") or "predecessor", "cls_predecessor"),
+    "cls_predecessor": lambda cfg, wd, r: cls_baseline(cfg, wd, _outputs(r, "lm_baseline") or "predecessor", "cls_predecessor"),
     # Downstream on the compressed successor; needs lm_compress.
-    "cls_successor": lambda cfg, wd, r: cls_baseline(cfg, wd, r["lm_compress"]["best_model_dir"], "cls_successor"),
+    "cls_successor": lambda cfg, wd, r: cls_baseline(cfg, wd, _outputs(r, "lm_compress"), "cls_successor"),
     # Bottom n layers of the predecessor, fine-tuned for the same steps.
     "cls_truncated": lambda cfg, wd, _: cls_baseline(cfg, wd, "truncated", "cls_truncated"),
 }

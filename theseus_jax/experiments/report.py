@@ -1,8 +1,11 @@
 """Reports: `report.json` + `report.md` per run and per series, with PNG plots beside them.
 
 The comparison numbers are computed here from the recorded ones, never typed in:
-CR = params(predecessor model) / params(successor model), RP = metric(compressed) /
-metric(baseline), fine-tuning speedup = time-until-best(baseline) / time-until-best(compressed).
+CR = params(predecessor model) / params(successor model), RP = test metric(compressed) /
+test metric(baseline) at the selected steps (per seed, then mean), fine-tuning speedup =
+time-until-best(baseline) / time-until-best(compressed). Every report names the selection
+protocol: "validation" (steps and learning rates chosen on validation data) or "test" (the
+source study's protocol, which flatters every model).
 """
 
 from __future__ import annotations
@@ -14,6 +17,12 @@ from typing import Any
 
 import ml_collections
 
+from theseus_jax.experiments import summary
+
+PROTOCOLS = {
+    "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
+    "test": "steps chosen on the TEST set (the source study's protocol; optimistic)",
+}
 STAGE_TITLES = {
     "lm_baseline": "LM fine-tuning, predecessor",
     "lm_compress": "LM fine-tuning with Theseus Compression",
@@ -58,8 +67,12 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
     history = result["history"]
     if history:
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot([h["epoch"] + 1 for h in history], [h[result["metric"]] for h in history], marker="o")
-        ax.set(xlabel="epoch", ylabel=result["metric"], title=f"{result['name']}: {result['metric']} per evaluation")
+        metric = result["metric"]
+        ax.plot([h["epoch"] + 1 for h in history], [h["validation"][metric] for h in history], marker="o", label="validation")
+        tested = [h for h in history if "test" in h]
+        ax.plot([h["epoch"] + 1 for h in tested], [h["test"][metric] for h in tested], "s", label="test (at new bests)")
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{result['name']}: {metric} per evaluation")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(workdir / "metric.png", dpi=110)
@@ -87,29 +100,91 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
     return files
 
 
+def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+    return _fmt(mean, digits) + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "n/a" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _selection_lines(result: dict[str, Any]) -> list[str]:
+    """Protocol, the selected step's validation and test metric with its interval, collapse warning."""
+    metric = result["metric"]
+    lines = [f"- selection protocol: **{result['selection']}** ({PROTOCOLS[result['selection']]})"]
+    std = result.get("test_std", {}).get(metric)
+    lines.append(
+        f"- {metric} at the selected step: validation {_pm(result['validation'].get(metric), result.get('validation_std', {}).get(metric))}, "
+        f"test **{_pm(result['test'].get(metric), std)}**, test 95% bootstrap interval {_interval(result.get('test_ci95'))}"
+    )
+    if result.get("collapsed"):
+        seeds = [e["seed"] for e in result["per_seed"] if e["collapsed"]]
+        lines.append(f"- **WARNING: collapsed**: the selected model predicts a single class (seeds {seeds})")
+    return lines
+
+
+def _per_seed_table(result: dict[str, Any]) -> list[str]:
+    metric = result["metric"]
+    lines = [
+        f"| seed | learning rate | selected step | validation {metric} | test {metric} | test 95% interval | collapsed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in result["per_seed"]:
+        lines.append(
+            f"| {e['seed']} | {e['learning_rate']:g} | {e['selected_step']} | {_fmt(e['validation'].get(metric))} | "
+            f"{_fmt(e['test'].get(metric))} | {_interval(e.get('test_ci95'))} | {'**yes**' if e['collapsed'] else 'no'} |"
+        )
+    return lines
+
+
 def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.ConfigDict) -> None:
     workdir = Path(workdir)
     plots = plot_run(workdir, result)
     result = {**result, "plots": plots, "config": cfg.to_dict()}
     _write_atomic(workdir / "report.json", _json(result))
     best = result["best"] or {}
+    columns = _metric_columns(result)
     lines = [
         f"# {result['name']}: {STAGE_TITLES.get(result['name'], result['pipeline'])}",
         "",
-        f"- best {result['metric']}: **{_fmt(best.get(result['metric']))}** at epoch {best.get('epoch', -1) + 1}, "
-        f"step {best.get('step')}, after {_fmt(result['time_until_best_s'], 1)} s (total {_fmt(result['total_time_s'], 1)} s)",
+        *_selection_lines(result),
+        f"- selected: epoch {best.get('epoch', -1) + 1}, step {best.get('step')}, seed {result['seed']}, "
+        f"learning rate {result['learning_rate']:g}, after {_fmt(result['time_until_best_s'], 1)} s "
+        f"(total {_fmt(result['total_time_s'], 1)} s)",
         f"- parameters: {result['parameters']['exported_model']:,} in the exported model "
         f"({result['parameters']['exported_layers']} layers); best model in `{result['best_model_dir']}`",
         "",
-        "| epoch | step | time s | loss | " + " | ".join(_metric_columns(result)) + " |",
-        "|---|---|---|---|" + "---|" * len(_metric_columns(result)),
+        "| epoch | step | time s | validation loss | " + " | ".join(f"validation {c}" for c in columns)
+        + f" | test {result['metric']} |",
+        "|---|---|---|---|" + "---|" * (len(columns) + 1),
     ]
     for h in result["history"]:
-        cells = [str(h["epoch"] + 1), str(h["step"]), _fmt(h["elapsed_s"], 1), _fmt(h["loss"])]
-        lines.append("| " + " | ".join(cells + [_fmt(h.get(c)) for c in _metric_columns(result)]) + " |")
+        cells = [str(h["epoch"] + 1), str(h["step"]), _fmt(h["elapsed_s"], 1), _fmt(h["validation"]["loss"])]
+        cells += [_fmt(h["validation"].get(c)) for c in columns]
+        cells.append(_fmt(h["test"].get(result["metric"])) if "test" in h else "")
+        lines.append("| " + " | ".join(cells) + " |")
     if result["data"]:
         lines += ["", "## Data", "", "```", _json(result["data"]), "```"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
+    _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+
+
+def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collections.ConfigDict) -> None:
+    """A stage over several seeds and/or learning rates: per-seed table, means, interval."""
+    workdir = Path(workdir)
+    _write_atomic(workdir / "report.json", _json({**record, "config": cfg.to_dict()}))
+    lines = [
+        f"# {record['name']}: {STAGE_TITLES.get(record['name'], record['pipeline'])}, "
+        f"{len(record['per_seed'])} seed(s), learning rates {', '.join(f'{r:g}' for r in record['learning_rates'])}",
+        "",
+        *_selection_lines(record),
+        f"- the learning rate of each seed is the one whose run is best on {record['selection']}",
+        f"- time until best {_fmt(record['time_until_best_s'], 1)} s, total {_fmt(record['total_time_s'], 1)} s "
+        f"(means over seeds); every run of the stage: {_fmt(record['tuning_time_s'], 1)} s",
+        "",
+        *_per_seed_table(record),
+        "",
+    ]
     _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
 
 
@@ -126,31 +201,63 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """CR, RP and speedups from the stages' recorded numbers.
+    """CR, RP and speedups from the stages' recorded numbers (test metric at the selected
+    steps, means over seeds), with per-seed values, standard deviations and bootstrap intervals.
 
     The compressed model is `cls_successor` (compressed during MLM) and/or `cls_compress`
     (compressed during downstream training); the unsuffixed keys describe the first present.
+    RP is computed per seed and averaged; its interval resamples the test examples once for
+    numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
     """
     metric = cfg.cls.metric
-    best = lambda stage: results[stage]["best"][metric] if stage in results and results[stage]["best"] else None
+    test = lambda stage: results[stage]["test"].get(metric) if stage in results else None
+    validation = lambda stage: results[stage]["validation"].get(metric) if stage in results else None
     time_to_best = lambda stage: results[stage]["time_until_best_s"] if stage in results else None
     params = lambda stage: results[stage]["parameters"]["exported_model"] if stage in results else None
     baseline = "cls_predecessor"
-    out: dict[str, Any] = {"metric": metric, f"{metric}_predecessor": best(baseline)}
+    out: dict[str, Any] = {
+        "metric": metric,
+        "selection": cfg.selection,
+        "seeds": summary.parse_seeds(cfg.seeds),
+        f"{metric}_predecessor": test(baseline),
+        f"validation_{metric}_predecessor": validation(baseline),
+    }
     compressed = [s for s in ("cls_successor", "cls_compress") if s in results]
     for i, stage in enumerate(compressed):
         suffix = "" if i == 0 else f"_{stage}"
+        model = "successor" if i == 0 else stage
         out[f"compression_ratio{suffix}"] = _ratio(params(baseline), params(stage))
-        out[f"retained_performance{suffix}"] = _ratio(best(stage), best(baseline))
+        if baseline in results:
+            rp = summary.describe(summary.paired_by_seed(results[stage], results[baseline], metric, lambda a, b: _ratio(a, b)))
+            out[f"retained_performance{suffix}"] = rp["mean"]
+            out[f"retained_performance_std{suffix}"] = rp["std"]
+            out[f"retained_performance_per_seed{suffix}"] = rp["per_seed"]
+            out[f"retained_performance_ci95{suffix}"] = summary.seed_interval(
+                metric, [results[stage], results[baseline]], lambda a, b: (a / b).mean(0), cfg
+            )
         out[f"finetuning_speedup{suffix}"] = _ratio(time_to_best(baseline), time_to_best(stage))
-        out[f"{metric}_{'successor' if i == 0 else stage}"] = best(stage)
-        if "cls_truncated" in results and best(stage) is not None:
-            out[f"{'successor' if i == 0 else stage}_beats_truncated"] = best(stage) > best("cls_truncated")
+        out[f"{metric}_{model}"] = test(stage)
+        out[f"validation_{metric}_{model}"] = validation(stage)
+        if "cls_truncated" in results:
+            diff = summary.describe(summary.paired_by_seed(results[stage], results["cls_truncated"], metric, lambda a, b: a - b))
+            out[f"{model}_minus_truncated"] = diff["mean"]
+            out[f"{model}_minus_truncated_std"] = diff["std"]
+            out[f"{model}_minus_truncated_per_seed"] = diff["per_seed"]
+            out[f"{model}_minus_truncated_positive_seeds"] = sum(1 for v in diff["per_seed"] if v["value"] > 0)
+            out[f"{model}_minus_truncated_ci95"] = summary.seed_interval(
+                metric, [results[stage], results["cls_truncated"]], lambda a, b: (a - b).mean(0), cfg
+            )
+            out[f"{model}_beats_truncated"] = diff["mean"] > 0
     if "cls_truncated" in results:
-        out[f"{metric}_truncated"] = best("cls_truncated")
+        out[f"{metric}_truncated"] = test("cls_truncated")
+        out[f"validation_{metric}_truncated"] = validation("cls_truncated")
+    collapsed = [s for s in results if results[s].get("collapsed")]
+    if collapsed:
+        out["collapsed_stages"] = collapsed
     for stage in ("lm_baseline", "lm_compress"):
         if stage in results and results[stage]["best"]:
-            out[f"perplexity_{stage}"] = results[stage]["best"]["perplexity"]
+            out[f"perplexity_{stage}"] = results[stage]["test"]["perplexity"]
+            out[f"validation_perplexity_{stage}"] = results[stage]["validation"]["perplexity"]
             out[f"time_until_best_s_{stage}"] = time_to_best(stage)
     if "lm_baseline" in results and "lm_compress" in results:
         out["lm_finetuning_speedup"] = _ratio(time_to_best("lm_baseline"), time_to_best("lm_compress"))
@@ -169,8 +276,8 @@ def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for stage in cls_stages:
         history = results[stage]["history"]
-        ax.plot([h["epoch"] + 1 for h in history], [h[metric] for h in history], marker="o", label=stage)
-    ax.set(xlabel="epoch", ylabel=metric, title=f"downstream {metric} per epoch")
+        ax.plot([h["epoch"] + 1 for h in history], [h["validation"][metric] for h in history], marker="o", label=stage)
+    ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"downstream validation {metric} per epoch (first seed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -189,25 +296,43 @@ def write_series_report(
         _json({"comparison": comparison, "stages": results, "plots": plots, "config": cfg.to_dict()}),
     )
     metric = comparison["metric"]
+    seeds = comparison["seeds"]
     lines = [
         "# Theseus Compression series",
         "",
-        "| stage | what | best | metric | time until best s | total s | parameters | layers |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Selection protocol: **{cfg.selection}** ({PROTOCOLS[cfg.selection]}). Seeds: {', '.join(map(str, seeds))}; "
+        f"values are means ± standard deviation over seeds (n - 1), intervals are 95% bootstrap intervals "
+        f"({cfg.bootstrap.resamples} resamples of the test examples, seed {cfg.bootstrap.seed}).",
+        "",
+        "| stage | what | metric | validation | test | test 95% interval | learning rate | selected step | "
+        "time until best s | total s | parameters | layers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for stage, r in results.items():
-        best = r["best"] or {}
+        m = r["metric"]
+        flag = " **COLLAPSED**" if r.get("collapsed") else ""
         lines.append(
-            f"| [{stage}]({stage}/report.md) | {STAGE_TITLES.get(stage, stage)} | {_fmt(best.get(r['metric']))} | {r['metric']} | "
-            f"{_fmt(r['time_until_best_s'], 1)} | {_fmt(r['total_time_s'], 1)} | {r['parameters']['exported_model']:,} | "
-            f"{r['parameters']['exported_layers']} |"
+            f"| [{stage}]({stage}/report.md){flag} | {STAGE_TITLES.get(stage, stage)} | {m} | "
+            f"{_pm(r['validation'].get(m), r.get('validation_std', {}).get(m))} | {_pm(r['test'].get(m), r.get('test_std', {}).get(m))} | "
+            f"{_interval(r.get('test_ci95'))} | {', '.join(format(e['learning_rate'], 'g') for e in r['per_seed'])} | "
+            f"{', '.join(str(e['selected_step']) for e in r['per_seed'])} | {_fmt(r['time_until_best_s'], 1)} | "
+            f"{_fmt(r['total_time_s'], 1)} | {r['parameters']['exported_model']:,} | {r['parameters']['exported_layers']} |"
         )
+    for stage in [s for s in results if results[s].get("collapsed")]:
+        lines += ["", f"**WARNING**: `{stage}` collapsed: its selected model predicts a single class "
+                  f"(seeds {[e['seed'] for e in results[stage]['per_seed'] if e['collapsed']]})."]
     lines += ["", "## Comparison", "", "| quantity | value |", "|---|---|"]
-    lines += [f"| {key} | {_fmt(value)} |" for key, value in comparison.items()]
+    for key, value in comparison.items():
+        if key.endswith("_per_seed"):
+            value = ", ".join(f"seed {v['seed']}: {_fmt(v['value'])}" for v in value)
+        elif key.endswith("_ci95"):
+            value = _interval(value)
+        lines.append(f"| {key} | {_fmt(value)} |")
     lines += [
         "",
-        f"CR = params(predecessor) / params(successor); RP = {metric}(successor) / {metric}(predecessor); "
-        "fine-tuning speedup = time until best (predecessor) / time until best (successor).",
+        f"CR = params(predecessor) / params(successor); RP = test {metric}(successor) / test {metric}(predecessor), "
+        "per seed then averaged; `*_minus_truncated` = test metric difference paired by seed (positive_seeds: how many "
+        "seeds it is positive in); fine-tuning speedup = time until best (predecessor) / time until best (successor).",
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]

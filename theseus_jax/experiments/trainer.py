@@ -1,9 +1,12 @@
 """The training loop: jitted steps in the middle, I/O at the edges.
 
 One loop serves every pipeline (MLM or classification, plain or Theseus). It evaluates
-after every epoch (and every K steps if asked), keeps the best model as a Hugging Face
-checkpoint, writes resumable orbax checkpoints, logs scalars every step, and stops with
-a clear message on a non-finite loss.
+the validation split after every epoch (and every K steps if asked); a new best on the
+selection split exports the model as a Hugging Face checkpoint and evaluates the test
+split right then, so test numbers exist exactly at the selected checkpoints and never
+steer a choice (unless `selection="test"`, the source study's protocol, asks for it).
+It writes resumable orbax checkpoints, logs scalars every step, and stops with a clear
+message on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ class TrainingJob:
     tx: optax.GradientTransformation
     trainable: Params  # bool mask tree the optimizer was built with
     train_loader: Loader
-    eval_loader: Loader
+    validation_loader: Loader
+    test_loader: Loader
     epochs: int
     metric: str  # "macro_f1", "roc_auc", "accuracy" (higher is better) or "perplexity" (lower)
     export: Callable[[Params], tuple[BertConfig, Params]]  # params -> plain BERT to save as best
     tokenizer_dir: Path | None = None
-    eval_texts: list[str] | None = None  # written beside the best model's test predictions
+    test_texts: list[str] | None = None  # written beside the best model's test predictions
+    selection: str = "validation"  # the split that picks the best step: "validation" | "test"
     num_devices: int = 0  # data-parallel mesh size; 0 = every device
     accumulation_steps: int = 1
     compression: steps.Compression | None = None
@@ -71,7 +76,7 @@ class TrainingJob:
     early_stopping_min_delta: float = 0.0
 
 
-def _better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool:
+def better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool:
     if metric == "perplexity":
         return new < old - min_delta
     return new > old + min_delta
@@ -104,17 +109,22 @@ def evaluate(
     return result, predictions
 
 
-def write_predictions(path: Path, texts: list[str], predictions: dict[str, np.ndarray]) -> None:
-    """text, label, probability (of the positive class) per test example, for error analysis."""
+def write_predictions(workdir: Path, texts: list[str], predictions: dict[str, np.ndarray]) -> None:
+    """`predictions.csv` (text, label, probability of the positive class per test example, for
+    error analysis) and `test_predictions.npz` (labels, probabilities in example order, for
+    bootstrap intervals)."""
     import csv
 
-    tmp = path.with_suffix(".tmp")
+    tmp = workdir / "predictions.tmp"
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "text", "label", "probability"])
         for i, label, probs in zip(predictions["index"], predictions["labels"], predictions["probabilities"]):
             writer.writerow([int(i), texts[i], int(label), f"{probs[-1]:.6f}"])
-    tmp.replace(path)
+    tmp.replace(workdir / "predictions.csv")
+    with (workdir / "test_predictions.tmp").open("wb") as f:
+        np.savez(f, **predictions)
+    (workdir / "test_predictions.tmp").replace(workdir / "test_predictions.npz")
 
 
 class _StepLog:
@@ -136,10 +146,10 @@ class _StepLog:
         for key, value in scalars.items():
             self.tensorboard.add_scalar(f"train/{key}", value, step)
 
-    def write_eval(self, step: int, metrics: dict[str, Any]) -> None:
+    def write_eval(self, step: int, metrics: dict[str, Any], split: str) -> None:
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
-                self.tensorboard.add_scalar(f"eval/{key}", value, step)
+                self.tensorboard.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
         self.file.close()
@@ -149,7 +159,10 @@ class _StepLog:
 def train(job: TrainingJob, workdir: Path) -> Progress:
     """Runs (or resumes) `job` in `workdir`; returns the final progress record.
 
-    Leaves `workdir/best/` (the best model as an HF checkpoint) and `workdir/checkpoints/`.
+    Leaves `workdir/best/` (the best model as an HF checkpoint), `workdir/checkpoints/` and,
+    for classification, the best model's test predictions. Each history entry holds the
+    `validation` metrics and, where evaluated, the `test` metrics; `progress.best` is the
+    entry with the best `job.metric` on `job.selection`.
     """
     from theseus_jax.convert import save_hf_checkpoint
 
@@ -178,22 +191,34 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     def run_evaluation(epoch: int) -> bool:
         """Evaluates, exports a new best model; returns True if training should stop early."""
-        metrics, predictions = evaluate(
-            lambda p, b: eval_step(p, parallel.shard_batch(b, mesh)), state.params, job.eval_loader, job.objective, f"{job.name} eval"
-        )
-        entry = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed(), **metrics}
-        progress.history.append(entry)
-        step_log.write_eval(int(state.step), metrics)
-        value = metrics[job.metric]
-        previous_best = None if progress.best is None else progress.best[job.metric]
-        if progress.best is None or _better(job.metric, value, progress.best[job.metric]):
+
+        def on(loader: Loader, split: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+            metrics, predictions = evaluate(
+                lambda p, b: eval_step(p, parallel.shard_batch(b, mesh)), state.params, loader, job.objective, f"{job.name} {split}"
+            )
+            step_log.write_eval(int(state.step), metrics, split)
+            return metrics, predictions
+
+        entry: dict[str, Any] = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed()}
+        entry["validation"], _ = on(job.validation_loader, "validation")
+        if job.selection == "test":  # the source study's protocol: choose on test, said in every report
+            entry["test"], test_predictions = on(job.test_loader, "test")
+        value = entry[job.selection][job.metric]
+        previous_best = None if progress.best is None else progress.best[job.selection][job.metric]
+        if previous_best is None or better(job.metric, value, previous_best):
+            if "test" not in entry:  # test at the selected checkpoint only
+                entry["test"], test_predictions = on(job.test_loader, "test")
             progress.best = entry
             config, params = job.export(jax.device_get(state.params))
             save_hf_checkpoint(config, params, workdir / "best", tokenizer_dir=job.tokenizer_dir)
-            if predictions and job.eval_texts is not None:
-                write_predictions(workdir / "predictions.csv", job.eval_texts, predictions)
-        log.info("%s: epoch %d step %d %s=%.4f (best %.4f)", job.name, epoch, int(state.step), job.metric, value, progress.best[job.metric])
-        if previous_best is not None and not _better(job.metric, value, previous_best, job.early_stopping_min_delta):
+            if test_predictions and job.test_texts is not None:
+                write_predictions(workdir, job.test_texts, test_predictions)
+        progress.history.append(entry)
+        log.info(
+            "%s: epoch %d step %d %s %s=%.4f (best %.4f)", job.name, epoch, int(state.step), job.selection, job.metric,
+            value, progress.best[job.selection][job.metric],
+        )
+        if previous_best is not None and not better(job.metric, value, previous_best, job.early_stopping_min_delta):
             progress.evals_without_improvement += 1
         else:
             progress.evals_without_improvement = 0

@@ -1,0 +1,172 @@
+"""From runs to a stage's numbers: the learning rate chosen per seed on the selection split,
+means and standard deviations over seeds, bootstrap intervals, collapse flags.
+
+A run (one seed, one learning rate) records its selected step's validation and test
+metrics; a stage gathers its runs. With one seed and one learning rate the stage's record
+is the run's own. Everything here reads recorded numbers and saved test predictions; it
+never trains or evaluates.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from theseus_jax.evaluation.bootstrap import metric_interval, paired_interval
+from theseus_jax.evaluation.metrics import predicted_classes
+from theseus_jax.experiments.trainer import better
+
+log = logging.getLogger("theseus_jax")
+PREDICTIONS = "test_predictions.npz"
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = [int(x) for x in str(text).split(",") if x.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"config.seeds={text!r}: give distinct integers, e.g. '0,1,2'")
+    return seeds
+
+
+def learning_rates(stage: ml_collections.ConfigDict) -> list[float]:
+    """The stage's learning-rate set; empty means just `learning_rate`."""
+    rates = [float(x) for x in str(stage.learning_rates).split(",") if x.strip()]
+    return rates or [float(stage.learning_rate)]
+
+
+def scalars(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The single-number metrics of an evaluation (drops per-class lists, confusion matrix)."""
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def load_predictions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(Path(run_dir) / PREDICTIONS) as saved:
+        return saved["labels"], saved["probabilities"]
+
+
+def collapse(best: dict[str, Any]) -> dict[str, Any]:
+    """How many classes the selected model predicts on validation and test; collapsed if one."""
+    counts = {split: predicted_classes(best[split]["confusion_matrix"]) for split in ("validation", "test") if split in best}
+    return {"predicted_classes": counts, "collapsed": any(k < 2 for k in counts.values())}
+
+
+def run_record(best: dict[str, Any] | None, objective: str, metric: str, run_dir: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What a run adds to its report: the selected step's validation/test metrics, the test
+    metric's bootstrap interval, the collapse flag."""
+    best = best or {}
+    record: dict[str, Any] = {
+        "selected_step": best.get("step"),
+        "validation": scalars(best.get("validation")),
+        "test": scalars(best.get("test")),
+        "test_ci95": None,
+        "collapsed": False,
+    }
+    if objective == "classification" and best:
+        record.update(collapse(best))
+        labels, probabilities = load_predictions(run_dir)
+        record["test_ci95"] = metric_interval(metric, labels, probabilities, cfg.bootstrap.resamples, cfg.bootstrap.seed)
+    return record
+
+
+PER_SEED_KEYS = ("seed", "learning_rate", "selected_step", "validation", "test", "test_ci95", "collapsed", "best_model_dir", "run_dir")
+
+
+def choose_learning_rate(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose selected step is best on the selection split (first wins ties)."""
+    chosen = candidates[0]
+    for run in candidates[1:]:
+        if better(run["metric"], run[run["selection"]][run["metric"]], chosen[chosen["selection"]][chosen["metric"]]):
+            chosen = run
+    return chosen
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    values = [float(v) for v in values]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def seed_interval(
+    metric: str, stages: Sequence[dict[str, Any]], statistic: Callable[..., np.ndarray], cfg: ml_collections.ConfigDict
+) -> list[float] | None:
+    """Bootstrap interval of `statistic` over the stages' per-seed test predictions, one shared
+    resample of the test examples for every stage and seed (None if the test sets differ)."""
+    models, labels = [], None
+    for stage in stages:
+        seeds = []
+        for entry in stage["per_seed"]:
+            seed_labels, probabilities = load_predictions(entry["run_dir"])
+            if labels is not None and not np.array_equal(labels, seed_labels):
+                log.warning("%s: seeds or stages were tested on different examples; no joint interval", stage["name"])
+                return None
+            labels = seed_labels
+            seeds.append(probabilities)
+        models.append(seeds)
+    return paired_interval(metric, labels, models, statistic, cfg.bootstrap.resamples, cfg.bootstrap.seed)
+
+
+def stage_record(name: str, runs: dict[int, list[dict[str, Any]]], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A stage over seeds: per seed the run chosen among its learning rates, then means.
+
+    Today's per-run fields (history, best, parameters, data, best_model_dir) describe the
+    first seed's chosen run; `time_until_best_s` and `total_time_s` are means over the
+    chosen runs, `tuning_time_s` the time of every run of the stage (all learning rates).
+    """
+    per_seed = []
+    for seed, candidates in runs.items():
+        chosen = choose_learning_rate(candidates)
+        entry = {key: chosen.get(key) for key in PER_SEED_KEYS}
+        entry["learning_rate_candidates"] = [
+            {"learning_rate": r["learning_rate"], chosen["selection"]: r[chosen["selection"]].get(r["metric"]), "run_dir": r["run_dir"]}
+            for r in candidates
+        ]
+        entry["time_until_best_s"] = chosen["time_until_best_s"]
+        entry["total_time_s"] = chosen["total_time_s"]
+        per_seed.append((entry, chosen))
+    first = per_seed[0][1]
+    if len(runs) == 1 and len(runs[next(iter(runs))]) == 1:
+        return first
+    entries = [e for e, _ in per_seed]
+    metric = first["metric"]
+    record = {
+        **first,
+        "seeds": list(runs),
+        "learning_rates": sorted({r["learning_rate"] for c in runs.values() for r in c}),
+        "selected_step": entries[0]["selected_step"] if len(entries) == 1 else [e["selected_step"] for e in entries],
+        "learning_rate": entries[0]["learning_rate"] if len(entries) == 1 else [e["learning_rate"] for e in entries],
+        "time_until_best_s": statistics.fmean(e["time_until_best_s"] for e in entries),
+        "total_time_s": statistics.fmean(e["total_time_s"] for e in entries),
+        "tuning_time_s": sum(r["total_time_s"] for c in runs.values() for r in c),
+        "collapsed": any(e["collapsed"] for e in entries),
+        "per_seed": entries,
+    }
+    for split in ("validation", "test"):
+        keys = [k for k in entries[0][split] if all(k in e[split] for e in entries)]
+        record[split] = {k: _mean_std([e[split][k] for e in entries])[0] for k in keys}
+        record[f"{split}_std"] = {k: _mean_std([e[split][k] for e in entries])[1] for k in keys}
+    if first["objective"] == "classification":
+        record["test_ci95"] = (
+            entries[0]["test_ci95"] if len(entries) == 1 else seed_interval(metric, [record], lambda a: a.mean(0), cfg)
+        )
+    return record
+
+
+def paired_by_seed(
+    a: dict[str, Any], b: dict[str, Any], metric: str, combine: Callable[[float, float], float]
+) -> list[dict[str, Any]]:
+    """combine(a's test metric, b's test metric) for each seed both stages ran."""
+    b_by_seed = {e["seed"]: e for e in b["per_seed"]}
+    return [
+        {"seed": e["seed"], "value": combine(e["test"][metric], b_by_seed[e["seed"]]["test"][metric])}
+        for e in a["per_seed"]
+        if e["seed"] in b_by_seed
+    ]
+
+
+def describe(values: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation (n - 1; None for one seed) and per-seed values."""
+    mean, std = _mean_std([v["value"] for v in values]) if values else (None, None)
+    return {"mean": mean, "std": std, "per_seed": values}
