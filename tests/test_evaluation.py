@@ -6,8 +6,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from sklearn import metrics as skm
+
+from theseus_jax.evaluation import bootstrap
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
-from theseus_jax.experiments import report
+from theseus_jax.experiments import report, summary
 from theseus_jax.experiments.checkpoints import WorkdirConflict, claim_workdir
 
 
@@ -41,35 +44,142 @@ def test_perplexity():
         perplexity(1.0, 0)
 
 
-def _stage(objective, metric, value, time_to_best, params, layers):
-    best = {metric: value, "epoch": 0, "step": 1, "elapsed_s": time_to_best}
+def _probabilities(labels, accuracy, rng):
+    """Probabilities whose argmax is right on about `accuracy` of the examples."""
+    right = rng.random(len(labels)) < accuracy
+    predicted = np.where(right, labels, 1 - labels)
+    p1 = np.clip(np.where(predicted == 1, 0.75, 0.25) + rng.normal(0, 0.1, len(labels)), 0.01, 0.99)
+    return np.stack([1 - p1, p1], axis=1)
+
+
+def _stage(tmp_path, name, objective, metric, time_to_best, params, layers, seeds):
+    """A stage record as summary.stage_record writes it, with saved test predictions per seed."""
+    per_seed = []
+    for seed, (labels, probabilities) in seeds.items():
+        run_dir = tmp_path / name / f"seed_{seed}"
+        run_dir.mkdir(parents=True)
+        np.savez(run_dir / "test_predictions.npz", labels=labels, probabilities=probabilities)
+        value = skm.f1_score(labels, probabilities.argmax(1), average="macro")
+        per_seed.append({"seed": seed, "test": {metric: value}, "validation": {metric: value}, "run_dir": str(run_dir)})
+    mean = float(np.mean([e["test"][metric] for e in per_seed]))
     return {
-        "objective": objective,
-        "metric": metric,
-        "best": best,
-        "history": [best],
-        "time_until_best_s": time_to_best,
-        "total_time_s": time_to_best + 1,
+        "name": name, "objective": objective, "metric": metric, "best": {"step": 1}, "history": [],
+        "test": {metric: mean}, "validation": {metric: mean}, "per_seed": per_seed,
+        "time_until_best_s": time_to_best, "total_time_s": time_to_best + 1,
         "parameters": {"exported_model": params, "exported_layers": layers},
     }
 
 
-def test_series_comparison_is_computed_from_the_recorded_numbers():
-    cfg = ml_collections.ConfigDict({"cls": {"metric": "macro_f1"}})
+def _mlm_stage(perplexity_value, time_to_best, params, layers):
+    return {
+        "objective": "mlm", "metric": "perplexity", "best": {"step": 1}, "history": [], "per_seed": [],
+        "test": {"perplexity": perplexity_value}, "validation": {"perplexity": perplexity_value + 1},
+        "time_until_best_s": time_to_best, "total_time_s": time_to_best + 1,
+        "parameters": {"exported_model": params, "exported_layers": layers},
+    }
+
+
+def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
+    """RP and the successor-truncated difference per seed, mean, std and a joint bootstrap
+    interval, against numpy and scikit-learn on the saved predictions."""
+    cfg = ml_collections.ConfigDict(
+        {"cls": {"metric": "macro_f1"}, "seeds": "0,1,2", "selection": "validation", "bootstrap": {"resamples": 200, "seed": 7}}
+    )
+    rng = np.random.default_rng(0)
+    labels = (rng.random(150) < 0.4).astype(np.int32)
+    models = {
+        name: {seed: _probabilities(labels, acc + 0.03 * seed, rng) for seed in range(3)}
+        for name, acc in (("cls_predecessor", 0.85), ("cls_successor", 0.8), ("cls_truncated", 0.7))
+    }
     results = {
-        "lm_baseline": _stage("mlm", "perplexity", 5.0, 100.0, 1000, 6),
-        "lm_compress": _stage("mlm", "perplexity", 6.0, 40.0, 600, 3),
-        "cls_predecessor": _stage("classification", "macro_f1", 0.80, 30.0, 1000, 6),
-        "cls_successor": _stage("classification", "macro_f1", 0.78, 12.0, 600, 3),
-        "cls_truncated": _stage("classification", "macro_f1", 0.70, 10.0, 600, 3),
+        "lm_baseline": _mlm_stage(5.0, 100.0, 1000, 6),
+        "lm_compress": _mlm_stage(6.0, 40.0, 600, 3),
+        **{
+            name: _stage(tmp_path, name, "classification", "macro_f1", t, params, layers, {s: (labels, p) for s, p in probs.items()})
+            for (name, probs), (t, params, layers) in zip(models.items(), ((30.0, 1000, 6), (12.0, 600, 3), (10.0, 600, 3)))
+        },
     }
     out = report.compare(results, cfg)
+    f1 = {name: np.array([skm.f1_score(labels, models[name][s].argmax(1), average="macro") for s in range(3)]) for name in models}
+    rp = f1["cls_successor"] / f1["cls_predecessor"]
+    diff = f1["cls_successor"] - f1["cls_truncated"]
+    assert out["selection"] == "validation"
     assert out["compression_ratio"] == pytest.approx(1000 / 600)
-    assert out["retained_performance"] == pytest.approx(0.78 / 0.80)
+    assert [v["value"] for v in out["retained_performance_per_seed"]] == pytest.approx(rp)
+    assert out["retained_performance"] == pytest.approx(rp.mean())
+    assert out["retained_performance_std"] == pytest.approx(rp.std(ddof=1))
+    assert out["successor_minus_truncated"] == pytest.approx(diff.mean())
+    assert out["successor_minus_truncated_std"] == pytest.approx(diff.std(ddof=1))
+    assert out["successor_minus_truncated_positive_seeds"] == int((diff > 0).sum())
     assert out["finetuning_speedup"] == pytest.approx(30 / 12)
     assert out["lm_finetuning_speedup"] == pytest.approx(100 / 40)
-    assert out["successor_beats_truncated"] is True
     assert out["perplexity_lm_compress"] == 6.0
+    # The RP interval: the same resample of test examples for numerator, denominator and every seed.
+    draws = np.random.default_rng(7).integers(0, len(labels), size=(200, len(labels)))
+    values = [
+        np.mean([
+            skm.f1_score(labels[i], models["cls_successor"][s].argmax(1)[i], average="macro")
+            / skm.f1_score(labels[i], models["cls_predecessor"][s].argmax(1)[i], average="macro")
+            for s in range(3)
+        ])
+        for i in draws
+    ]
+    assert out["retained_performance_ci95"] == pytest.approx(np.percentile(values, [2.5, 97.5]), rel=1e-9)
+    assert out["retained_performance_ci95"][0] < out["retained_performance"] < out["retained_performance_ci95"][1]
+
+
+@pytest.mark.parametrize("metric", ["macro_f1", "accuracy", "roc_auc"])
+def test_bootstrap_interval_matches_numpy_resampling(metric):
+    rng = np.random.default_rng(1)
+    labels = (rng.random(120) < 0.3).astype(np.int64)
+    probabilities = _probabilities(labels, 0.8, rng)
+    low, high = bootstrap.metric_interval(metric, labels, probabilities, resamples=1000, seed=3)
+    draws = np.random.default_rng(3).integers(0, 120, size=(1000, 120))
+    reference = {
+        "macro_f1": lambda i: skm.f1_score(labels[i], probabilities[i].argmax(1), average="macro", labels=[0, 1], zero_division=0),
+        "accuracy": lambda i: skm.accuracy_score(labels[i], probabilities[i].argmax(1)),
+        "roc_auc": lambda i: skm.roc_auc_score(labels[i], probabilities[i, 1]),
+    }[metric]
+    assert [low, high] == pytest.approx(np.percentile([reference(i) for i in draws], [2.5, 97.5]), rel=1e-12)
+    point = reference(np.arange(120))
+    assert low < point < high
+    # Another seed draws other resamples.
+    assert bootstrap.metric_interval(metric, labels, probabilities, resamples=1000, seed=4) != [low, high]
+
+
+def test_bootstrap_macro_f1_counts_an_absent_class_as_zero_like_scikit_learn():
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.9, 0.1]] * 4)  # one class predicted: class 1's F1 is 0
+    indices = np.array([[0, 1, 2, 3], [0, 0, 1, 1], [2, 3, 2, 3]])
+    got = bootstrap.resampled_scores("macro_f1", labels, probabilities, indices)
+    expected = [skm.f1_score(labels[i], probabilities[i].argmax(1), average="macro", labels=[0, 1], zero_division=0) for i in indices]
+    assert got == pytest.approx(expected)
+
+
+def test_a_single_class_model_is_flagged(tmp_path):
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    one_class = np.tile([0.2, 0.8], (6, 1))
+    two_classes = np.array([[0.9, 0.1], [0.1, 0.9]] * 3)
+    best = {"step": 4, "validation": classification_metrics(labels, two_classes), "test": classification_metrics(labels, one_class)}
+    np.savez(tmp_path / "test_predictions.npz", labels=labels, probabilities=one_class)
+    cfg = ml_collections.ConfigDict({"bootstrap": {"resamples": 50, "seed": 0}})
+    record = summary.run_record(best, "classification", "macro_f1", tmp_path, cfg)
+    assert record["collapsed"] is True
+    assert record["predicted_classes"] == {"validation": 2, "test": 1}
+    best["test"] = classification_metrics(labels, two_classes)
+    assert summary.collapse(best) == {"predicted_classes": {"validation": 2, "test": 2}, "collapsed": False}
+    best["validation"] = classification_metrics(labels, one_class)  # collapsed on validation counts too
+    assert summary.collapse(best)["collapsed"] is True
+    # The report says so.
+    result = {
+        "name": "cls_truncated", "pipeline": "cls_truncated", "objective": "classification", "metric": "macro_f1",
+        "selection": "validation", "seed": 0, "learning_rate": 1e-4, "history": [], "best": {"epoch": 0, "step": 4},
+        "time_until_best_s": 1.0, "total_time_s": 2.0, "data": {}, "best_model_dir": "best",
+        "parameters": {"exported_model": 10, "exported_layers": 2}, **record,
+    }
+    result["per_seed"] = [{k: result.get(k) for k in summary.PER_SEED_KEYS}]
+    report.write_run_report(tmp_path, result, ml_collections.ConfigDict({"x": 1}))
+    assert "WARNING: collapsed" in (tmp_path / "report.md").read_text()
 
 
 def test_workdir_with_another_config_is_refused(tmp_path):

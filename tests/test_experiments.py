@@ -57,6 +57,14 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
     for name, stage in stages.items():
         stage_report = json.loads((workdir / name / "report.json").read_text())
         assert len(stage_report["history"]) == 2  # one evaluation per epoch
+        # Selected on validation; test recorded at the selected step (single seed: per_seed has one entry).
+        assert stage["selection"] == "validation"
+        assert stage["selected_step"] == stage["best"]["step"] == stage["per_seed"][0]["selected_step"]
+        assert stage["test"][stage["metric"]] == stage["best"]["test"][stage["metric"]]
+        assert stage["validation"][stage["metric"]] == stage["best"]["validation"][stage["metric"]]
+        data = stage["data"]
+        assert data["train"]["count"] + data["validation"]["count"] + data["test"]["count"] == 120
+        assert "validation" in data["sources"]
         assert (workdir / name / "best" / "model.safetensors").exists()
         assert (workdir / name / "report.md").exists() and (workdir / name / "steps.png").exists()
     # Layers: 4-layer predecessor, 2-layer successor and truncated model.
@@ -69,9 +77,15 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
     assert comparison["compression_ratio"] == pytest.approx(
         pred["parameters"]["exported_model"] / succ["parameters"]["exported_model"]
     )
-    assert comparison["retained_performance"] == pytest.approx(succ["best"]["macro_f1"] / pred["best"]["macro_f1"])
+    assert comparison["retained_performance"] == pytest.approx(succ["test"]["macro_f1"] / pred["test"]["macro_f1"])
+    low, high = comparison["retained_performance_ci95"]
+    assert low <= comparison["retained_performance"] <= high
     assert comparison["finetuning_speedup"] == pytest.approx(pred["time_until_best_s"] / succ["time_until_best_s"])
-    assert comparison["perplexity_lm_compress"] == stages["lm_compress"]["best"]["perplexity"]
+    assert comparison["perplexity_lm_compress"] == stages["lm_compress"]["best"]["test"]["perplexity"]
+    assert comparison["selection"] == "validation" and "Selection protocol: **validation**" in (workdir / "report.md").read_text()
+    # Classes are stratified over the splits: validation holds both.
+    cls_data = stages["cls_predecessor"]["data"]
+    assert cls_data["validation"]["positives"] > 0 and cls_data["validation"]["negatives"] > 0
     # The replacement rate is logged every step and follows the curriculum (b = 0.1 at step 1).
     logged = [json.loads(line) for line in (workdir / "lm_compress" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in logged] == list(range(1, len(logged) + 1))
@@ -134,3 +148,37 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, germeval_tsv):
     )
     assert result.returncode != 0
     assert "non-finite loss" in result.stderr and "at step" in result.stderr
+
+
+def _run_history(folder):
+    report = json.loads((folder / "report.json").read_text())
+    return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in report["history"]]
+
+
+@pytest.mark.slow  # five training runs: about 5 minutes on 2 shared cores
+def test_seeds_and_learning_rates_each_run_and_are_chosen_on_validation(tmp_path, germeval_tsv):
+    """Two seeds x two learning rates: four runs in their folders; per seed the learning rate
+    whose run is best on validation; seeds differ; a seed rerun alone reproduces its run."""
+    workdir = tmp_path / "sweep"
+    common = ("--config.pipeline=cls_baseline", "--config.cls.epochs=1")
+    _ok(_launch(workdir, germeval_tsv, *common, "--config.seeds=0,1", "--config.cls.learning_rates=1e-4,3e-3"))
+    record = json.loads((workdir / "report.json").read_text())
+    assert record["seeds"] == [0, 1] and record["learning_rates"] == [1e-4, 3e-3]
+    assert [e["seed"] for e in record["per_seed"]] == [0, 1]
+    for entry in record["per_seed"]:
+        runs = {lr: json.loads((workdir / f"seed_{entry['seed']}" / f"lr_{lr:g}" / "report.json").read_text()) for lr in (1e-4, 3e-3)}
+        assert all(r["seed"] == entry["seed"] and r["learning_rate"] == lr for lr, r in runs.items())
+        validation = {lr: r["best"]["validation"]["macro_f1"] for lr, r in runs.items()}
+        expected = 3e-3 if validation[3e-3] > validation[1e-4] else 1e-4  # first of a tie
+        assert entry["learning_rate"] == expected
+        assert entry["test"] == runs[expected]["test"] and entry["validation"] == runs[expected]["validation"]
+        assert [c["learning_rate"] for c in entry["learning_rate_candidates"]] == [1e-4, 3e-3]
+    # The stage's numbers are the means over seeds of the chosen runs.
+    assert record["test"]["macro_f1"] == pytest.approx(np.mean([e["test"]["macro_f1"] for e in record["per_seed"]]))
+    assert "| seed | learning rate |" in (workdir / "report.md").read_text()
+    # Seeds are distinct runs...
+    assert _run_history(workdir / "seed_0" / "lr_0.003") != _run_history(workdir / "seed_1" / "lr_0.003")
+    # ...each reproducible on its own (one seed, one learning rate: the run is the stage folder).
+    alone = tmp_path / "alone"
+    _ok(_launch(alone, germeval_tsv, *common, "--config.seeds=1", "--config.cls.learning_rate=3e-3"))
+    assert _run_history(alone) == _run_history(workdir / "seed_1" / "lr_0.003")

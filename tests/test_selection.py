@@ -1,0 +1,82 @@
+"""Model selection on validation data: best step, learning rate per seed, seeds."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from theseus_jax.data.batching import BatchLoader
+from theseus_jax.data.encoding import Encoded
+from theseus_jax.experiments import summary
+from theseus_jax.experiments.trainer import TrainingJob, train
+from theseus_jax.models.bert import BertForSequenceClassification
+from theseus_jax.training import optimizer
+
+from tiny_bert import TINY
+
+SIGNAL = 7  # class-1 sequences contain this token, class-0 ones do not
+
+
+def _token_data(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.int32)
+    ids = []
+    for label in labels:
+        row = rng.integers(10, TINY.vocab_size, 10).astype(np.int32)
+        if label:
+            row[rng.integers(1, 10)] = SIGNAL
+        ids.append(row)
+    return Encoded(ids, np.full(n, 10, np.int32), 16), labels
+
+
+def _job(selection, validation_labels, test_labels, encoded):
+    params = BertForSequenceClassification(TINY).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    tx, mask = optimizer.make_optimizer(params, "all", optimizer.learning_rate_schedule(3e-3, 48))
+    loader = lambda labels, shuffle: BatchLoader(encoded, labels, 8, buckets=(16,), shuffle=shuffle, seed=0)
+    return TrainingJob(
+        name="selection", objective="classification", model=BertForSequenceClassification(TINY), params=params,
+        tx=tx, trainable=mask, train_loader=loader(validation_labels, True), validation_loader=loader(validation_labels, False),
+        test_loader=loader(test_labels, False), epochs=6, metric="accuracy", export=lambda p: (TINY, p),
+        test_texts=[f"text {i}" for i in range(len(test_labels))], selection=selection, eval_every_steps=2,
+        checkpoint_every_steps=1000,
+    )
+
+
+def test_the_best_step_is_chosen_on_validation_not_on_test(tmp_path):
+    """Test labels are the validation labels inverted (same texts): test accuracy is 1 - validation
+    accuracy at every step, so the best validation step is the worst test step."""
+    encoded, labels = _token_data(32, seed=0)
+    progress = train(_job("validation", labels, 1 - labels, encoded), tmp_path / "validation")
+    validation = [h["validation"]["accuracy"] for h in progress.history]
+    assert max(validation) > min(validation)  # the run learned, so the splits disagree on the best step
+    assert progress.best["step"] == progress.history[int(np.argmax(validation))]["step"]  # first maximum
+    assert progress.best["test"]["accuracy"] == pytest.approx(1 - max(validation))
+    # Test is evaluated exactly at the steps that improved on validation, never elsewhere.
+    improved = [h["step"] for i, h in enumerate(progress.history) if validation[i] > max(validation[:i], default=-1)]
+    assert [h["step"] for h in progress.history if "test" in h] == improved
+    # The saved test predictions are those of the selected step.
+    with np.load(tmp_path / "validation" / "test_predictions.npz") as saved:
+        assert np.mean(saved["probabilities"].argmax(1) == saved["labels"]) == pytest.approx(progress.best["test"]["accuracy"])
+
+    # The source study's protocol, asked for explicitly: the same run, chosen on test.
+    on_test = train(_job("test", labels, 1 - labels, encoded), tmp_path / "test")
+    assert [h["validation"] for h in on_test.history] == [h["validation"] for h in progress.history]
+    tested = [h["test"]["accuracy"] for h in on_test.history]
+    assert on_test.best["step"] == on_test.history[int(np.argmax(tested))]["step"]
+    assert on_test.best["step"] != progress.best["step"]
+
+
+def _run_candidate(seed, lr, value):
+    return {"seed": seed, "learning_rate": lr, "metric": "macro_f1", "selection": "validation",
+            "validation": {"macro_f1": value}, "test": {"macro_f1": 1 - value}, "run_dir": f"lr_{lr:g}",
+            "time_until_best_s": 1.0, "total_time_s": 2.0, "objective": "mlm"}
+
+
+def test_the_learning_rate_is_chosen_on_validation():
+    candidates = [_run_candidate(0, 2e-5, 0.60), _run_candidate(0, 5e-5, 0.72), _run_candidate(0, 1e-4, 0.72)]
+    assert summary.choose_learning_rate(candidates)["learning_rate"] == 5e-5  # best validation, first of a tie
+    perplexity = [dict(c, metric="perplexity", validation={"perplexity": v}) for c, v in zip(candidates, (9.0, 7.0, 8.0))]
+    assert summary.choose_learning_rate(perplexity)["learning_rate"] == 5e-5  # lower is better
