@@ -127,7 +127,11 @@ def test_grid_runs_every_point_once_and_resumes(tmp_path):
         workdir.mkdir(parents=True)
         lr = float(overrides[0].split("=")[1])
         b = float(overrides[2].split("=")[1])
-        (workdir / "report.json").write_text(json.dumps({"metric": "macro_f1", "best": {"macro_f1": lr * 1e4 + b}, "total_time_s": 1.0}))
+        value = lr * 1e4 + b  # validation; test disagrees (inverted order) and must not rank
+        (workdir / "report.json").write_text(json.dumps({
+            "metric": "macro_f1", "selection": "validation", "validation": {"macro_f1": value}, "test": {"macro_f1": -value},
+            "total_time_s": 1.0,
+        }))
 
     with pytest.raises(KeyboardInterrupt):
         grid.run_grid("cfg.py", tmp_path, points, launcher=fake_launch)
@@ -140,5 +144,10 @@ def test_grid_runs_every_point_once_and_resumes(tmp_path):
     assert len(rows) == 8
     by_name = {r["name"]: r for r in rows}
     assert by_name[points[0].name]["value"] == pytest.approx(points[0].learning_rate * 1e4 + points[0].starting_rate)
+    assert by_name[points[0].name]["test"] == pytest.approx(-by_name[points[0].name]["value"])
+    # Ranked on validation: the first table row is the point with the best validation metric.
+    best = max(points, key=lambda p: p.learning_rate * 1e4 + p.starting_rate)
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert table[2].startswith("| ") and best.name in table[4]
     assert (tmp_path / "summary.csv").read_text().count("\n") == 9
     assert (tmp_path / "grid_starting_rate.png").exists()

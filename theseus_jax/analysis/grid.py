@@ -5,7 +5,8 @@ Points already finished (their `report.json` exists) are skipped, and an interru
 point resumes from its checkpoints, so rerunning the same command completes the grid.
 `--index/--count` split the points across devices or hosts (point k runs where
 k % count == index). The summary (CSV + Markdown) and the study's figures are made from
-the points' recorded reports.
+the points' recorded reports. Points are ranked by the validation metric (`value`); the test
+metric at the validation-selected step (`test`) is shown beside it, never used to rank.
 
     python -m theseus_jax.analysis.grid --config=configs/germeval.py --root=runs/grid \
         --learning-rates=1e-5,2e-5 --starting-rates=0.1,0.3,0.7,0.9 --rrcs=0.05,0.45,0.85,1.0
@@ -93,7 +94,9 @@ def _point_result(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
         metric = comparison["metric"]
         row.update(
             metric=metric,
-            value=comparison.get(f"{metric}_successor"),
+            selection=comparison.get("selection", "test"),
+            value=comparison.get(f"validation_{metric}_successor"),
+            test=comparison.get(f"{metric}_successor"),
             baseline=comparison.get(f"{metric}_predecessor"),
             compression_ratio=comparison.get("compression_ratio"),
             retained_performance=comparison.get("retained_performance"),
@@ -103,7 +106,9 @@ def _point_result(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
     else:
         row.update(
             metric=report["metric"],
-            value=(report["best"] or {}).get(report["metric"]),
+            selection=report.get("selection", "test"),
+            value=report.get("validation", {}).get(report["metric"]),
+            test=report.get("test", {}).get(report["metric"]),
             compression_ratio=report.get("compression_ratio"),
             time_s=report.get("total_time_s"),
         )
@@ -126,12 +131,15 @@ def summarise(root: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    best = sorted(rows, key=lambda r: -(r["value"] if r["value"] is not None else float("-inf")))
+    higher_better = rows[0]["metric"] != "perplexity"
+    best = sorted(rows, key=lambda r: r["value"] if r["value"] is not None else float("-inf" if higher_better else "inf"),
+                  reverse=higher_better)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in best]
     figures = plot_grid(root, rows)
     (root / "summary.md").write_text(
-        f"# Grid over {len(points)} points ({len(rows)} finished), best first\n\n" + "\n".join(lines) + "\n\n"
+        f"# Grid over {len(points)} points ({len(rows)} finished), best validation {rows[0]['metric']} first "
+        f"(value: validation, test: at the validation-selected step)\n\n" + "\n".join(lines) + "\n\n"
         + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
     )
     return rows
@@ -156,7 +164,7 @@ def plot_grid(root: Path, rows: list[dict[str, Any]], rrc_fixed: float = 0.85, b
         for lr in sorted({r["learning_rate"] for r in chosen}):
             line = sorted((r[x_key], r["value"]) for r in chosen if r["learning_rate"] == lr)
             ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=f"lr {lr:g}")
-        ax.set(xlabel=x_key, ylabel=chosen[0]["metric"], title=f"{fixed_key} = {fixed:g}")
+        ax.set(xlabel=x_key, ylabel=f"validation {chosen[0]['metric']}", title=f"{fixed_key} = {fixed:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -24,6 +24,9 @@ FROZEN_ALWAYS = (r"encoder/predecessor_\d+/",)
 TRAINABLE_PRESETS: dict[str, tuple[str, ...]] = {
     # What the original code hands its optimizer: the successor layers alone.
     "successor": (r"encoder/successor_\d+/",),
+    # The successor plus the MLM head: for MLM compression of a checkpoint that has no MLM
+    # head (it starts random and must learn); downstream it is the successor alone.
+    "successor_mlm_head": (r"encoder/successor_\d+/", r"^cls/"),
     # Successor plus embeddings, pooler and the task head.
     "successor_embeddings_heads": (
         r"encoder/successor_\d+/",
