@@ -80,3 +80,37 @@ def test_the_learning_rate_is_chosen_on_validation():
     assert summary.choose_learning_rate(candidates)["learning_rate"] == 5e-5  # best validation, first of a tie
     perplexity = [dict(c, metric="perplexity", validation={"perplexity": v}) for c, v in zip(candidates, (9.0, 7.0, 8.0))]
     assert summary.choose_learning_rate(perplexity)["learning_rate"] == 5e-5  # lower is better
+
+
+def _germeval_file(path, n, seed):
+    rng = np.random.default_rng(seed)
+    lines = [f"tweet {seed} {i} {'du Idiot' if i % 3 == 0 else 'schönes Wetter'} {rng.integers(1e9)}\t"
+             f"{'OFFENSE' if i % 3 == 0 else 'OTHER'}\t{'INSULT' if i % 3 == 0 else 'OTHER'}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_validation_is_carved_from_training_data_stratified_and_seeded(tmp_path):
+    from configs.base import data_config
+    from theseus_jax.data.records import DataError
+    from theseus_jax.experiments.datasets import split_examples
+
+    train_path = _germeval_file(tmp_path / "train.tsv", 300, 0)
+    data = data_config(format="germeval", train_path=train_path, test_share=0.2, validation_share=0.1)
+    splits = split_examples(data, labelled=True)
+    texts = lambda part: {e.text for e in part}
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (216, 24, 60)
+    assert not texts(splits.train) & texts(splits.validation) and not texts(splits.validation) & texts(splits.test)
+    assert sum(e.label for e in splits.validation) == 8  # a third offensive, as in the file
+    assert "0.1 of the training examples" in splits.sources["validation"]
+    assert texts(split_examples(data, labelled=True).validation) == texts(splits.validation)  # split_seed fixes it
+    data.split_seed = 1
+    assert texts(split_examples(data, labelled=True).validation) != texts(splits.validation)
+    # A validation file replaces the carved share.
+    data.validation_path = _germeval_file(tmp_path / "dev.tsv", 30, 1)
+    with_file = split_examples(data, labelled=True)
+    assert len(with_file.validation) == 30 and len(with_file.train) == 240
+    assert with_file.sources["validation"] == data.validation_path
+    data.validation_path, data.validation_share = "", 0.0
+    with pytest.raises(DataError, match="validation_share"):
+        split_examples(data, labelled=True)

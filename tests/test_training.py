@@ -88,6 +88,10 @@ def test_trainable_presets():
     ]:
         mask = flat(optimizer.trainable_mask(state.params, preset))
         assert all(train == expect(path) for path, train in mask.items()), preset
+    mlm_state, _, _ = _theseus_state("mlm")
+    mlm_head = flat(optimizer.trainable_mask(mlm_state.params, "successor_mlm_head"))
+    assert all(train == ("/successor_" in path or path.startswith("cls/")) for path, train in mlm_head.items())
+    assert flat(optimizer.trainable_mask(state.params, "successor_mlm_head")) == flat(optimizer.trainable_mask(state.params, "successor"))
     custom = flat(optimizer.trainable_mask(state.params, [r"^classifier/", r"predecessor_0"]))
     assert sorted(path for path, train in custom.items() if train) == ["classifier/bias", "classifier/kernel"]
     with pytest.raises(ValueError, match="unknown trainable preset"):
