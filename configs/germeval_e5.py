@@ -25,14 +25,17 @@ Data: the GermEval 2018 training file (5,009 tweets) minus a stratified 10% vali
 evaluated at the validation-selected steps. XLM-R tokens per tweet: median 38, 95th
 percentile 82, 1.4% over 128 (truncated), hence max_length 128 with buckets 32/64/128.
 
-Cost on 2 cores (estimated from train-step times measured on e5 at batch 32 x 64 tokens
-with the cores shared 4 ways, scaled to idle cores: about 2.3 s per 12-layer step, 1.3 s
-per 6-layer step, 1.5 s per Theseus downstream step, 2.7 s per Theseus MLM step): 141 steps
-an epoch, so per seed and learning rate about 13 min (cls_predecessor), 7 min
-(cls_truncated, cls_successor each) and 8 min (cls_compress) for 2 epochs plus
-evaluations, i.e. about 3.6 h for the 12 downstream runs x 3 seeds... x 2 rates, plus
-about 15 min per seed for lm_compress (2 epochs): about 4.5 h in all on idle cores, more
-when they are shared. Every run resumes where it was killed: rerun the same command.
+Cost on 2 cores (an estimate, not a measurement of the whole study): train steps at batch
+32 x 64 tokens scaled from DESIGN-NOTES' bert-base timings (hidden 384 is about a quarter of
+bert-base's FLOPs per token) plus the 250k-row embedding's AdamW update and MLM head,
+consistent with e5 step times measured here with the cores shared five ways: about 2.3 s per
+12-layer step, 1.3 s per 6-layer step, 1.5 s per Theseus downstream step and 2.7 s per
+Theseus MLM step. 141 steps an epoch, 2 epochs, validation every epoch and the test file at
+each new best: per seed and learning rate about 14 min (cls_predecessor), 8 min each
+(cls_truncated, cls_successor) and 9 min (cls_compress), so about 3.9 h for the downstream
+stages (3 seeds x 2 rates), plus about 14 min per seed for lm_compress: about 4.5-5 h in all
+on idle cores, more when they are shared. Every run resumes where it was killed: rerun the
+same command.
 """
 
 from pathlib import Path

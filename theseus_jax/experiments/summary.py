@@ -72,7 +72,10 @@ def run_record(best: dict[str, Any] | None, objective: str, metric: str, run_dir
     return record
 
 
-PER_SEED_KEYS = ("seed", "learning_rate", "selected_step", "validation", "test", "test_ci95", "collapsed", "best_model_dir", "run_dir")
+PER_SEED_KEYS = (
+    "seed", "learning_rate", "selected_step", "validation", "test", "test_ci95", "collapsed", "predicted_classes",
+    "best_model_dir", "run_dir",
+)
 
 
 def choose_learning_rate(candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,7 +135,7 @@ def stage_record(name: str, runs: dict[int, list[dict[str, Any]]], cfg: ml_colle
     entries = [e for e, _ in per_seed]
     metric = first["metric"]
     record = {
-        **first,
+        **{k: v for k, v in first.items() if k not in ("seed", "run_dir", "predicted_classes")},  # per seed below
         "seeds": list(runs),
         "learning_rates": sorted({r["learning_rate"] for c in runs.values() for r in c}),
         "selected_step": entries[0]["selected_step"] if len(entries) == 1 else [e["selected_step"] for e in entries],
