@@ -178,3 +178,27 @@ def test_compressed_export_loads_in_transformers(torch, tmp_path, model_type, he
     # ... and the export reads back to the same parameters.
     _, again = load_hf_checkpoint(out, head=head)
     jax.tree.map(np.testing.assert_array_equal, again, succ)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_truncation_and_layer_analysis(torch, tmp_path, model_type):
+    """Truncation to 2 layers gives transformers' hidden state after layer 2; the layer
+    analysis runs on the family (a model against itself: CKA and cosine 1, full agreement)."""
+    from theseus_jax.analysis.layers import compare_layers
+
+    model = hf_model(torch, model_type, "mlm")
+    model.save_pretrained(tmp_path)
+    config, params = load_hf_checkpoint(tmp_path, head="mlm")
+    batch = padded_batch(model_type)
+    with torch.no_grad():
+        states = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True).hidden_states
+    short_config, short = theseus.truncate_layers(config, params, 2)
+    base = {k: v for k, v in short["bert"].items() if k != "pooler"}
+    hidden = BertModel(short_config, add_pooling_layer=False).apply({"params": base}, **batch).last_hidden_state
+    assert max_diff(np.asarray(hidden), states[2].numpy(), batch, "none") <= TOLERANCE
+
+    full = {**batch, "token_type_ids": batch.get("token_type_ids", np.zeros_like(batch["input_ids"]))}
+    result = compare_layers((config, params), (config, params), [full])
+    np.testing.assert_allclose(np.diag(result["cka"]), 1.0, atol=1e-4)
+    np.testing.assert_allclose(result["cosine"], 1.0, atol=1e-5)
+    assert result["mlm_agreement"] == 1.0 and result["tokens"] == 18
