@@ -14,10 +14,10 @@ import pytest
 from theseus_jax.convert import load_hf_checkpoint
 from theseus_jax.models.hub import CheckpointError, CheckpointNotFoundError, parse_hub_id, resolve_model
 
+from test_experiments import RUDE, WORDS, germeval_tsv  # noqa: F401 (a fixture)
+
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-WORDS = "der die das und ist nicht ein eine Politik heute Land Menschen Zeit Stadt Bahn Wetter".split()
-RUDE = "Idiot dumm Pack Vollpfosten".split()
 
 
 def put_in_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
@@ -150,21 +150,6 @@ def test_inference_cli_offline(xlmr_classifier, tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr
     assert "org/tiny-xlmr" in lines[0] and str(empty / "models--org--tiny-xlmr") in lines[0]
-
-
-@pytest.fixture(scope="module")
-def germeval_tsv(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "germeval.tsv"
-    lines = []
-    for _ in range(60):
-        offensive = rng.random() < 0.4
-        words = list(rng.choice(WORDS, rng.integers(3, 12)))
-        if offensive:
-            words.insert(int(rng.integers(0, len(words))), str(rng.choice(RUDE)))
-        lines.append(f"{' '.join(words)}\t{'OFFENSE' if offensive else 'OTHER'}\t{'INSULT' if offensive else 'OTHER'}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _launch(workdir, data, cache, model_path):

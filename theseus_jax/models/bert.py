@@ -28,6 +28,7 @@ from theseus_jax.models.families import Family, family
 
 Array = jax.Array
 
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Mirror of Hugging Face's `BertConfig` fields, plus the family and the compute dtype."""

@@ -34,6 +34,11 @@ BERT_CONFIG_FIELDS = (
 )
 
 
+def _classes(stem: str) -> dict[str, str]:
+    """transformers' class names per head: `Bert` -> BertForMaskedLM, ..., BertModel."""
+    return {"mlm": f"{stem}ForMaskedLM", "classification": f"{stem}ForSequenceClassification", "none": f"{stem}Model"}
+
+
 def _same(*fields: str) -> tuple[tuple[str, str], ...]:
     return tuple((f, f) for f in fields)
 
@@ -78,18 +83,14 @@ _BERT_LIKE_HEADS = (("classifier.", "classifier."),)
 FAMILIES: dict[str, Family] = {
     "bert": Family(
         model_type="bert",
-        architectures={"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification", "none": "BertModel"},
+        architectures=_classes("Bert"),
         prefix="bert.",
         names=(("bert.", "bert."), ("cls.predictions.", "cls.predictions."), *_BERT_LIKE_HEADS),
         ignored=("cls.seq_relationship.",),
     ),
     "roberta": Family(
         model_type="roberta",
-        architectures={
-            "mlm": "RobertaForMaskedLM",
-            "classification": "RobertaForSequenceClassification",
-            "none": "RobertaModel",
-        },
+        architectures=_classes("Roberta"),
         prefix="roberta.",
         names=(
             ("roberta.", "bert."),
@@ -106,11 +107,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "electra": Family(
         model_type="electra",
-        architectures={
-            "mlm": "ElectraForMaskedLM",
-            "classification": "ElectraForSequenceClassification",
-            "none": "ElectraModel",
-        },
+        architectures=_classes("Electra"),
         prefix="electra.",
         names=(
             ("electra.", "bert."),
@@ -134,11 +131,7 @@ FAMILIES: dict[str, Family] = {
     ),
     "distilbert": Family(
         model_type="distilbert",
-        architectures={
-            "mlm": "DistilBertForMaskedLM",
-            "classification": "DistilBertForSequenceClassification",
-            "none": "DistilBertModel",
-        },
+        architectures=_classes("DistilBert"),
         prefix="distilbert.",
         names=(
             ("distilbert.transformer.layer.{i}.attention.q_lin.", "bert.encoder.layer.{i}.attention.self.query."),
@@ -183,11 +176,7 @@ FAMILIES: dict[str, Family] = {
 FAMILIES["xlm-roberta"] = dataclasses.replace(
     FAMILIES["roberta"],
     model_type="xlm-roberta",
-    architectures={
-        "mlm": "XLMRobertaForMaskedLM",
-        "classification": "XLMRobertaForSequenceClassification",
-        "none": "XLMRobertaModel",
-    },
+    architectures=_classes("XLMRoberta"),
 )
 
 

@@ -66,7 +66,7 @@ def _snapshot(reference: str, repo_id: str, revision: str | None) -> Path:
 
     cache = Path(constants.HF_HUB_CACHE)
     where = cache / f"models--{repo_id.replace('/', '--')}"
-    local = f"no local folder {reference!r}; " if "/" in reference else ""
+    local = "no local folder of that name; "
     try:
         folder = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=_CHECKPOINT_FILES))
         if not any(folder.glob("model*.safetensors*")):
@@ -83,7 +83,8 @@ def _snapshot(reference: str, repo_id: str, revision: str | None) -> Path:
             "(check the name; for a private or gated model run `hf auth login` or set HF_TOKEN)"
         ) from err
     except (errors.LocalEntryNotFoundError, OSError) as err:
-        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({type(err).__name__})"
+        cause = type(err.__cause__ or err).__name__
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({cause})"
         raise CheckpointNotFoundError(
             f"{reference}: {local}{reason} and {where} holds no complete copy of {repo_id}"
             f"{'@' + revision if revision else ''}; on a machine with network run `hf download {repo_id}"
