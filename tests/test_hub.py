@@ -133,6 +133,17 @@ def test_predictor_from_hub_id_equals_transformers(xlmr_classifier, offline_cach
     np.testing.assert_allclose(ours, torch.softmax(logits, -1).numpy(), atol=1e-5)
 
 
+def test_convert_cli_checks_a_hub_model(xlmr_classifier, offline_cache, capsys, torch):
+    from theseus_jax import convert
+
+    _, folder = xlmr_classifier
+    put_in_cache(offline_cache, "org/tiny-xlmr", folder)
+    assert convert.main(["--check", "org/tiny-xlmr"]) == 0
+    out = capsys.readouterr().out
+    assert "org/tiny-xlmr: xlm-roberta 4 layers" in out and "XLMRobertaModel" in out
+    assert "max abs diff per hidden state" in out
+
+
 def test_inference_cli_offline(xlmr_classifier, tmp_path):
     _, folder = xlmr_classifier
     cache = tmp_path / "hub"
