@@ -72,7 +72,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict(
         {
-            "path": "packaged",  # HF checkpoint folder; "packaged" = the bundled all-MiniLM-L6-v2
+            "path": "packaged",  # HF checkpoint folder or Hub ID org/name[@rev]; "packaged" = the bundled all-MiniLM-L6-v2
             "tokenizer_path": "",  # defaults to model.path
             # Non-empty: a randomly initialised BERT with these BertConfig fields (tests, timing).
             "random_config": ml_collections.ConfigDict(),

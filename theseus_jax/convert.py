@@ -1,6 +1,6 @@
-"""Hugging Face BERT checkpoints <-> Flax parameter trees of `theseus_jax.models.bert`.
+"""Hugging Face encoder checkpoints <-> Flax parameter trees of `theseus_jax.models.bert`.
 
-The Flax modules carry Hugging Face's submodule names, so the mapping is a handful of
+The Flax modules carry Hugging Face BERT's submodule names, so the mapping is a handful of
 per-part rules (`hf_to_flax` / `flax_to_hf`):
 
     HF name part                          Flax path part
@@ -12,13 +12,21 @@ per-part rules (`hf_to_flax` / `flax_to_hf`):
     <linear>.weight  (out, in)            <linear>/kernel     (in, out): transposed
     <linear>.bias, cls.predictions.bias   .../bias
 
+Other families (RoBERTa, XLM-R, ELECTRA, DistilBERT) first rename their tensors to BERT's
+names with their table in `theseus_jax.models.families` (`roberta.` -> `bert.`,
+`lm_head.dense` -> `cls.predictions.transform.dense`, DistilBERT's `q_lin` ->
+`attention.self.query`, ...), and back on saving, so a model is written in the family it
+came from.
+
 Loading is strict: every tensor is checked against the shapes `jax.eval_shape` gives
 for the Flax module, and anything unknown, mis-shaped or missing from the embeddings
-or encoder is an error naming the file and the tensor. Only heads (pooler, MLM head,
-classifier) may be absent; they are initialised and logged, as transformers does.
+or encoder is a `CheckpointError` naming the file and the tensor. Only heads (pooler, MLM
+head, classifier) may be absent; they are initialised and logged, as transformers does.
+Weights may be one file or shards (`*.index.json`), safetensors or `pytorch_model.bin`.
+A model is a local folder or a Hub ID (`theseus_jax.models.hub`).
 
-CLI: `python -m theseus_jax.convert --check PATH` loads a checkpoint, prints a summary
-and, with torch installed, the largest difference to transformers' hidden states.
+CLI: `python -m theseus_jax.convert --check PATH_OR_HUB_ID` loads a checkpoint, prints a
+summary and, with torch installed, the largest difference to transformers' hidden states.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import numpy as np
 from flax import traverse_util
 
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+from theseus_jax.models.families import FAMILIES, Family
+from theseus_jax.models.hub import CheckpointError, CheckpointNotFoundError, resolve_model
 
 log = logging.getLogger("theseus_jax")
 
@@ -51,11 +61,8 @@ Params = dict[str, Any]
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 PYTORCH_FILE = "pytorch_model.bin"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-
-_ARCHITECTURES = {"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification", "none": "BertModel"}
-# Parts of a checkpoint this model has no use for: BertForPreTraining's next-sentence head.
-_IGNORED_PREFIXES = ("cls.seq_relationship.",)
+INDEX_SUFFIX = ".index.json"
+HEADS = ("mlm", "classification", "none")
 # Decoder tensors HF ties to others (older transformers versions wrote them out anyway).
 _TIED = {
     "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
@@ -80,30 +87,57 @@ def _flax_path(name: str) -> Path_:
     return (*parent, leaf)
 
 
-def _hf_name(path: Path_) -> str:
+def _bert_name(path: Path_) -> str:
     """Inverse of `_flax_path` (HF's current spelling: `weight`, never `gamma`)."""
     *parent, leaf = path
     leaf = "weight" if leaf in ("kernel", "embedding", "scale") else leaf
     return re.sub(r"(^|\.)layer_(\d+)(?=\.)", r"\1layer.\2", ".".join((*parent, leaf)))
 
 
+def _rename(name: str, rules: tuple[tuple[str, str], ...], reverse: bool = False) -> str | None:
+    """Applies the first matching `(family, bert)` prefix rule; None if none matches."""
+    for source, target in rules:
+        if reverse:
+            source, target = target, source
+        pattern = re.escape(source).replace(r"\{i\}", r"(\d+)") + ("" if source.endswith(".") else "$")
+        match = re.match(pattern, name)
+        if match:
+            return (target.replace("{i}", match.group(1)) if match.groups() else target) + name[match.end() :]
+    return None
+
+
+def _to_bert_name(name: str, family: Family) -> str:
+    """A family's tensor name as BERT's (`roberta.x` -> `bert.x`); prefix-less base-model
+    names get the family prefix first. Unknown names keep their spelling (and fail later)."""
+    renamed = _rename(name, family.names)
+    if renamed is None:
+        renamed = _rename(family.prefix + name, family.names)
+    return renamed if renamed is not None else name
+
+
+def _family_name(path: Path_, family: Family) -> str:
+    """A Flax path as the family's Hugging Face tensor name."""
+    name = _bert_name(path)
+    return _rename(name, family.names, reverse=True) or name
+
+
 def hf_to_flax(tensors: Mapping[str, np.ndarray]) -> dict[Path_, np.ndarray]:
-    """HF names -> Flax paths, linear weights transposed to kernels."""
+    """HF BERT names -> Flax paths, linear weights transposed to kernels."""
     flat: dict[Path_, np.ndarray] = {}
     source: dict[Path_, str] = {}
     for name, value in tensors.items():
         path = _flax_path(name)
         if path in flat:
-            raise ValueError(f"tensors {source[path]!r} and {name!r} are the same parameter {'/'.join(path)}")
+            raise CheckpointError(f"tensors {source[path]!r} and {name!r} are the same parameter {'/'.join(path)}")
         flat[path], source[path] = (value.T if path[-1] == "kernel" else value), name
     return flat
 
 
-def flax_to_hf(flat: Mapping[Path_, Any]) -> dict[str, np.ndarray]:
-    """Flax paths -> HF names, kernels transposed to (out, in) linear weights."""
+def flax_to_hf(flat: Mapping[Path_, Any], family: Family = FAMILIES["bert"]) -> dict[str, np.ndarray]:
+    """Flax paths -> the family's HF names, kernels transposed to (out, in) linear weights."""
     hf = {}
     for path, value in flat.items():
-        hf[_hf_name(path)] = np.asarray(value).T if path[-1] == "kernel" else np.asarray(value)
+        hf[_family_name(path, family)] = np.asarray(value).T if path[-1] == "kernel" else np.asarray(value)
     return hf
 
 
@@ -140,48 +174,70 @@ def _initialisable(path: Path_) -> bool:
 def _read_config(folder: Path) -> dict[str, Any]:
     config_file = folder / CONFIG_FILE
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+        raise CheckpointNotFoundError(f"{folder}: no such checkpoint folder")
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
+        raise CheckpointNotFoundError(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
     d = json.loads(config_file.read_text())
     model_type = d.get("model_type")
-    if model_type != "bert":
-        raise ValueError(f"{config_file}: model_type={model_type!r}, only 'bert' checkpoints convert")
+    if model_type not in FAMILIES:
+        raise CheckpointError(
+            f"{config_file}: model_type={model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}"
+        )
     if d.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{config_file}: position_embedding_type={d['position_embedding_type']!r} is not supported")
+        raise CheckpointError(f"{config_file}: position_embedding_type={d['position_embedding_type']!r} is not supported")
     return d
 
 
-def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
-    """The weights file and its tensors as numpy arrays (torch only for `.bin` files)."""
-    if (folder / SAFETENSORS_FILE).is_file():
+def _read_file(file: Path) -> dict[str, np.ndarray]:
+    """One safetensors or PyTorch weights file as numpy arrays (torch only for `.bin`)."""
+    if file.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
-        weights_file = folder / SAFETENSORS_FILE
-        tensors = load_file(str(weights_file))
-    elif (folder / PYTORCH_FILE).is_file():
-        import torch
+        return load_file(str(file))
+    import torch
 
-        weights_file = folder / PYTORCH_FILE
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-        tensors = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
-    else:
-        raise FileNotFoundError(f"{folder}: no weights file ({SAFETENSORS_FILE} or {PYTORCH_FILE})")
-    return weights_file, tensors
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
 
 
-def _canonical(tensors: dict[str, np.ndarray], weights_file: Path) -> dict[str, np.ndarray]:
-    """Adds the `bert.` prefix, drops buffers and the NSP head, checks tied decoder tensors."""
+def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """The weights file (or shard index) and all its tensors; safetensors preferred."""
+    for name in (SAFETENSORS_FILE, PYTORCH_FILE):
+        if (folder / name).is_file():
+            return folder / name, _read_file(folder / name)
+        index = folder / (name + INDEX_SUFFIX)
+        if index.is_file():
+            try:
+                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{index}: not a shard index (a JSON object with a 'weight_map')") from err
+            tensors: dict[str, np.ndarray] = {}
+            for shard in sorted(set(weight_map.values())):
+                if not (folder / shard).is_file():
+                    raise CheckpointNotFoundError(f"{index}: lists shard {shard!r}, which {folder} lacks")
+                tensors.update(_read_file(folder / shard))
+            unlisted = sorted(set(weight_map) - set(tensors))
+            if unlisted:
+                raise CheckpointError(f"{index}: tensors listed but in no shard: {unlisted[:5]}")
+            return index, tensors
+    raise CheckpointNotFoundError(
+        f"{folder}: no weights file ({SAFETENSORS_FILE} or {PYTORCH_FILE}, or their sharded {INDEX_SUFFIX})"
+    )
+
+
+def _canonical(tensors: dict[str, np.ndarray], weights_file: Path, family: Family) -> dict[str, np.ndarray]:
+    """BERT's names with the `bert.` prefix; drops buffers and other objectives' heads,
+    checks tied decoder tensors."""
     out: dict[str, np.ndarray] = {}
     for name, value in tensors.items():
-        if name.endswith("embeddings.position_ids"):
+        if name.endswith(("embeddings.position_ids", "embeddings.token_type_ids")):
             continue
-        if name.startswith(_IGNORED_PREFIXES):
-            log.info("%s: ignoring %s (next-sentence head, unused here)", weights_file, name)
+        if name.startswith(family.ignored):
+            log.info("%s: ignoring %s (a head of another objective, unused here)", weights_file, name)
             continue
-        key = name if name.startswith(("bert.", "cls.", "classifier.")) else f"bert.{name}"
+        key = _to_bert_name(name, family)
         if key in out:
-            raise ValueError(f"{weights_file}: tensor {name!r} appears both with and without the 'bert.' prefix")
+            raise CheckpointError(f"{weights_file}: tensor {name!r} appears both with and without the prefix {family.prefix!r}")
         out[key] = value
     for tied, target in _TIED.items():
         if tied not in out:
@@ -190,8 +246,9 @@ def _canonical(tensors: dict[str, np.ndarray], weights_file: Path) -> dict[str, 
         if target not in out and tied.endswith("bias"):
             out[target] = value
         elif target in out and not np.array_equal(out[target], value):
-            raise ValueError(
-                f"{weights_file}: tensor {tied!r} differs from {target!r}; the decoder is tied here, "
+            raise CheckpointError(
+                f"{weights_file}: tensor {_rename(tied, family.names, reverse=True)!r} differs from "
+                f"{_rename(target, family.names, reverse=True)!r}; the decoder is tied here, "
                 "an untied checkpoint cannot be represented"
             )
     return out
@@ -200,31 +257,36 @@ def _canonical(tensors: dict[str, np.ndarray], weights_file: Path) -> dict[str, 
 def load_hf_checkpoint(
     path: str | os.PathLike, head: Head = "mlm", num_labels: int | None = None, seed: int = 0
 ) -> tuple[BertConfig, Params]:
-    """Reads a Hugging Face BERT folder (`config.json` + safetensors or `pytorch_model.bin`).
+    """Reads a Hugging Face checkpoint (a folder or Hub ID) of any supported family.
 
     Returns the config and the parameters of `BertForMaskedLM` (head="mlm"),
     `BertForSequenceClassification` ("classification") or `BertModel` ("none").
     `num_labels=None` takes the count from `config.json`. A head the checkpoint lacks
     (pooler, MLM head, classifier) is initialised from `seed` and logged; every other
-    irregularity raises an error that names the file and the tensor.
+    irregularity raises a `CheckpointError` that names the file and the tensor.
     """
-    if head not in _ARCHITECTURES:
-        raise ValueError(f"head={head!r}; expected one of {sorted(_ARCHITECTURES)}")
-    folder = Path(path)
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}; expected one of {list(HEADS)}")
+    folder = resolve_model(path)
     hf_config = _read_config(folder)
     try:
         config = BertConfig.from_hf_dict(hf_config, num_labels=num_labels)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{folder / CONFIG_FILE}: {err}") from err
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {err}") from err
+    family = config.family
     weights_file, raw = _read_tensors(folder)
-    loaded = hf_to_flax(_canonical(raw, weights_file))
+    loaded = hf_to_flax(_canonical(raw, weights_file, family))
+
+    def name(p: Path_) -> str:
+        return _family_name(p, family)
 
     expected = _expected_shapes(config, head)
     known = expected | _expected_shapes(config, "mlm") | _expected_shapes(config, "classification")
-    unknown = sorted(_hf_name(p) for p in loaded if p not in known)
+    known |= _expected_shapes(config, "none")
+    unknown = sorted(name(p) for p in loaded if p not in known)
     if unknown:
-        raise ValueError(f"{weights_file}: unknown tensors for a BERT of this config.json: {unknown}")
-    unused = sorted(_hf_name(p) for p in loaded if p not in expected)
+        raise CheckpointError(f"{weights_file}: unknown tensors for a {family.model_type} model of this config.json: {unknown}")
+    unused = sorted(name(p) for p in loaded if p not in expected)
     if unused:
         log.info("%s: not used by head=%r, skipped: %s", weights_file, head, unused)
 
@@ -233,18 +295,20 @@ def load_hf_checkpoint(
         if p not in expected:
             continue
         if value.shape != expected[p]:
-            raise ValueError(
-                f"{weights_file}: tensor {_hf_name(p)!r} has shape {_hf_shape(p, value.shape)}, "
+            raise CheckpointError(
+                f"{weights_file}: tensor {name(p)!r} has shape {_hf_shape(p, value.shape)}, "
                 f"config.json implies {_hf_shape(p, expected[p])}"
             )
         params[p] = jnp.asarray(value, dtype=jnp.float32)
 
     missing = [p for p in expected if p not in params]
-    required = sorted(_hf_name(p) for p in missing if not _initialisable(p))
+    required = sorted(name(p) for p in missing if not _initialisable(p))
     if required:
-        raise ValueError(f"{weights_file}: missing tensors: {required}")
+        raise CheckpointError(f"{weights_file}: missing tensors: {required}")
     if missing:
-        log.warning("%s: initialising from seed %d: %s", weights_file, seed, sorted(_hf_name(p) for p in missing))
+        if head == "mlm" and family.missing_mlm_head and any(p[0] == "cls" for p in missing):
+            log.warning("%s: %s", weights_file, family.missing_mlm_head)
+        log.warning("%s: initialising from seed %d: %s", weights_file, seed, sorted(name(p) for p in missing))
         init = _module(config, head).init(jax.random.key(seed), _dummy_ids())["params"]
         init_flat = traverse_util.flatten_dict(init if head != "none" else {"bert": init})
         params.update({p: init_flat[p] for p in missing})
@@ -271,38 +335,42 @@ def save_hf_checkpoint(
 ) -> Path:
     """Writes a folder that `transformers`' `from_pretrained` loads with no missing keys.
 
-    The architecture follows the params (`cls` -> BertForMaskedLM, `classifier` ->
-    BertForSequenceClassification, else BertModel). The tied decoder is not written, as
-    transformers itself does. The folder is built beside `path` and renamed into place,
-    so a crash never leaves a half-written checkpoint; an existing `path` is replaced.
+    The checkpoint is of the config's family (`config.model_type`: its names, config keys
+    and classes); the architecture follows the params (`cls` -> *ForMaskedLM,
+    `classifier` -> *ForSequenceClassification, else the base model). The tied decoder
+    is not written, as transformers itself does. The folder is built beside `path` and
+    renamed into place, so a crash never leaves a half-written checkpoint; an existing
+    `path` is replaced.
     """
     head = _head_of(params)
+    family = config.family
+    architecture = family.architectures[head]
     expected = _expected_shapes(config, head)
     flat = traverse_util.flatten_dict(params if head != "none" else {"bert": params})
     got = {p: tuple(np.shape(v)) for p, v in flat.items()}
     if got != expected:
         bad = sorted("/".join(p) for p in got.keys() | expected.keys() if got.get(p) != expected.get(p))
-        raise ValueError(f"params do not match the config ({_ARCHITECTURES[head]}): {bad}")
-    if head == "none":
-        flat = {p[1:]: v for p, v in flat.items()}
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flax_to_hf(flat).items()}
+        raise ValueError(f"params do not match the config ({architecture}): {bad}")
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flax_to_hf(flat, family).items()}
+    if head == "none":  # base models are saved without their prefix, as transformers does
+        tensors = {k.removeprefix(family.prefix): v for k, v in tensors.items()}
 
     target = Path(path)
-    tokenizer_files = []
+    files = []
     if tokenizer_dir is not None:
-        tokenizer_files = [Path(tokenizer_dir) / f for f in TOKENIZER_FILES if (Path(tokenizer_dir) / f).is_file()]
-        if not any(f.name in ("tokenizer.json", "vocab.txt") for f in tokenizer_files):
-            raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json or vocab.txt to copy")
+        from theseus_jax.tokenization import tokenizer_files
+
+        files = tokenizer_files(tokenizer_dir)
 
     from safetensors.numpy import save_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        hf_config = config.to_hf_dict() | {"architectures": [_ARCHITECTURES[head]]}
+        hf_config = config.to_hf_dict() | {"architectures": [architecture]}
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"})
-        for f in tokenizer_files:
+        for f in files:
             shutil.copy2(f, staging / f.name)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
@@ -326,7 +394,7 @@ _CHECK_SENTENCES = (
 
 
 def _parity_report(folder: Path, config: BertConfig, params: Params) -> float | None:
-    """Max abs difference of every hidden state (and the pooler) to transformers' BertModel."""
+    """Max abs difference of every hidden state (and the pooler) to transformers' base model."""
     try:
         import torch
         import transformers
@@ -339,21 +407,19 @@ def _parity_report(folder: Path, config: BertConfig, params: Params) -> float | 
     tokenizer = load_tokenizer(folder)
     batch = tokenizer(list(_CHECK_SENTENCES), padding=True, return_tensors="np")
     types = batch.get("token_type_ids", np.zeros_like(batch["input_ids"]))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if config.type_vocab_size:
+        inputs["token_type_ids"] = types
     ours = BertModel(config).apply(
         {"params": params}, batch["input_ids"], batch["attention_mask"], types, output_hidden_states=True
     )
-    model, info = transformers.BertModel.from_pretrained(str(folder), output_loading_info=True)
+    model, info = transformers.AutoModel.from_pretrained(str(folder), output_loading_info=True)
     model.eval()
     with torch.no_grad():
-        theirs = model(
-            input_ids=torch.from_numpy(batch["input_ids"]),
-            attention_mask=torch.from_numpy(batch["attention_mask"]),
-            token_type_ids=torch.from_numpy(types),
-            output_hidden_states=True,
-        )
+        theirs = model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, output_hidden_states=True)
     diffs = [float(np.max(np.abs(np.asarray(a) - b.numpy()))) for a, b in zip(ours.hidden_states, theirs.hidden_states)]
     print("max abs diff per hidden state (embeddings, layer 1..n):", " ".join(f"{d:.2e}" for d in diffs))
-    if not any(k.startswith("pooler") for k in info["missing_keys"]):
+    if ours.pooler_output is not None and not any(k.startswith("pooler") for k in info["missing_keys"]):
         pooler = float(np.max(np.abs(np.asarray(ours.pooler_output) - theirs.pooler_output.numpy())))
         print(f"max abs diff of the pooler output: {pooler:.2e}")
         diffs.append(pooler)
@@ -362,19 +428,19 @@ def _parity_report(folder: Path, config: BertConfig, params: Params) -> float | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m theseus_jax.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", metavar="PATH", required=True, help="Hugging Face BERT checkpoint folder")
+    parser.add_argument("--check", metavar="MODEL", required=True, help="checkpoint folder or Hub ID (org/name[@revision])")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest max abs diff that passes")
     args = parser.parse_args(argv)
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    folder = Path(args.check)
+    folder = resolve_model(args.check)
     config, params = load_hf_checkpoint(folder, head="none")
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     print(
-        f"{folder}: BERT {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{args.check}: {config.model_type} {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
-        f"vocab {config.vocab_size}, act {config.hidden_act}; {count:,} parameters (BertModel)"
+        f"vocab {config.vocab_size}, act {config.hidden_act}; {count:,} parameters ({config.family.architectures['none']})"
     )
     worst = _parity_report(folder, config, params)
     if worst is not None and worst > args.tolerance:

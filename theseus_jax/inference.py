@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,11 +20,13 @@ import numpy as np
 
 from theseus_jax.data.batching import BUCKETS, bucket_length
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
+from theseus_jax.models.hub import CheckpointError, resolve_model
 from theseus_jax.tokenization import load_tokenizer
 
 
 class Predictor:
-    """A classifier from a Hugging Face checkpoint folder (ours or anyone's) with its tokenizer."""
+    """A classifier from a Hugging Face checkpoint (ours or anyone's, any supported family;
+    a folder or a Hub ID `org/name[@revision]`) with its tokenizer."""
 
     def __init__(
         self,
@@ -38,12 +41,13 @@ class Predictor:
 
         `max_length` is capped at the model's position embeddings: longer texts are truncated.
         """
+        model_dir = resolve_model(model_dir)
         if params is None:
             from theseus_jax.convert import load_hf_checkpoint
 
             config, params = load_hf_checkpoint(model_dir, head="classification")
         self.config = config.replace(dtype=dtype)
-        self.max_length = min(max_length, config.max_position_embeddings)
+        self.max_length = min(max_length, config.max_sequence_length)
         self.tokenizer = load_tokenizer(model_dir, self.max_length)
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_length} | {self.max_length}))
         self.params = jax.device_put(params)
@@ -82,7 +86,9 @@ class Predictor:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="HF checkpoint folder (config.json, weights, tokenizer)")
+    parser.add_argument(
+        "--model", required=True, help="HF checkpoint folder (config.json, weights, tokenizer) or Hub ID org/name[@revision]"
+    )
     parser.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     parser.add_argument("--file", help="a file with one text per line")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -93,7 +99,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         parser.error("give --text or --file")
-    probabilities = Predictor(args.model, dtype=args.dtype).predict_proba(texts, args.batch_size)
+    try:
+        predictor = Predictor(args.model, dtype=args.dtype)
+    except CheckpointError as err:  # a model the user must fix or fetch: one line, exit status 2
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    probabilities = predictor.predict_proba(texts, args.batch_size)
     for text, probs in zip(texts, probabilities):
         print("\t".join(f"{p:.4f}" for p in probs) + "\t" + text)
 

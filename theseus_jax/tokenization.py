@@ -1,4 +1,4 @@
-"""The checkpoint folder's own fast WordPiece tokenizer."""
+"""The checkpoint's own fast tokenizer, of any family (WordPiece, BPE, sentencepiece)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,48 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from theseus_jax.models.hub import CheckpointError, CheckpointNotFoundError, resolve_model
+
 MAX_LENGTH = 512
+# Any of these is enough for transformers to build a fast tokenizer: tokenizer.json of any
+# model type, WordPiece vocab.txt, sentencepiece models (XLM-R, CamemBERT, ...), or a
+# byte-level BPE vocab.json with merges.txt (RoBERTa, GottBERT).
+TOKENIZER_SOURCES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spm.model", "tokenizer.model", "vocab.json")
+# Everything an exported checkpoint copies from its predecessor's tokenizer.
+TOKENIZER_FILES = (
+    *TOKENIZER_SOURCES,
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+def tokenizer_files(folder: str | os.PathLike) -> list[Path]:
+    """The tokenizer files in `folder`; an error if none can build a tokenizer."""
+    files = [Path(folder) / f for f in TOKENIZER_FILES if (Path(folder) / f).is_file()]
+    if not any(f.name in TOKENIZER_SOURCES for f in files):
+        raise CheckpointNotFoundError(
+            f"{folder}: no tokenizer files ({', '.join(TOKENIZER_SOURCES)}) to build a tokenizer from"
+        )
+    return files
 
 
 def load_tokenizer(path: str | os.PathLike, max_length: int = MAX_LENGTH) -> PreTrainedTokenizerFast:
     """Loads the fast tokenizer saved beside a checkpoint, truncating to `max_length`.
 
-    Offline by construction: `path` must be a local folder holding `tokenizer.json` or
-    `vocab.txt`; nothing is fetched from a hub.
+    `path` is a folder or a Hub ID (`theseus_jax.models.hub`); transformers then reads only
+    that folder, its `tokenizer_config.json` or `config.json` saying which tokenizer class
+    to build from the files present.
     """
-    folder = Path(path)
-    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
-        raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt to build a tokenizer from")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
+    folder = resolve_model(path)
+    tokenizer_files(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{folder}: transformers cannot build its tokenizer: {err}") from err
     if not tokenizer.is_fast:
-        raise TypeError(f"{folder}: the tokenizer is not a fast (Rust) tokenizer")
+        raise CheckpointError(f"{folder}: the tokenizer is not a fast (Rust) tokenizer")
     tokenizer.model_max_length = max_length
     return tokenizer
 

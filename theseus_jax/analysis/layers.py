@@ -101,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from theseus_jax.tokenization import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--predecessor", required=True, help="HF checkpoint folder of the predecessor")
-    parser.add_argument("--successor", required=True, help="HF checkpoint folder of the successor")
+    parser.add_argument("--predecessor", required=True, help="HF checkpoint folder or Hub ID of the predecessor")
+    parser.add_argument("--successor", required=True, help="HF checkpoint folder or Hub ID of the successor")
     parser.add_argument("--texts", required=True, help="text file, one text per line")
     parser.add_argument("--out", required=True, help="output folder for layers.json and layers.png")
     parser.add_argument("--max-texts", type=int, default=256)
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     batches = []
     for start in range(0, len(texts), 32):
         enc = tokenizer(texts[start : start + 32], truncation=True, max_length=args.max_length, padding="max_length", return_tensors="np")
+        enc.setdefault("token_type_ids", np.zeros_like(enc["input_ids"]))  # RoBERTa-style tokenizers omit them
         batches.append({k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")})
     result = compare_layers(
         load_hf_checkpoint(args.predecessor, head="mlm"), load_hf_checkpoint(args.successor, head="mlm"), batches

@@ -35,7 +35,8 @@ from theseus_jax.compression import schedules, theseus
 from theseus_jax.experiments import datasets, report, summary
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
-from theseus_jax.tokenization import load_tokenizer, packaged_model_dir
+from theseus_jax.models.hub import resolve_model
+from theseus_jax.tokenization import TOKENIZER_SOURCES, load_tokenizer, packaged_model_dir
 from theseus_jax.training import optimizer, steps
 
 log = logging.getLogger("theseus_jax")
@@ -52,7 +53,8 @@ class ModelSource:
 
 
 def _model_dir(path: str) -> Path:
-    return packaged_model_dir() if path in ("", "packaged") else Path(path)
+    """`packaged`, a checkpoint folder or a Hub ID (`org/name[@revision]`) as a local folder."""
+    return packaged_model_dir() if path in ("", "packaged") else resolve_model(path)
 
 
 def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = None) -> ModelSource:
@@ -66,16 +68,16 @@ def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = 
         module = BertModel(bert_config) if head == "none" else HEADS[head](bert_config)
         params = module.init(jax.random.key(config.seed), jnp.zeros((1, 8), jnp.int32))["params"]
     else:
-        folder = Path(path) if path else _model_dir(config.model.path)
+        folder = _model_dir(path or config.model.path)
         bert_config, params = load_hf_checkpoint(folder, head=head, num_labels=num_labels, seed=config.seed)
-        if path:
-            tokenizer_dir = folder if (folder / "tokenizer.json").exists() or (folder / "vocab.txt").exists() else tokenizer_dir
+        if path and any((folder / name).is_file() for name in TOKENIZER_SOURCES):
+            tokenizer_dir = folder
     bert_config = bert_config.replace(dtype=config.model.dtype, remat=config.model.remat)
     return ModelSource(bert_config, params, tokenizer_dir)
 
 
-def _architecture(folder: Path) -> str:
-    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+def _architecture(model: str) -> str:
+    architectures = json.loads((_model_dir(model) / "config.json").read_text()).get("architectures") or [""]
     return architectures[0]
 
 
@@ -273,9 +275,11 @@ def _cls_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path, model: str,
         source = load_model(cfg, "classification")
     else:
         source = load_model(cfg, "classification", path=model)
-        if _architecture(Path(model)) == "BertForMaskedLM":
+        family = source.config.family
+        if family.classifier == "pooler" and _architecture(model) == family.architectures["mlm"]:
             # An MLM checkpoint has no pooler: keep the predecessor's (pretrained) one rather
-            # than a random init.
+            # than a random init. (Families whose classifier has its own head start it fresh,
+            # as transformers does.)
             source.params["bert"]["pooler"] = load_model(cfg, "none").params["pooler"]
     if model == "truncated":
         config, params = theseus.truncate_layers(source.config, source.params, cfg.compression.num_successor_layers)

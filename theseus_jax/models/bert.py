@@ -4,6 +4,11 @@ The names matter: converting a PyTorch checkpoint is then a short table
 (`theseus_jax.convert`), and the encoder keeps its layers as a list of modules
 (`encoder/layer_{i}`) so that Theseus Compression can run them one module at a time.
 
+The same modules are RoBERTa, XLM-RoBERTa, ELECTRA and DistilBERT: `config.model_type`
+selects a `theseus_jax.models.families.Family`, whose few switches (position ids,
+token types, embedding projection, head shapes) are read here. Every family keeps
+BERT's parameter tree (`bert/embeddings`, `bert/encoder/layer_{i}`, `cls`, `classifier`).
+
 All heads take an optional encoder factory (`encoder_factory=`), which is how the
 Theseus encoder (`theseus_jax.compression.theseus`) plugs in without copying the
 embeddings, pooler or heads.
@@ -19,31 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from theseus_jax.models.families import Family, family
 
-# Fields of HF's BertConfig that this implementation reads; the rest of config.json is
-# ignored on load and written back with HF's defaults on save.
-_HF_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "initializer_range",
-    "layer_norm_eps",
-    "pad_token_id",
-    "classifier_dropout",
-)
+Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """Mirror of Hugging Face's `BertConfig` fields, plus the compute dtype."""
+    """Mirror of Hugging Face's `BertConfig` fields, plus the family and the compute dtype."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -60,6 +48,10 @@ class BertConfig:
     pad_token_id: int = 0
     classifier_dropout: float | None = None
     num_labels: int = 2
+    # The encoder family (`theseus_jax.models.families.FAMILIES`): names and switches.
+    model_type: str = "bert"
+    # ELECTRA: the embeddings' width when it differs from hidden_size (then projected).
+    embedding_size: int | None = None
     # Compute dtype of matmuls ("float32" or "bfloat16"); parameters stay float32 and
     # LayerNorm, softmax and losses are computed in float32.
     dtype: str = "float32"
@@ -67,6 +59,7 @@ class BertConfig:
     remat: bool = False
 
     def __post_init__(self) -> None:
+        family(self.model_type)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not a multiple of "
@@ -81,28 +74,49 @@ class BertConfig:
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
+    @property
+    def family(self) -> Family:
+        return family(self.model_type)
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input the position embeddings cover (RoBERTa's start after pad_token_id)."""
+        offset = self.pad_token_id + 1 if self.family.positions_from_padding else 0
+        return self.max_position_embeddings - offset
+
     def replace(self, **changes: Any) -> "BertConfig":
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], num_labels: int | None = None) -> "BertConfig":
-        """Builds a config from a Hugging Face `config.json` dictionary."""
-        kwargs = {k: d[k] for k in _HF_FIELDS if k in d}
+        """Builds a config from a Hugging Face `config.json` dictionary of any supported family."""
+        fam = family(d.get("model_type", "bert"))
+        kwargs: dict[str, Any] = dict(fam.config_defaults)
+        kwargs.update({field: d[key] for key, field in fam.config_keys if key in d})
+        if kwargs.get("embedding_size") == kwargs.get("hidden_size", cls.hidden_size):
+            kwargs["embedding_size"] = None
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
         elif "id2label" in d:
             kwargs["num_labels"] = len(d["id2label"])
-        return cls(**kwargs)
+        return cls(model_type=fam.model_type, **kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The `config.json` contents that transformers' `BertConfig` reads back."""
-        d = {k: getattr(self, k) for k in _HF_FIELDS}
+        """The `config.json` contents that transformers' config class of the family reads back."""
+        fam = self.family
+        values = dataclasses.replace(self, embedding_size=self.embedding_width)
+        d = {key: getattr(values, field) for key, field in fam.config_keys}
         d.update(
-            model_type="bert",
-            position_embedding_type="absolute",
+            model_type=fam.model_type,
             id2label={str(i): f"LABEL_{i}" for i in range(self.num_labels)},
             label2id={f"LABEL_{i}": i for i in range(self.num_labels)},
         )
+        if fam.model_type != "distilbert":
+            d["position_embedding_type"] = "absolute"
         return d
 
 
@@ -138,20 +152,30 @@ def attention_bias(attention_mask: Array, dtype: jnp.dtype = jnp.float32) -> Arr
     return (1.0 - mask) * jnp.finfo(dtype).min
 
 
+def position_ids(input_ids: Array, config: BertConfig) -> Array:
+    """0, 1, 2, ... (BERT); RoBERTa counts real tokens from pad_token_id + 1 and gives
+    padding pad_token_id, as fairseq does."""
+    if not config.family.positions_from_padding:
+        return jnp.arange(input_ids.shape[-1])[None, :]
+    real = (input_ids != config.pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(real, axis=-1) * real + config.pad_token_id
+
+
 class BertEmbeddings(nn.Module):
+    """Word + position (+ token type) embeddings, LayerNorm, dropout; `embedding_width` wide."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
         cfg = self.config
+        width = cfg.embedding_width
         init = nn.initializers.normal(cfg.initializer_range)
-        word = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=init, name="word_embeddings")
-        position = nn.Embed(
-            cfg.max_position_embeddings, cfg.hidden_size, embedding_init=init, name="position_embeddings"
-        )
-        token_type = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init, name="token_type_embeddings")
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
-        hidden = word(input_ids) + position(positions) + token_type(token_type_ids)
+        word = nn.Embed(cfg.vocab_size, width, embedding_init=init, name="word_embeddings")
+        position = nn.Embed(cfg.max_position_embeddings, width, embedding_init=init, name="position_embeddings")
+        hidden = word(input_ids) + position(position_ids(input_ids, cfg))
+        if cfg.type_vocab_size:  # DistilBERT has no token types
+            hidden += nn.Embed(cfg.type_vocab_size, width, embedding_init=init, name="token_type_embeddings")(token_type_ids)
         hidden = _layer_norm(cfg)(hidden)
         return nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
 
@@ -269,7 +293,8 @@ jax.tree_util.register_dataclass(
 
 
 class BertModel(nn.Module):
-    """Embeddings, encoder and (optionally) pooler.
+    """Embeddings (projected to hidden_size if narrower: ELECTRA), encoder and pooler
+    (if `add_pooling_layer` and the family has one).
 
     `encoder_factory(name=...)` builds a replacement for the plain `BertEncoder`; it is
     called as `encoder(hidden, bias, deterministic, output_hidden_states, **encoder_kwargs)`.
@@ -289,28 +314,35 @@ class BertModel(nn.Module):
         output_hidden_states: bool = False,
         **encoder_kwargs: Any,
     ) -> BertOutputs:
+        cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        hidden = BertEmbeddings(self.config, name="embeddings")(input_ids, token_type_ids, deterministic)
-        hidden = hidden.astype(self.config.compute_dtype)
-        make_encoder = self.encoder_factory or functools.partial(BertEncoder, self.config)
+        hidden = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+        hidden = hidden.astype(cfg.compute_dtype)
+        if cfg.embedding_width != cfg.hidden_size:
+            hidden = _dense(cfg, cfg.hidden_size, "embeddings_project")(hidden)
+        make_encoder = self.encoder_factory or functools.partial(BertEncoder, cfg)
         encoder = make_encoder(name="encoder")
         bias = attention_bias(attention_mask)
         hidden, states = encoder(hidden, bias, deterministic, output_hidden_states, **encoder_kwargs)
-        pooled = BertPooler(self.config, name="pooler")(hidden) if self.add_pooling_layer else None
+        with_pooler = self.add_pooling_layer and cfg.family.pooler
+        pooled = BertPooler(cfg, name="pooler")(hidden) if with_pooler else None
         return BertOutputs(hidden, pooled, states)
 
 
 class BertPredictionHeadTransform(nn.Module):
+    """Dense to the embedding width, activation, LayerNorm (all families' MLM heads)."""
+
     config: BertConfig
 
     @nn.compact
     def __call__(self, hidden: Array) -> Array:
-        hidden = _dense(self.config, self.config.hidden_size, "dense")(hidden)
-        hidden = ACTIVATIONS[self.config.hidden_act](hidden)
-        return _layer_norm(self.config)(hidden)
+        cfg = self.config
+        hidden = _dense(cfg, cfg.embedding_width, "dense")(hidden)
+        hidden = ACTIVATIONS[cfg.family.mlm_activation or cfg.hidden_act](hidden)
+        return _layer_norm(cfg)(hidden)
 
 
 class BertLMPredictionHead(nn.Module):
@@ -367,8 +399,26 @@ class BertForMaskedLM(nn.Module):
         return BertOnlyMLMHead(self.config, name="cls")(hidden, word_embeddings)
 
 
+class ClassificationHead(nn.Module):
+    """RoBERTa's, ELECTRA's and DistilBERT's head: first token -> dense -> activation ->
+    out_proj (BERT instead puts its classifier on the pooler)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, rate: float, deterministic: bool) -> Array:
+        cfg = self.config
+        x = hidden[:, 0]
+        if cfg.family.classifier_input_dropout:
+            x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = ACTIVATIONS[cfg.family.classifier_activation](_dense(cfg, cfg.hidden_size, "dense")(x))
+        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        return _dense(cfg, cfg.num_labels, "out_proj")(x)
+
+
 class BertForSequenceClassification(nn.Module):
-    """Returns class logits `[B, num_labels]` (float32) from the pooled [CLS] state."""
+    """Returns class logits `[B, num_labels]` (float32): BERT's from the pooled [CLS]
+    state, the other families' from their `ClassificationHead`."""
 
     config: BertConfig
     encoder_factory: Callable[..., nn.Module] | None = None
@@ -383,11 +433,15 @@ class BertForSequenceClassification(nn.Module):
         **encoder_kwargs: Any,
     ) -> Array:
         cfg = self.config
-        bert = BertModel(cfg, add_pooling_layer=True, encoder_factory=self.encoder_factory, name="bert")
-        pooled = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs).pooler_output
         rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
-        pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
-        logits = _dense(cfg, cfg.num_labels, "classifier")(pooled)
+        on_pooler = cfg.family.classifier == "pooler"
+        bert = BertModel(cfg, add_pooling_layer=on_pooler, encoder_factory=self.encoder_factory, name="bert")
+        outputs = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs)
+        if on_pooler:
+            pooled = nn.Dropout(rate)(outputs.pooler_output, deterministic=deterministic)
+            logits = _dense(cfg, cfg.num_labels, "classifier")(pooled)
+        else:
+            logits = ClassificationHead(cfg, name="classifier")(outputs.last_hidden_state, rate, deterministic)
         return logits.astype(jnp.float32)
 
 
