@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from theseus_jax import atomic
+from theseus_jax.errors import CheckpointError, MissingCheckpoint, run_cli
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 log = logging.getLogger("theseus_jax")
@@ -140,15 +141,15 @@ def _initialisable(path: Path_) -> bool:
 def _read_config(folder: Path) -> dict[str, Any]:
     config_file = folder / CONFIG_FILE
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+        raise MissingCheckpoint(f"{folder}: no such checkpoint folder")
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
+        raise MissingCheckpoint(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
     d = json.loads(config_file.read_text())
     model_type = d.get("model_type")
     if model_type != "bert":
-        raise ValueError(f"{config_file}: model_type={model_type!r}, only 'bert' checkpoints convert")
+        raise CheckpointError(f"{config_file}: model_type={model_type!r}, only 'bert' checkpoints convert")
     if d.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{config_file}: position_embedding_type={d['position_embedding_type']!r} is not supported")
+        raise CheckpointError(f"{config_file}: position_embedding_type={d['position_embedding_type']!r} is not supported")
     return d
 
 
@@ -166,7 +167,7 @@ def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
         tensors = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
     else:
-        raise FileNotFoundError(f"{folder}: no weights file ({SAFETENSORS_FILE} or {PYTORCH_FILE})")
+        raise MissingCheckpoint(f"{folder}: no weights file ({SAFETENSORS_FILE} or {PYTORCH_FILE})")
     return weights_file, tensors
 
 
@@ -181,7 +182,7 @@ def _canonical(tensors: dict[str, np.ndarray], weights_file: Path) -> dict[str, 
             continue
         key = name if name.startswith(("bert.", "cls.", "classifier.")) else f"bert.{name}"
         if key in out:
-            raise ValueError(f"{weights_file}: tensor {name!r} appears both with and without the 'bert.' prefix")
+            raise CheckpointError(f"{weights_file}: tensor {name!r} appears both with and without the 'bert.' prefix")
         out[key] = value
     for tied, target in _TIED.items():
         if tied not in out:
@@ -215,7 +216,7 @@ def load_hf_checkpoint(
     try:
         config = BertConfig.from_hf_dict(hf_config, num_labels=num_labels)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{folder / CONFIG_FILE}: {err}") from err
+        raise CheckpointError(f"{folder / CONFIG_FILE}: {err}") from err
     weights_file, raw = _read_tensors(folder)
     loaded = hf_to_flax(_canonical(raw, weights_file))
 
@@ -223,7 +224,7 @@ def load_hf_checkpoint(
     known = expected | _expected_shapes(config, "mlm") | _expected_shapes(config, "classification")
     unknown = sorted(_hf_name(p) for p in loaded if p not in known)
     if unknown:
-        raise ValueError(f"{weights_file}: unknown tensors for a BERT of this config.json: {unknown}")
+        raise CheckpointError(f"{weights_file}: unknown tensors for a BERT of this config.json: {unknown}")
     unused = sorted(_hf_name(p) for p in loaded if p not in expected)
     if unused:
         log.info("%s: not used by head=%r, skipped: %s", weights_file, head, unused)
@@ -242,7 +243,7 @@ def load_hf_checkpoint(
     missing = [p for p in expected if p not in params]
     required = sorted(_hf_name(p) for p in missing if not _initialisable(p))
     if required:
-        raise ValueError(f"{weights_file}: missing tensors: {required}")
+        raise CheckpointError(f"{weights_file}: missing tensors: {required}")
     if missing:
         log.warning("%s: initialising from seed %d: %s", weights_file, seed, sorted(_hf_name(p) for p in missing))
         init = _module(config, head).init(jax.random.key(seed), _dummy_ids())["params"]
@@ -292,28 +293,16 @@ def save_hf_checkpoint(
     if tokenizer_dir is not None:
         tokenizer_files = [Path(tokenizer_dir) / f for f in TOKENIZER_FILES if (Path(tokenizer_dir) / f).is_file()]
         if not any(f.name in ("tokenizer.json", "vocab.txt") for f in tokenizer_files):
-            raise FileNotFoundError(f"{tokenizer_dir}: no tokenizer.json or vocab.txt to copy")
+            raise MissingCheckpoint(f"{tokenizer_dir}: no tokenizer.json or vocab.txt to copy")
 
     from safetensors.numpy import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic.replace_dir(target) as staging:
         hf_config = config.to_hf_dict() | {"architectures": [_ARCHITECTURES[head]]}
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"})
         for f in tokenizer_files:
             shutil.copy2(f, staging / f.name)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            target.rename(old / target.name)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -384,4 +373,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m theseus_jax.convert"))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from theseus_jax.errors import MissingCheckpoint
+
 MAX_LENGTH = 512
 
 
@@ -18,7 +20,7 @@ def load_tokenizer(path: str | os.PathLike, max_length: int = MAX_LENGTH) -> Pre
     """
     folder = Path(path)
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
-        raise FileNotFoundError(f"{folder}: no tokenizer.json or vocab.txt to build a tokenizer from")
+        raise MissingCheckpoint(f"{folder}: no tokenizer.json or vocab.txt to build a tokenizer from")
     tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
     if not tokenizer.is_fast:
         raise TypeError(f"{folder}: the tokenizer is not a fast (Rust) tokenizer")
