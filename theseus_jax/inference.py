@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+import sys
 from typing import Sequence
 
 import jax
@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from theseus_jax.data.batching import BUCKETS, bucket_length
+from theseus_jax.data.generic import read_text_lines
+from theseus_jax.errors import run_cli
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
 from theseus_jax.tokenization import load_tokenizer
 
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     texts = list(args.text)
     if args.file:
-        texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += [e.text for e in read_text_lines(args.file)]
     if not texts:
         parser.error("give --text or --file")
     probabilities = Predictor(args.model, dtype=args.dtype).predict_proba(texts, args.batch_size)
@@ -99,4 +101,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m theseus_jax.inference"))

@@ -23,7 +23,7 @@ from theseus_jax.experiments import datasets, report
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.tokenization import load_tokenizer, packaged_model_dir
-from theseus_jax.training import optimizer, steps
+from theseus_jax.training import optimizer, parallel, steps
 
 log = logging.getLogger("theseus_jax")
 Params = dict[str, Any]
@@ -161,7 +161,9 @@ def _run(
     }
     if predecessor_size is not None:  # a compression run: CR of the exported successor
         result["compression_ratio"] = predecessor_size / exported_params
-    report.write_run_report(workdir, result, cfg)
+    if parallel.is_writer():
+        report.write_run_report(workdir, result, cfg)
+    parallel.barrier(f"{job.name}: report")
     return result
 
 
@@ -234,7 +236,8 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     for stage in stages:
         results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results)
     comparison = report.compare(results, cfg)
-    report.write_series_report(workdir, results, comparison, cfg)
+    if parallel.is_writer():
+        report.write_series_report(workdir, results, comparison, cfg)
     return {"stages": results, "comparison": comparison}
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import ml_collections
 
+from theseus_jax import atomic
+
 STAGE_TITLES = {
     "lm_baseline": "LM fine-tuning, predecessor",
     "lm_compress": "LM fine-tuning with Theseus Compression",
@@ -22,12 +24,6 @@ STAGE_TITLES = {
     "cls_truncated": "downstream, truncated predecessor (bottom n layers)",
     "cls_compress": "downstream with Theseus Compression",
 }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _json(data: Any) -> str:
@@ -62,7 +58,7 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
         ax.set(xlabel="epoch", ylabel=result["metric"], title=f"{result['name']}: {result['metric']} per evaluation")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(workdir / "metric.png", dpi=110)
+        atomic.save_figure(fig, workdir / "metric.png", dpi=110)
         plt.close(fig)
         files.append("metric.png")
     logged = read_steps(workdir)
@@ -81,7 +77,7 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
         for ax in axes.ravel():
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(workdir / "steps.png", dpi=110)
+        atomic.save_figure(fig, workdir / "steps.png", dpi=110)
         plt.close(fig)
         files.append("steps.png")
     return files
@@ -91,7 +87,7 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
     workdir = Path(workdir)
     plots = plot_run(workdir, result)
     result = {**result, "plots": plots, "config": cfg.to_dict()}
-    _write_atomic(workdir / "report.json", _json(result))
+    atomic.write_text(workdir / "report.json", _json(result))
     best = result["best"] or {}
     lines = [
         f"# {result['name']}: {STAGE_TITLES.get(result['name'], result['pipeline'])}",
@@ -110,7 +106,7 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
     if result["data"]:
         lines += ["", "## Data", "", "```", _json(result["data"]), "```"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
-    _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
 def _metric_columns(result: dict[str, Any]) -> list[str]:
@@ -174,7 +170,7 @@ def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(workdir / "series_metric.png", dpi=110)
+    atomic.save_figure(fig, workdir / "series_metric.png", dpi=110)
     plt.close(fig)
     return ["series_metric.png"]
 
@@ -184,7 +180,7 @@ def write_series_report(
 ) -> None:
     workdir = Path(workdir)
     plots = plot_series(workdir, results, comparison["metric"])
-    _write_atomic(
+    atomic.write_text(
         workdir / "report.json",
         _json({"comparison": comparison, "stages": results, "plots": plots, "config": cfg.to_dict()}),
     )
@@ -211,4 +207,4 @@ def write_series_report(
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]
-    _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")

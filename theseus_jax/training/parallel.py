@@ -78,7 +78,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf on every device of the mesh (parameters, optimizer state)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return jax.device_put(tree, replicated(mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Whole on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
