@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -63,11 +64,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as err:
         if show_tracebacks():
             raise
-        _usage_error(str(err))
+        _usage_error(_config_file_error(str(err)))
     except (AttributeError, KeyError) as err:  # ml_collections: an override of a field the config lacks
         if show_tracebacks():
             raise
-        missing = str(err).strip("\"'")
+        missing = re.search(r"[A-Za-z_]\w*", str(err)).group()
         overrides = [a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
         field = next((o for o in overrides if missing in o.split(".")), missing)
         close = difflib.get_close_matches(field, [k for k, f in SCHEMA.items() if f.types != CONFIG], n=1)
@@ -76,14 +77,29 @@ def parse_flags(argv: list[str]) -> list[str]:
     return []  # unreachable: _usage_error exits
 
 
+def _config_file_error(message: str) -> str:
+    """An exception raised inside a config file, as `file:line: exception (code)`."""
+    if "Traceback (most recent call last)" not in message:
+        return message
+    frames = [f for f in re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', message) if "site-packages" not in f[0]]
+    exception = message.strip().splitlines()[-1]
+    if not frames:
+        return exception
+    file, line, code = frames[-1]
+    return f"{file}:{line}: {exception} (in `{code.strip()}`)"
+
+
 def _setup_logging() -> None:
     # Our progress at INFO; libraries (orbax logs every checkpoint step) at WARNING,
     # unless --verbosity asks for more.
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
+    logger = logging.getLogger("theseus_jax")
+    for old in [h for h in logger.handlers if getattr(h, "launch_handler", False)]:
+        logger.removeHandler(old)  # main() called again in one process (tests)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("theseus_jax")
+    handler.launch_handler = True
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

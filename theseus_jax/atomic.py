@@ -82,4 +82,5 @@ def replace_dir(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        recover_dir(target)  # an error between the renames: the old folder goes back
         raise
