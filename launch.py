@@ -25,6 +25,7 @@ import re
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -32,7 +33,7 @@ from ml_collections import config_flags
 from theseus_jax.errors import UserError, one_line, run_cli, show_tracebacks
 from theseus_jax.experiments import datasets
 from theseus_jax.experiments.checkpoints import claim_workdir, unclaim_workdir
-from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config
+from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
 from theseus_jax.experiments.workdir_lock import WorkdirBusy, WorkdirLock
 from theseus_jax.training import parallel
@@ -110,6 +111,7 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
     a multi-host run calls it; process 0 holds the lock and writes the files)."""
     validate_config(config)
     parallel.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    validate_devices(config, jax.device_count())
     writer = parallel.is_writer()
     existed = workdir.exists()
     lock = WorkdirLock(workdir)

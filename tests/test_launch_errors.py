@@ -112,6 +112,8 @@ CONFIG_CASES = {
         ["--config.cls.buckets=(16,32,128)", "--config.cls.max_length=128"],
         ["config.cls.buckets=(16, 32, 128)", "64 positions", "config.cls.max_length=128"],
     ),
+    "batch does not split into micro-batches": (["--config.accumulation_steps=3"], ["config.cls.batch_size=8", "accumulation_steps=3"]),
+    "more devices than there are": (["--config.num_devices=2"], ["config.num_devices=2", "more than the 1 available"]),
     "unknown metric": (["--config.cls.metric=f1"], ["config.cls.metric='f1'", "macro_f1, roc_auc, accuracy"]),
     "unknown stage": (["--config.pipeline=series", "--config.series.stages=cls_predecesor"], ["config.series.stages", "cls_predecesor"]),
     "unknown pipeline": (["--config.pipeline=train"], ["config.pipeline='train'", "lm_baseline"]),

@@ -345,6 +345,9 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
     for stage in ("lm", "cls"):
         if stage in parts:
             _stage_rules(config, stage, stage == "cls", problems)
+            batch, steps = _value(config, f"{stage}.batch_size"), config.get("accumulation_steps", 1)
+            if batch % steps:
+                problems.append(_field(f"{stage}.batch_size", batch, f"does not split into accumulation_steps={steps} micro-batches"))
     cls_model = config.get("cls_model", "predecessor")
     if pipeline in ("cls_baseline", "cls_compress") and cls_model not in ("predecessor", "truncated"):
         folder = _model_folder(str(cls_model), "cls_model", problems)
@@ -357,6 +360,21 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
     if model:
         _size_rules(config, model, parts, problems)
     return problems
+
+
+def validate_devices(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """Batch sizes that split over the data-parallel devices (known once JAX started)."""
+    devices = config.get("num_devices", 0) or device_count
+    problems = []
+    if devices > device_count:
+        problems.append(_field("num_devices", devices, f"more than the {device_count} available"))
+    for stage in sorted(used_parts(config) & {"lm", "cls"}):
+        for key in ("batch_size", "eval_batch_size"):
+            size = _value(config, f"{stage}.{key}")
+            if size % devices:
+                problems.append(_field(f"{stage}.{key}", size, f"does not split over {devices} devices; use a multiple of {devices}"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
