@@ -89,11 +89,11 @@ def number_list(kind: type, check: Check) -> Check:
     def parse(v: str) -> str | None:
         for item in filter(None, (s.strip() for s in v.split(","))):
             try:
-                problem = check(kind(item))
+                value = kind(item)
             except ValueError:
-                problem = f"{item!r} is not a {kind.__name__}"
-            if problem:
-                return f"entry {item!r} {problem}" if "not a" not in problem else problem
+                return f"entry {item!r} is not {_type_name((kind,)) if kind is int else 'a number'}"
+            if problem := check(value):
+                return f"entry {item!r} {problem}"
         return None
 
     return parse
