@@ -69,6 +69,10 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
+def _steps(workdir: Path) -> list[tuple[int, float]]:
+    return [(s["step"], s["loss"]) for s in map(json.loads, (workdir / "steps.jsonl").read_text().splitlines())]
+
+
 def _history(workdir: Path) -> list[dict]:
     return json.loads((workdir / "report.json").read_text())["history"]
 
@@ -89,9 +93,12 @@ def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_pa
     assert [h["step"] for h in h_hosts] == [h["step"] for h in h_single] == [12]
     assert h_hosts[0]["loss"] == pytest.approx(h_single[0]["loss"], rel=1e-5)
     assert h_hosts[0]["confusion_matrix"] == h_single[0]["confusion_matrix"]
-    # One writer: every step logged once, no staging folders or lock files left.
-    logged = [json.loads(line)["step"] for line in (hosts / "steps.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, 13))
+    # One writer: every step logged once, no staging folders or lock files left. The
+    # losses follow the two-device run's step by step (and training moved them).
+    logged = _steps(hosts)
+    assert [step for step, _ in logged] == list(range(1, 13))
+    np.testing.assert_allclose([loss for _, loss in logged], [loss for _, loss in _steps(tmp_path / "single")], rtol=1e-5)
+    assert len({loss for _, loss in logged}) > 1
     assert not [p.name for p in hosts.iterdir() if p.name.startswith(".")]
 
     killed = tmp_path / "killed"
@@ -111,3 +118,5 @@ def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_pa
         assert re.search(r"resuming at step (8|12) ", stderr), stderr[-3000:]
     assert _max_diff(_params(killed), _params(hosts)) <= 1e-5
     assert [h["macro_f1"] for h in _history(killed)] == [h["macro_f1"] for h in h_hosts]
+    assert [step for step, _ in _steps(killed)] == list(range(1, 13))  # nothing logged before the kill lost
+    np.testing.assert_allclose([loss for _, loss in _steps(killed)], [loss for _, loss in logged], rtol=1e-5)

@@ -207,6 +207,8 @@ def test_a_run_killed_while_publishing_resumes_to_the_same_result(tmp_path, germ
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "taking over the lock" in resumed.stderr and "resuming at step" in resumed.stderr
     assert _history(workdir) == _history(uninterrupted)
+    steps = lambda w: [json.loads(line) for line in (w / "steps.jsonl").read_text().splitlines()]
+    assert steps(workdir) == steps(uninterrupted)  # nothing logged before the kill is lost
     best = lambda w: (w / "best" / "model.safetensors").read_bytes()
     assert best(workdir) == best(uninterrupted)
     assert not [p.name for p in workdir.iterdir() if p.name.startswith(".")]  # no staging or lock left

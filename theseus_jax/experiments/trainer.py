@@ -139,6 +139,7 @@ class _StepLog:
         if not self.enabled:
             return
         self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.flush()  # a killed run keeps the steps up to its last checkpoint
         for key, value in scalars.items():
             self.tensorboard.add_scalar(f"train/{key}", value, step)
 
