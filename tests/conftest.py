@@ -71,3 +71,23 @@ def packaged_model_dir() -> Path:
     from theseus_jax.tokenization import packaged_model_dir as path
 
     return path()
+
+
+WORDS = "der die das und ist nicht ein eine Politik heute Land Menschen Zeit Stadt Bahn Wetter".split()
+RUDE = "Idiot dumm Pack Vollpfosten".split()
+
+
+@pytest.fixture(scope="session")
+def germeval_tsv(tmp_path_factory):
+    """120 GermEval-format lines; offensive ones carry rude words, so the task is learnable."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "germeval.tsv"
+    lines = []
+    for _ in range(120):
+        offensive = rng.random() < 0.4
+        words = list(rng.choice(WORDS, rng.integers(3, 20)))
+        if offensive:
+            words.insert(int(rng.integers(0, len(words))), str(rng.choice(RUDE)))
+        lines.append(f"{' '.join(words)}\t{'OFFENSE' if offensive else 'OTHER'}\t{'INSULT' if offensive else 'OTHER'}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from theseus_jax.convert import load_hf_checkpoint
-from theseus_jax.models.hub import CheckpointError, CheckpointNotFoundError, parse_hub_id, resolve_model
+from theseus_jax.errors import CheckpointError, MissingCheckpoint
+from theseus_jax.models.hub import parse_hub_id, resolve_model
 
 from test_experiments import RUDE, WORDS, germeval_tsv  # noqa: F401 (a fixture)
 
@@ -106,14 +107,14 @@ def test_resolves_from_offline_cache(xlmr_classifier, offline_cache):
 
 
 def test_empty_cache_offline_names_id_cache_and_fix(offline_cache):
-    with pytest.raises(CheckpointNotFoundError) as caught:
+    with pytest.raises(MissingCheckpoint) as caught:
         resolve_model("org/missing-model")
     message = str(caught.value)
     assert "org/missing-model" in message and "HF_HUB_OFFLINE is set" in message
     assert str(offline_cache / "models--org--missing-model") in message
     assert "hf download org/missing-model" in message and "\n" not in message
     assert isinstance(caught.value, CheckpointError) and isinstance(caught.value, FileNotFoundError)
-    with pytest.raises(CheckpointNotFoundError, match="no such checkpoint folder"):
+    with pytest.raises(MissingCheckpoint, match="no such checkpoint folder"):
         resolve_model("not-a-folder-nor-an-id")
 
 
@@ -256,7 +257,7 @@ def test_missing_shard_is_named(torch, tmp_path):
     transformers.AutoModel.from_config(hf_config("bert")).save_pretrained(tmp_path, max_shard_size="20KB")
     shard = sorted(tmp_path.glob("model-*.safetensors"))[-1]
     shard.unlink()
-    with pytest.raises(CheckpointNotFoundError, match=f"lists shard '{shard.name}'"):
+    with pytest.raises(MissingCheckpoint, match=f"lists shard '{shard.name}'"):
         load_hf_checkpoint(tmp_path, head="none")
 
 
@@ -286,5 +287,5 @@ def test_tokenizers_from_family_files(tmp_path):
         assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id and len(ids) > 3
         tokenizer.save_pretrained(tmp_path / f"{name}-json")  # tokenizer.json of this model type
         assert load_tokenizer(tmp_path / f"{name}-json")("der Politik")["input_ids"] == ids
-    with pytest.raises(CheckpointNotFoundError, match="no tokenizer files"):
+    with pytest.raises(MissingCheckpoint, match="no tokenizer files"):
         load_tokenizer(tmp_path)

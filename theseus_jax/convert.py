@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -48,9 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from theseus_jax import atomic
+from theseus_jax.errors import CheckpointError, MissingCheckpoint, run_cli
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from theseus_jax.models.families import FAMILIES, Family
-from theseus_jax.models.hub import CheckpointError, CheckpointNotFoundError, resolve_model
+from theseus_jax.models.hub import resolve_model
 
 log = logging.getLogger("theseus_jax")
 
@@ -174,9 +175,9 @@ def _initialisable(path: Path_) -> bool:
 def _read_config(folder: Path) -> dict[str, Any]:
     config_file = folder / CONFIG_FILE
     if not folder.is_dir():
-        raise CheckpointNotFoundError(f"{folder}: no such checkpoint folder")
+        raise MissingCheckpoint(f"{folder}: no such checkpoint folder")
     if not config_file.is_file():
-        raise CheckpointNotFoundError(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
+        raise MissingCheckpoint(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
     d = json.loads(config_file.read_text())
     model_type = d.get("model_type")
     if model_type not in FAMILIES:
@@ -214,13 +215,13 @@ def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
             tensors: dict[str, np.ndarray] = {}
             for shard in sorted(set(weight_map.values())):
                 if not (folder / shard).is_file():
-                    raise CheckpointNotFoundError(f"{index}: lists shard {shard!r}, which {folder} lacks")
+                    raise MissingCheckpoint(f"{index}: lists shard {shard!r}, which {folder} lacks")
                 tensors.update(_read_file(folder / shard))
             unlisted = sorted(set(weight_map) - set(tensors))
             if unlisted:
                 raise CheckpointError(f"{index}: tensors listed but in no shard: {unlisted[:5]}")
             return index, tensors
-    raise CheckpointNotFoundError(
+    raise MissingCheckpoint(
         f"{folder}: no weights file ({SAFETENSORS_FILE} or {PYTORCH_FILE}, or their sharded {INDEX_SUFFIX})"
     )
 
@@ -364,24 +365,12 @@ def save_hf_checkpoint(
 
     from safetensors.numpy import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic.replace_dir(target) as staging:
         hf_config = config.to_hf_dict() | {"architectures": [architecture]}
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"})
         for f in files:
             shutil.copy2(f, staging / f.name)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            target.rename(old / target.name)
-            staging.rename(target)
-            shutil.rmtree(old)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -450,4 +439,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "python -m theseus_jax.convert"))

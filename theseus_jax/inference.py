@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -19,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from theseus_jax.data.batching import BUCKETS, bucket_length
+from theseus_jax.data.generic import read_text_lines
+from theseus_jax.errors import run_cli
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
-from theseus_jax.models.hub import CheckpointError, resolve_model
+from theseus_jax.models.hub import resolve_model
 from theseus_jax.tokenization import load_tokenizer
 
 
@@ -96,18 +97,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     texts = list(args.text)
     if args.file:
-        texts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += [e.text for e in read_text_lines(args.file)]
     if not texts:
         parser.error("give --text or --file")
-    try:
-        predictor = Predictor(args.model, dtype=args.dtype)
-    except CheckpointError as err:  # a model the user must fix or fetch: one line, exit status 2
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    probabilities = predictor.predict_proba(texts, args.batch_size)
+    probabilities = Predictor(args.model, dtype=args.dtype).predict_proba(texts, args.batch_size)
     for text, probs in zip(texts, probabilities):
         print("\t".join(f"{p:.4f}" for p in probs) + "\t" + text)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m theseus_jax.inference"))

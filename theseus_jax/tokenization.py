@@ -7,7 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from theseus_jax.models.hub import CheckpointError, CheckpointNotFoundError, resolve_model
+from theseus_jax.errors import CheckpointError, MissingCheckpoint
+from theseus_jax.models.hub import resolve_model
 
 MAX_LENGTH = 512
 # Any of these is enough for transformers to build a fast tokenizer: tokenizer.json of any
@@ -28,7 +29,7 @@ def tokenizer_files(folder: str | os.PathLike) -> list[Path]:
     """The tokenizer files in `folder`; an error if none can build a tokenizer."""
     files = [Path(folder) / f for f in TOKENIZER_FILES if (Path(folder) / f).is_file()]
     if not any(f.name in TOKENIZER_SOURCES for f in files):
-        raise CheckpointNotFoundError(
+        raise MissingCheckpoint(
             f"{folder}: no tokenizer files ({', '.join(TOKENIZER_SOURCES)}) to build a tokenizer from"
         )
     return files

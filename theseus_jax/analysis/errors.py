@@ -15,10 +15,15 @@ import argparse
 import collections
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from theseus_jax import atomic
+from theseus_jax.data.generic import open_text
+from theseus_jax.errors import UserError, run_cli
 
 FIELDS = ["index", "text", "label", "prob_predecessor", "prob_successor", "model", "error_type", "error_class"]
 
@@ -81,7 +86,7 @@ def error_analysis(
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    with Path(path).open("w", newline="", encoding="utf-8") as f:
+    with atomic.open_atomic(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
@@ -90,11 +95,11 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
 def tally_error_classes(path: Path) -> dict[str, dict[str, int]]:
     """Counts of the filled-in `error_class` per model; unfilled rows count as 'unclassified'."""
     tally: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    with Path(path).open(newline="", encoding="utf-8") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         missing = {"model", "error_class"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+            raise UserError(f"{path}: missing columns {sorted(missing)}")
         for row in reader:
             tally[row["model"]][row["error_class"].strip() or "unclassified"] += 1
     return {model: dict(counter) for model, counter in tally.items()}
@@ -102,10 +107,10 @@ def tally_error_classes(path: Path) -> dict[str, dict[str, int]]:
 
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """`predictions.csv` as the pipelines write it: text, label, probability (positive class)."""
-    with Path(path).open(newline="", encoding="utf-8") as f:
+    with open_text(path) as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"text", "label", "probability"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected columns text, label, probability")
+        raise UserError(f"{path}: expected columns text, label, probability (a predictions.csv of a run)")
     return [r["text"] for r in rows], np.array([int(r["label"]) for r in rows]), np.array([float(r["probability"]) for r in rows])
 
 
@@ -124,12 +129,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts, labels, prob_a = read_predictions(Path(args.predecessor))
     texts_b, labels_b, prob_b = read_predictions(Path(args.successor))
     if texts != texts_b or not np.array_equal(labels, labels_b):
-        raise SystemExit("the two prediction files do not cover the same examples in the same order")
+        raise UserError(
+            f"{args.predecessor} and {args.successor} do not cover the same examples in the same order; "
+            "give the predictions of two runs on the same test data"
+        )
     rows, summary = error_analysis(texts, labels, prob_a, prob_b, args.per_type, args.seed)
     write_rows(rows, Path(args.out))
-    Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    atomic.write_text(Path(args.out).with_suffix(".summary.json"), json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m theseus_jax.analysis.errors"))

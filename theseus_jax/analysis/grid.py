@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from theseus_jax import atomic
+from theseus_jax.errors import UserError, run_cli
+
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
 
@@ -59,13 +62,15 @@ def grid_points(
 
 def my_points(points: list[GridPoint], index: int, count: int) -> list[GridPoint]:
     if not 0 <= index < count:
-        raise ValueError(f"--index must be in [0, --count), got {index} of {count}")
+        raise UserError(f"--index must be in [0, --count), got {index} of {count}")
     return [p for k, p in enumerate(points) if k % count == index]
 
 
 def launch_point(config: str, workdir: Path, overrides: list[str]) -> None:
     """Runs one point as its own process (a crash or kill loses nothing: rerun resumes)."""
-    subprocess.run([sys.executable, str(LAUNCH), f"--config={config}", f"--workdir={workdir}", *overrides], check=True)
+    status = subprocess.run([sys.executable, str(LAUNCH), f"--config={config}", f"--workdir={workdir}", *overrides]).returncode
+    if status:
+        raise UserError(f"{workdir}: launch.py ended with status {status} (its error is above); fix it and rerun to continue the grid")
 
 
 def run_grid(
@@ -126,7 +131,7 @@ def summarise(root: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
     if not rows:
         return rows
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with (root / "summary.csv").open("w", newline="") as f:
+    with atomic.open_atomic(root / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -137,7 +142,8 @@ def summarise(root: Path, points: list[GridPoint]) -> list[dict[str, Any]]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in best]
     figures = plot_grid(root, rows)
-    (root / "summary.md").write_text(
+    atomic.write_text(
+        root / "summary.md",
         f"# Grid over {len(points)} points ({len(rows)} finished), best validation {rows[0]['metric']} first "
         f"(value: validation, test: at the validation-selected step)\n\n" + "\n".join(lines) + "\n\n"
         + "\n".join(f"![{f}]({f})" for f in figures) + "\n"
@@ -168,7 +174,7 @@ def plot_grid(root: Path, rows: list[dict[str, Any]], rrc_fixed: float = 0.85, b
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(root / filename, dpi=110)
+        atomic.save_figure(fig, root / filename, dpi=110)
         plt.close(fig)
         files.append(filename)
     return files
@@ -201,4 +207,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m theseus_jax.analysis.grid"))

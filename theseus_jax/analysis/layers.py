@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
+from theseus_jax import atomic
 from theseus_jax.analysis.similarity import linear_cka, mean_cosine
 from theseus_jax.compression.theseus import module_size
+from theseus_jax.data.generic import read_text_lines
+from theseus_jax.errors import run_cli
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertModel
 
 Params = dict[str, Any]
@@ -92,7 +96,7 @@ def plot_comparison(result: dict[str, Any], path: Path) -> None:
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -108,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-texts", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args(argv)
-    texts = [t for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()][: args.max_texts]
-    if not texts:
-        raise SystemExit(f"{args.texts}: no texts")
+    texts = [e.text for e in read_text_lines(args.texts)][: args.max_texts]
     tokenizer = load_tokenizer(args.predecessor, args.max_length)
     batches = []
     for start in range(0, len(texts), 32):
@@ -122,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "layers.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out / "layers.json", json.dumps(result, indent=2))
     plot_comparison(result, out / "layers.png")
     print(json.dumps({k: result[k] for k in ("cosine", "mlm_agreement")}, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m theseus_jax.analysis.layers"))

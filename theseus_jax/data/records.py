@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from theseus_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -18,5 +20,5 @@ class Example:
         return self.label is not None
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and the line or field."""

@@ -18,6 +18,10 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from theseus_jax import atomic, faults
+from theseus_jax.errors import UserError
+from theseus_jax.experiments.workdir_lock import LOCK_FILES
+
 
 @dataclasses.dataclass
 class Progress:
@@ -60,6 +64,7 @@ class Checkpoints:
             ),
             force=True,
         )
+        faults.point("checkpoint")  # crash tests: a kill while the checkpoint is written
 
     def restore(self, target_state: Any) -> tuple[Any, Progress]:
         """The latest checkpoint, restored into the structure (and shardings) of `target_state`."""
@@ -76,7 +81,7 @@ class Checkpoints:
         self.manager.close()
 
 
-class WorkdirConflict(RuntimeError):
+class WorkdirConflict(UserError):
     pass
 
 
@@ -84,7 +89,8 @@ def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -
     """Records the run's config in `workdir/config.json`.
 
     Returns True when the workdir already holds this run (resume). A workdir holding a
-    run of another config is refused unless `overwrite`, which clears it first.
+    run of another config is refused unless `overwrite`, which clears it first (all but
+    the workdir lock of this run).
     """
     workdir = Path(workdir)
     saved = workdir / "config.json"
@@ -99,12 +105,27 @@ def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -
                 f"{workdir} holds a run with a different config (fields differ: {', '.join(changed)}); "
                 "pass --overwrite to replace it or choose another --workdir"
             )
-        shutil.rmtree(workdir)
+        for child in workdir.iterdir():
+            if child.name in LOCK_FILES:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(saved)
+    atomic.write_text(saved, text)
     return False
+
+
+def unclaim_workdir(workdir: Path, created: bool) -> None:
+    """Undoes a fresh `claim_workdir` when the run failed before writing anything else:
+    removes config.json, and the workdir itself when the run `created` it."""
+    workdir = Path(workdir)
+    if not workdir.is_dir() or {p.name for p in workdir.iterdir()} - {"config.json", *LOCK_FILES}:
+        return
+    (workdir / "config.json").unlink(missing_ok=True)
+    if created and not any(workdir.iterdir()):
+        workdir.rmdir()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

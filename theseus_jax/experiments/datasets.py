@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,24 @@ def _fortunes(data: ml_collections.ConfigDict, labelled: bool) -> list[Example]:
     return examples
 
 
+_read_cache: dict[str, list[Example]] = {}
+
+
 def read_file(data: ml_collections.ConfigDict, path: str, labelled: bool) -> list[Example]:
-    """The examples of one file (or folder) in the configured format."""
+    """The examples of one file (or folder) in the configured format.
+
+    Remembered per (data block, path, file version), so the check before a run
+    (`check_data`) and the run itself read each file once.
+    """
+    stat = Path(path).stat() if path and Path(path).exists() else None
+    version = (stat.st_mtime_ns, stat.st_size) if stat else None  # a changed file is read again
+    key = json.dumps([data.to_dict(), path, labelled, version], sort_keys=True, default=str)
+    if key not in _read_cache:
+        _read_cache[key] = _read_file(data, path, labelled)
+    return _read_cache[key]
+
+
+def _read_file(data: ml_collections.ConfigDict, path: str, labelled: bool) -> list[Example]:
     if not path:
         raise DataError(f"data.train_path is empty: set --config.<stage>.data.train_path for format {data.format!r}")
     label_map = readers.parse_label_map(data.label_map) or None
@@ -121,7 +139,52 @@ def split_examples(data: ml_collections.ConfigDict, labelled: bool) -> Splits:
         raise DataError(
             f"{data.train_path}: too few examples for train/validation/test ({len(train)}/{len(validation)}/{len(test)})"
         )
+    if labelled:
+        check_classes(data, train, test)
     return Splits(train, validation, test, cleaning, {"train": data.train_path, "validation": validation_source, "test": test_source})
+
+
+NUM_LABELS = 2  # the classifier's outputs (pipelines.load_model)
+MIN_CLASS_EXAMPLES = 10
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+def check_classes(data: ml_collections.ConfigDict, train: list[Example], test: list[Example]) -> None:
+    """At least two classes in the training split, labels the classifier can output;
+    warnings for rare classes and classes the test split lacks."""
+    counts = collections.Counter(e.label for e in train)
+    where = f"data.train_path={data.train_path}"
+    outside = sorted(label for label in counts if not 0 <= label < NUM_LABELS)
+    if outside:
+        first = next(e for e in train if e.label == outside[0])
+        raise DataError(f"{first.source}: label {outside[0]} is outside 0..{NUM_LABELS - 1}; map the labels to 0/1 (data.label_map)")
+    if len(counts) < 2:
+        (label,) = counts
+        raise DataError(
+            f"{where}: the training split holds one class only (label {label}, {counts[label]} examples); "
+            "a classifier needs two: check the label column, data.label_map or data.topics"
+        )
+    for label, count in sorted(counts.items()):
+        if count < MIN_CLASS_EXAMPLES:
+            _warn_once(f"{where}: class {label} has only {count} training examples")
+    missing = sorted(set(counts) - {e.label for e in test})
+    if missing:
+        _warn_once(f"{where}: the test split has no example of class {missing}; its scores and ROC AUC are undefined")
+
+
+def check_data(cfg: ml_collections.ConfigDict, stages: set[str]) -> None:
+    """Reads, cleans and splits the data of the given stages (`lm`, `cls`) before a run
+    starts, so that data errors end it before any work (the files stay cached)."""
+    for stage in sorted(stages & {"lm", "cls"}):
+        split_examples(cfg[stage].data, stage == "cls", cfg.seed)
 
 
 def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: bool, mlm_probability: float = 0.15) -> Loaders:

@@ -37,7 +37,7 @@ from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
 from theseus_jax.tokenization import TOKENIZER_SOURCES, load_tokenizer, packaged_model_dir
-from theseus_jax.training import optimizer, steps
+from theseus_jax.training import optimizer, parallel, steps
 
 log = logging.getLogger("theseus_jax")
 Params = dict[str, Any]
@@ -187,7 +187,9 @@ def _run(
     result["per_seed"] = [{key: result.get(key) for key in summary.PER_SEED_KEYS}]
     if predecessor_size is not None:  # a compression run: CR of the exported successor
         result["compression_ratio"] = predecessor_size / exported_params
-    report.write_run_report(workdir, result, cfg)
+    if parallel.is_writer():
+        report.write_run_report(workdir, result, cfg)
+    parallel.barrier(f"{job.name}: report")
     return result
 
 
@@ -217,7 +219,8 @@ def _stage(
     if len(seeds) > 1 or len(rates) > 1:
         if record["collapsed"]:
             log.warning("%s: COLLAPSED in seeds %s", name, [e["seed"] for e in record["per_seed"] if e["collapsed"]])
-        report.write_stage_report(workdir, record, cfg)
+        if parallel.is_writer():
+            report.write_stage_report(workdir, record, cfg)
     return record
 
 
@@ -303,7 +306,8 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     for stage in stages:
         results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results)
     comparison = report.compare(results, cfg)
-    report.write_series_report(workdir, results, comparison, cfg)
+    if parallel.is_writer():
+        report.write_series_report(workdir, results, comparison, cfg)
     return {"stages": results, "comparison": comparison}
 
 

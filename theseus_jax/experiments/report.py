@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from theseus_jax import atomic
 from theseus_jax.experiments import summary
 
 PROTOCOLS = {
@@ -31,12 +32,6 @@ STAGE_TITLES = {
     "cls_truncated": "downstream, truncated predecessor (bottom n layers)",
     "cls_compress": "downstream with Theseus Compression",
 }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _json(data: Any) -> str:
@@ -75,7 +70,7 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(workdir / "metric.png", dpi=110)
+        atomic.save_figure(fig, workdir / "metric.png", dpi=110)
         plt.close(fig)
         files.append("metric.png")
     logged = read_steps(workdir)
@@ -94,7 +89,7 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
         for ax in axes.ravel():
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(workdir / "steps.png", dpi=110)
+        atomic.save_figure(fig, workdir / "steps.png", dpi=110)
         plt.close(fig)
         files.append("steps.png")
     return files
@@ -141,7 +136,7 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
     workdir = Path(workdir)
     plots = plot_run(workdir, result)
     result = {**result, "plots": plots, "config": cfg.to_dict()}
-    _write_atomic(workdir / "report.json", _json(result))
+    atomic.write_text(workdir / "report.json", _json(result))
     best = result["best"] or {}
     columns = _metric_columns(result)
     lines = [
@@ -166,13 +161,13 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
     if result["data"]:
         lines += ["", "## Data", "", "```", _json(result["data"]), "```"]
     lines += [""] + [f"![{p}]({p})" for p in plots]
-    _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
 def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collections.ConfigDict) -> None:
     """A stage over several seeds and/or learning rates: per-seed table, means, interval."""
     workdir = Path(workdir)
-    _write_atomic(workdir / "report.json", _json({**record, "config": cfg.to_dict()}))
+    atomic.write_text(workdir / "report.json", _json({**record, "config": cfg.to_dict()}))
     lines = [
         f"# {record['name']}: {STAGE_TITLES.get(record['name'], record['pipeline'])}, "
         f"{len(record['per_seed'])} seed(s), learning rates {', '.join(f'{r:g}' for r in record['learning_rates'])}",
@@ -185,7 +180,7 @@ def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collection
         *_per_seed_table(record),
         "",
     ]
-    _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
 def _metric_columns(result: dict[str, Any]) -> list[str]:
@@ -281,7 +276,7 @@ def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(workdir / "series_metric.png", dpi=110)
+    atomic.save_figure(fig, workdir / "series_metric.png", dpi=110)
     plt.close(fig)
     return ["series_metric.png"]
 
@@ -291,7 +286,7 @@ def write_series_report(
 ) -> None:
     workdir = Path(workdir)
     plots = plot_series(workdir, results, comparison["metric"])
-    _write_atomic(
+    atomic.write_text(
         workdir / "report.json",
         _json({"comparison": comparison, "stages": results, "plots": plots, "config": cfg.to_dict()}),
     )
@@ -336,4 +331,4 @@ def write_series_report(
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]
-    _write_atomic(workdir / "report.md", "\n".join(lines) + "\n")
+    atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")

@@ -25,6 +25,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from theseus_jax import atomic
+from theseus_jax.errors import UserError
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
 from theseus_jax.experiments.checkpoints import Checkpoints, Progress
 from theseus_jax.models.bert import BertConfig
@@ -41,7 +43,7 @@ class Loader(Protocol):
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]: ...
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(UserError, FloatingPointError):
     pass
 
 
@@ -115,43 +117,51 @@ def write_predictions(workdir: Path, texts: list[str], predictions: dict[str, np
     bootstrap intervals)."""
     import csv
 
-    tmp = workdir / "predictions.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic.open_atomic(workdir / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "text", "label", "probability"])
         for i, label, probs in zip(predictions["index"], predictions["labels"], predictions["probabilities"]):
             writer.writerow([int(i), texts[i], int(label), f"{probs[-1]:.6f}"])
-    tmp.replace(workdir / "predictions.csv")
-    with (workdir / "test_predictions.tmp").open("wb") as f:
+    with atomic.open_atomic(workdir / "test_predictions.npz", "wb") as f:
         np.savez(f, **predictions)
-    (workdir / "test_predictions.tmp").replace(workdir / "test_predictions.npz")
 
 
 class _StepLog:
-    """Per-step scalars to `steps.jsonl` (plots, resume-safe) and TensorBoard."""
+    """Per-step scalars to `steps.jsonl` (plots, resume-safe) and TensorBoard; written by
+    process 0 only (`enabled`)."""
 
-    def __init__(self, workdir: Path, resume_step: int) -> None:
+    def __init__(self, workdir: Path, resume_step: int, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
         self.path = workdir / "steps.jsonl"
         kept = []
         if self.path.exists():  # drop steps logged after the checkpoint we resume from
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic.write_text(self.path, "".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         from tensorboardX import SummaryWriter
 
         self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.flush()  # a killed run keeps the steps up to its last checkpoint
         for key, value in scalars.items():
             self.tensorboard.add_scalar(f"train/{key}", value, step)
 
     def write_eval(self, step: int, metrics: dict[str, Any], split: str) -> None:
+        if not self.enabled:
+            return
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.tensorboard.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.file.close()
         self.tensorboard.close()
 
@@ -174,8 +184,9 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         ),
         donate_argnums=(0,),
     )
-    eval_step = jax.jit(steps.make_eval_step(job.model, job.objective))
     mesh = parallel.make_mesh(job.num_devices)
+    # Outputs replicated: every process (and the host copy) sees every example's predictions.
+    eval_step = jax.jit(steps.make_eval_step(job.model, job.objective), out_shardings=parallel.replicated(mesh))
     rng = jax.random.key(job.seed)
     state = parallel.replicate(steps.create_train_state(job.params, job.tx), mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=job.keep_checkpoints)
@@ -183,7 +194,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     if checkpoints.latest_step() is not None:
         state, progress = checkpoints.restore(state)
         log.info("%s: resuming at step %d (epoch %d, batch %d)", job.name, int(state.step), progress.epoch, progress.batch)
-    step_log = _StepLog(workdir, int(state.step))
+    writer = parallel.is_writer()  # process 0 writes the files; every process trains
+    step_log = _StepLog(workdir, int(state.step), enabled=writer)
     session_start = time.perf_counter() - progress.elapsed_s
 
     def elapsed() -> float:
@@ -209,9 +221,10 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             if "test" not in entry:  # test at the selected checkpoint only
                 entry["test"], test_predictions = on(job.test_loader, "test")
             progress.best = entry
-            config, params = job.export(jax.device_get(state.params))
-            save_hf_checkpoint(config, params, workdir / "best", tokenizer_dir=job.tokenizer_dir)
-            if test_predictions and job.test_texts is not None:
+            if writer:
+                config, params = job.export(jax.device_get(state.params))
+                save_hf_checkpoint(config, params, workdir / "best", tokenizer_dir=job.tokenizer_dir)
+            if writer and test_predictions and job.test_texts is not None:
                 write_predictions(workdir, job.test_texts, test_predictions)
         progress.history.append(entry)
         log.info(
@@ -238,7 +251,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 if not math.isfinite(scalars["loss"]):
                     raise NonFiniteLoss(
                         f"{job.name}: non-finite loss {scalars['loss']} at step {step} (epoch {epoch + 1}); "
-                        f"the last good checkpoint is kept in {workdir / 'checkpoints'}"
+                        f"the last good checkpoint is kept in {workdir / 'checkpoints'}; lower the learning rate "
+                        "or set max_grad_norm, then rerun with --overwrite"
                     )
                 step_log.write(step, scalars)
                 progress.batch += 1

@@ -4,7 +4,7 @@
 ID, resolved with `huggingface_hub.snapshot_download`: its cache layout and settings
 (`HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_TOKEN` or a stored login) apply as in
 `transformers`. Online it downloads once into the cache; offline it uses the cache; when
-neither works, `CheckpointNotFoundError` names the ID, the cache folder searched and how
+neither works, `MissingCheckpoint` names the ID, the cache folder searched and how
 to fill it. Only the files a checkpoint needs are fetched (config, tokenizer, weights).
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+from theseus_jax.errors import MissingCheckpoint
 
 # Config, tokenizer files, safetensors weights (single or sharded, with its index).
 _CHECKPOINT_FILES = [
@@ -30,15 +32,6 @@ _PYTORCH_FILES = ["pytorch_model*.bin*"]
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?:@(?P<revision>[\w.\-/]+))?")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or model reference the user must fix; the message names the file or ID
-    and what to do (the launcher ends such errors with one line and exit status 2)."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No such folder, file or Hub model (or not in the cache while offline)."""
-
-
 def parse_hub_id(reference: str) -> tuple[str, str | None] | None:
     """`org/name[@revision]` -> (repo_id, revision); None if `reference` is not of that form."""
     match = _HUB_ID.fullmatch(reference)
@@ -54,7 +47,7 @@ def resolve_model(reference: str | os.PathLike) -> Path:
         return path
     hub_id = parse_hub_id(os.fspath(reference))
     if hub_id is None:
-        raise CheckpointNotFoundError(
+        raise MissingCheckpoint(
             f"{reference}: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"
         )
     return _snapshot(os.fspath(reference), *hub_id)
@@ -76,16 +69,16 @@ def _snapshot(reference: str, repo_id: str, revision: str | None) -> Path:
                 )
             )
     except errors.RevisionNotFoundError as err:
-        raise CheckpointNotFoundError(f"{reference}: the Hub has no revision {revision!r} of {repo_id}") from err
+        raise MissingCheckpoint(f"{reference}: the Hub has no revision {revision!r} of {repo_id}") from err
     except (errors.RepositoryNotFoundError, errors.GatedRepoError) as err:
-        raise CheckpointNotFoundError(
+        raise MissingCheckpoint(
             f"{reference}: {local}the Hub has no model {repo_id!r} this login may read "
             "(check the name; for a private or gated model run `hf auth login` or set HF_TOKEN)"
         ) from err
     except (errors.LocalEntryNotFoundError, OSError) as err:
         cause = type(err.__cause__ or err).__name__
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({cause})"
-        raise CheckpointNotFoundError(
+        raise MissingCheckpoint(
             f"{reference}: {local}{reason} and {where} holds no complete copy of {repo_id}"
             f"{'@' + revision if revision else ''}; on a machine with network run `hf download {repo_id}"
             f"{' --revision ' + revision if revision else ''}` and copy {where.name} into {cache} "

@@ -44,6 +44,28 @@ def init_distributed(
     return True
 
 
+def is_writer() -> bool:
+    """Whether this process writes the run's files (reports, exports, logs): process 0."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(ok: bool) -> bool:
+    """Process 0's `ok`, on every process (so all stop together when process 0 must)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A one-axis mesh over the first `num_devices` devices (0 = all, across hosts)."""
     devices = jax.devices()
@@ -56,7 +78,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf on every device of the mesh (parameters, optimizer state)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return jax.device_put(tree, replicated(mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Whole on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

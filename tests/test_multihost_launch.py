@@ -1,0 +1,122 @@
+"""launch.py under jax.distributed for real: two local processes with one CPU device each
+(a localhost coordinator) against one process with two simulated devices, and a kill of
+both processes followed by a rerun that resumes."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = ("--config.pipeline=cls_compress", "--config.cls.epochs=1", "--config.checkpoint_every_steps=4")
+
+
+def _env(cache: Path, devices: int, **extra: str) -> dict[str, str]:
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    return dict(
+        os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS=flags, JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **extra,
+    )
+
+
+def _command(workdir: Path, data: Path) -> list[str]:
+    return [
+        sys.executable, str(REPO / "launch.py"), f"--config={REPO / 'tests' / 'tiny_config.py'}", f"--workdir={workdir}",
+        f"--config.cls.data.train_path={data}", *RUN,
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start_two(workdir: Path, data: Path, cache: Path) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            _command(workdir, data), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=_env(cache, 1, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
+
+
+def _finish(processes: list[subprocess.Popen]) -> list[str]:
+    errors = [p.communicate(timeout=900)[1] for p in processes]
+    for process, stderr in zip(processes, errors):
+        assert process.returncode == 0, stderr[-3000:]
+    return errors
+
+
+def _params(workdir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(workdir / "best" / "model.safetensors"))
+
+
+def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def _steps(workdir: Path) -> list[tuple[int, float]]:
+    return [(s["step"], s["loss"]) for s in map(json.loads, (workdir / "steps.jsonl").read_text().splitlines())]
+
+
+def _history(workdir: Path) -> list[dict]:
+    return json.loads((workdir / "report.json").read_text())["history"]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_path, germeval_tsv):
+    cache = tmp_path / "jax_cache"
+    single = subprocess.run(_command(tmp_path / "single", germeval_tsv), cwd=REPO, capture_output=True, text=True,
+                            timeout=900, env=_env(cache, 2))
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    hosts = tmp_path / "hosts"
+    errors = _finish(_start_two(hosts, germeval_tsv, cache))
+    assert "starting a new run" in errors[0] and "starting a new run" not in errors[1]  # process 0 claims
+    # One epoch, one evaluation: the exported successor holds the final trained parameters.
+    assert _max_diff(_params(hosts), _params(tmp_path / "single")) <= 1e-5
+    h_hosts, h_single = _history(hosts), _history(tmp_path / "single")
+    assert [h["step"] for h in h_hosts] == [h["step"] for h in h_single] == [12]
+    assert h_hosts[0]["loss"] == pytest.approx(h_single[0]["loss"], rel=1e-5)
+    assert h_hosts[0]["confusion_matrix"] == h_single[0]["confusion_matrix"]
+    # One writer: every step logged once, no staging folders or lock files left. The
+    # losses follow the two-device run's step by step (and training moved them).
+    logged = _steps(hosts)
+    assert [step for step, _ in logged] == list(range(1, 13))
+    np.testing.assert_allclose([loss for _, loss in logged], [loss for _, loss in _steps(tmp_path / "single")], rtol=1e-5)
+    assert len({loss for _, loss in logged}) > 1
+    assert not [p.name for p in hosts.iterdir() if p.name.startswith(".")]
+
+    killed = tmp_path / "killed"
+    processes = _start_two(killed, germeval_tsv, cache)
+    checkpoints = killed / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints.exists() and any(p.name.isdigit() and int(p.name) >= 8 for p in checkpoints.iterdir())):
+        assert time.time() < deadline and all(p.poll() is None for p in processes), "the run ended before the kill"
+        time.sleep(0.2)
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (killed / "report.json").exists()
+    errors = _finish(_start_two(killed, germeval_tsv, cache))
+    assert "taking over the lock" in errors[0]
+    for stderr in errors:
+        assert re.search(r"resuming at step (8|12) ", stderr), stderr[-3000:]
+    assert _max_diff(_params(killed), _params(hosts)) <= 1e-5
+    assert [h["macro_f1"] for h in _history(killed)] == [h["macro_f1"] for h in h_hosts]
+    assert [step for step, _ in _steps(killed)] == list(range(1, 13))  # nothing logged before the kill lost
+    np.testing.assert_allclose([loss for _, loss in _steps(killed)], [loss for _, loss in logged], rtol=1e-5)
