@@ -14,7 +14,6 @@ import dataclasses
 import difflib
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -24,6 +23,7 @@ from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
 from theseus_jax.experiments.pipelines import PIPELINES, SERIES_STAGES
 from theseus_jax.models.bert import BertConfig
+from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.training.optimizer import TRAINABLE_PRESETS
 
 Check = Callable[[Any], str | None]  # a value -> what is wrong with it (None: fine)
@@ -31,8 +31,6 @@ Check = Callable[[Any], str | None]  # a value -> what is wrong with it (None: f
 DATA_FORMATS = ("germeval", "mimic", "nohate", "nohate_lm", "table", "text", "fortunes")
 UNLABELLED_FORMATS = ("text", "nohate_lm")
 CLASSIFICATION_METRICS = ("macro_f1", "roc_auc", "accuracy")
-# org/name or org/name@revision: a model on the Hugging Face Hub, resolved when loading.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 class ConfigError(UserError):
@@ -139,6 +137,7 @@ _STAGE = {
     "data.test_share": Field(FLOAT, interval(0, 1, False, False)),
     "data.validation_share": Field(FLOAT, interval(0, 1, True, False)),
     "data.max_examples": Field(INT, at_least(0)),
+    "data.split_seed": Field(INT, at_least(0)),
 }
 
 SCHEMA: dict[str, Field] = {
@@ -146,6 +145,9 @@ SCHEMA: dict[str, Field] = {
     "seed": Field(INT),
     "seeds": Field(STR, number_list(int, at_least(0))),
     "selection": Field(STR, one_of("validation", "test")),
+    "bootstrap": Field(CONFIG),
+    "bootstrap.resamples": Field(INT, at_least(1)),
+    "bootstrap.seed": Field(INT, at_least(0)),
     "model": Field(CONFIG),
     "model.path": Field(STR),
     "model.tokenizer_path": Field(STR),
@@ -241,19 +243,27 @@ def _field(path: str, value: Any, problem: str) -> str:
     return f"config.{path}={value!r}: {problem}"
 
 
-def _model_config(config: ml_collections.ConfigDict, problems: list[str]) -> dict[str, Any] | None:
-    """The predecessor's config.json fields (random_config's when set); None when unknown
-    (a Hub ID) or broken (the problem is recorded)."""
+def _model_config(config: ml_collections.ConfigDict, problems: list[str]) -> BertConfig | None:
+    """The predecessor's config (from random_config or config.json, any supported family);
+    None when unknown (a Hub ID) or broken (the problem is recorded)."""
     random_config = _value(config, "model.random_config")
     if random_config:
         known = {f.name for f in dataclasses.fields(BertConfig)}
         unknown = sorted(set(random_config.keys()) - known)
         if unknown:
             problems.append(_field("model.random_config", dict(random_config), f"unknown BertConfig fields {unknown}"))
-        return {**{f.name: f.default for f in dataclasses.fields(BertConfig)}, **random_config.to_dict()}
+            return None
+        return BertConfig(**random_config.to_dict())
     path = str(_value(config, "model.path", ""))
     folder = _model_folder(path, "model.path", problems)
-    return _read_model_config(folder, "model.path", problems) if folder else None
+    d = _read_model_config(folder, "model.path", problems) if folder else None
+    if d is None:
+        return None
+    try:
+        return BertConfig.from_hf_dict(d)
+    except (ValueError, TypeError) as err:
+        problems.append(_field("model.path", path, f"{folder / 'config.json'}: {err}"))
+        return None
 
 
 def _model_folder(path: str, name: str, problems: list[str]) -> Path | None:
@@ -272,7 +282,7 @@ def _model_folder(path: str, name: str, problems: list[str]) -> Path | None:
     folder = Path(path)
     if folder.is_dir():
         return folder
-    if not folder.exists() and HUB_ID.match(path):
+    if not folder.exists() and parse_hub_id(path) is not None:
         return None  # a Hub ID: resolved (and checked) when the model is loaded
     problems.append(_field(name, path, "no such checkpoint folder (give a folder with config.json or a Hub ID org/name)"))
     return None
@@ -309,9 +319,9 @@ def _stage_rules(config: ml_collections.ConfigDict, stage: str, labelled: bool, 
             problems.append(_field(f"{stage}.data.{key}", path, "no such file or folder"))
 
 
-def _size_rules(config: ml_collections.ConfigDict, model: dict[str, Any], parts: set[str], problems: list[str]) -> None:
-    positions = model.get("max_position_embeddings")
-    layers = model.get("num_hidden_layers")
+def _size_rules(config: ml_collections.ConfigDict, model: BertConfig, parts: set[str], problems: list[str]) -> None:
+    positions = model.max_sequence_length
+    layers = model.num_hidden_layers
     for stage in sorted(parts & {"lm", "cls"}):
         max_length, stage_buckets = _value(config, f"{stage}.max_length"), _value(config, f"{stage}.buckets")
         if isinstance(positions, int) and isinstance(max_length, int) and max_length > positions:
