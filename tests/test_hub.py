@@ -15,7 +15,7 @@ from theseus_jax.convert import load_hf_checkpoint
 from theseus_jax.errors import CheckpointError, MissingCheckpoint
 from theseus_jax.models.hub import parse_hub_id, resolve_model
 
-from test_experiments import RUDE, WORDS, germeval_tsv  # noqa: F401 (a fixture)
+from conftest import RUDE, WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
