@@ -310,8 +310,8 @@ def test_real_process_config_and_data_errors(data, workdir):
 @pytest.mark.parametrize(
     "module, argv, fragment",
     [
-        ("theseus_jax.inference", ["--model", "/no/such/model", "--text", "hi"], "/no/such/model: no such checkpoint folder"),
-        ("theseus_jax.convert", ["--check", "/no/such/model"], "/no/such/model: no such checkpoint folder"),
+        ("theseus_jax.inference", ["--model", "/no/such/model", "--text", "hi"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
+        ("theseus_jax.convert", ["--check", "/no/such/model"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
         ("theseus_jax.analysis.errors", ["--tally", "/no/such/errors.csv"], "/no/such/errors.csv: no such file"),
     ],
 )

@@ -184,7 +184,7 @@ def check_data(cfg: ml_collections.ConfigDict, stages: set[str]) -> None:
     """Reads, cleans and splits the data of the given stages (`lm`, `cls`) before a run
     starts, so that data errors end it before any work (the files stay cached)."""
     for stage in sorted(stages & {"lm", "cls"}):
-        split_examples(cfg[stage].data, stage == "cls", cfg.seed)
+        split_examples(cfg[stage].data, stage == "cls")
 
 
 def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: bool, mlm_probability: float = 0.15) -> Loaders:
