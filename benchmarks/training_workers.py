@@ -58,6 +58,9 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
     from theseus_jax.models.bert import HEADS, BertConfig
     from theseus_jax.training import optimizer, steps
 
+    from benchmarks import step_candidates
+
+    step_candidates.apply(case.get("variant"))
     config = BertConfig(**case["model"], dtype=case["dtype"])
     objective = case["objective"]
     params = HEADS[objective](config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
@@ -85,7 +88,7 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
         step = steps.make_train_step(model, tx, mask, objective)
     state = {"s": steps.create_train_state(params, tx), "step": 0}
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0,)).lower(state["s"], batch, rng).compile()
+    compiled = jax.jit(step, donate_argnums=(0,) if case.get("donate", True) else ()).lower(state["s"], batch, rng).compile()
     compile_s = time.perf_counter() - start
 
     def run() -> float:
@@ -102,6 +105,37 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
         replace_rng, _ = jax.random.split(jax.random.fold_in(rng, k))
         return [bool(x) for x in schedules.sample_replace_mask(replace_rng, spec["p"], spec["successors"])]
 
+    def phases() -> dict[str, Callable[[], float]]:
+        """Forward (loss), forward + backward (gradient) and the optimizer update alone,
+        each jitted on its own, for a full (everything trainable) case."""
+        loss_of = steps.LOSSES[objective]
+
+        def loss(p):
+            logits = steps._forward(model, p, batch, deterministic=False, rngs={"dropout": rng})
+            return loss_of(logits, batch)[0]
+
+        def update(s, grads):
+            updates, opt_state = tx.update(grads, s.opt_state, s.params)
+            return optimizer.apply_trainable_updates(s.params, updates, mask), opt_state
+
+        forward, gradient, apply_update = jax.jit(loss), jax.jit(jax.grad(loss)), jax.jit(update)
+        grads = gradient(state["s"].params)
+
+        def timed(fn: Callable[[], Any]) -> Callable[[], float]:
+            fn()  # compile
+
+            def run() -> float:
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                return time.perf_counter() - start
+
+            return run
+
+        return {"forward": timed(lambda: forward(state["s"].params)),
+                "forward+backward": timed(lambda: gradient(state["s"].params)),
+                "optimizer update": timed(lambda: apply_update(state["s"], grads))}
+
+    run.phases = phases  # type: ignore[attr-defined]
     return run, lambda: mask_of(state["step"]), compile_s
 
 
@@ -279,6 +313,14 @@ def main() -> None:
             for _ in range(request["count"]):
                 for layers, run in held["forwards"].items():
                     times[layers].append(run())
+            return {"times": times}
+        if op == "phases":  # JAX: the step's parts, each `count` times, interleaved with whole steps
+            parts = held.setdefault("phases", held["run"].phases())
+            times = {name: [] for name in ["step", *parts]}
+            for _ in range(request["count"]):
+                times["step"].append(held["run"]())
+                for name, run in parts.items():
+                    times[name].append(run())
             return {"times": times}
         if op == "ceiling":
             return {"gflops": matmul_ceiling_gflops()}
