@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.protocol import REPO, Worker, encoder_gflops, paired_ratio, thread_env
@@ -169,6 +170,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute dtype")
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.batch = args.batch or (8 if args.quick else 16)
@@ -187,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [row for name in args.cases.split(",") for row in run_case(make_case(name, args), args)]
     body = markdown(rows, args, machine_description(), (load_before, os.getloadavg()[0]))
     print(body)
+    if args.notes:
+        body += "\n\n" + args.notes.read_text()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.bench_training import make_case
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=12, help="encoder layers of the bert-base-wide model")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
     args = parser.parse_args(argv)
     args.batch, args.length, args.dtype = (8, 64, "float32") if args.quick else (16, 128, "float32")
     from benchmarks.report import machine_description, write_section
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "can exceed the fused step.")
     body = "\n".join([head, "", *lines])
     print(body)
+    if args.notes:
+        body += "\n\n" + args.notes.read_text()
     if args.output:
         command = "python -m benchmarks.bench_training_candidates " + " ".join(sys.argv[1:] if argv is None else argv)
         write_section(args.output, "Training step: where the time goes, candidates kept or not", command.strip(), body)
