@@ -125,6 +125,7 @@ def run_case(case: Case, args: argparse.Namespace) -> list[Row]:
 def markdown(rows: list[Row], args: argparse.Namespace, machine: str, load: tuple[float, float]) -> str:
     shape = "quick model (4 layers, hidden 256)" if args.quick else "bert-base shape (12 layers, hidden 768), random weights"
     versions = rows[0]["versions"]
+    optimizers = sorted({r["hf_optimizer"] for r in rows if r["hf_optimizer"]})
     ceilings = [r["ceiling_gflops"] for r in rows]
     lines = [
         f"Machine: {machine}; {args.threads} threads per framework; {args.dtype}; 1-minute load average "
@@ -136,7 +137,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, machine: str, load: tupl
         f"{min(ceilings):.0f}-{max(ceilings):.0f} GFLOP/s over the cases; % ceiling = median over rounds of the round's "
         "GFLOP/s over that round's ceiling. GFLOP: model FLOPs (forward F per executed layer; backward F per layer above a "
         "trainable one + F per trainable layer; MLM head at the labelled 15% only, HF computes it at every position). "
-        f"HF: transformers' BertFor... in train mode, `torch.optim.AdamW` ({rows[0]['hf_optimizer'] or 'n/a'}), "
+        f"HF: transformers' BertFor... in train mode, `torch.optim.AdamW` ({', '.join(optimizers) or 'not run'}), "
         "clipping at global norm 1.0 over the trained parameters, the same freezing (Theseus: successors only, "
         "embeddings and heads frozen). HF/ours = median of paired round ratios of time (> 1: ours faster).",
         "",
