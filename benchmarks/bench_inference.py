@@ -29,13 +29,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.protocol import REPO, encoder_gflops, thread_env, time_calls
+
 RESULTS = REPO / "benchmarks" / "results"
 GERMEVAL_TEST = REPO.parent / "shared" / "data" / "germeval2018" / "germeval2018.test.txt"
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -44,12 +44,6 @@ QUICK_BERT_BASE = {"tweets": (1, 4, 16), "medium": (1, 4, 16), "long": (1, 4)}
 FRAMEWORK_CASES = ((1, 128), (8, 128), (16, 128), (1, 512), (8, 512), (16, 512))
 TEXTS_PER_SET = 256
 Row = dict[str, Any]
-
-
-def encoder_gflops(layers: int, hidden: int, intermediate: int, length: int) -> float:
-    """Forward FLOPs of the encoder per sequence (projections, FFN, attention scores/context)."""
-    per_layer = 2 * length * (4 * hidden * hidden + 2 * hidden * intermediate) + 4 * length * length * hidden
-    return layers * per_layer / 1e9
 
 
 def text_sets(seed: int = 0) -> tuple[dict[str, list[str]], str]:
@@ -69,16 +63,6 @@ def text_sets(seed: int = 0) -> tuple[dict[str, list[str]], str]:
         return [" ".join(rng.choice(tweets, k)) for _ in range(TEXTS_PER_SET)]
 
     return {"tweets": tweets[:TEXTS_PER_SET], "medium": joined(3), "long": joined(25)}, source
-
-
-def time_calls(fn: Callable[[], object], budget_s: float, min_reps: int, max_reps: int) -> list[float]:
-    """Seconds per call: at least `min_reps`, then until `budget_s` is spent or `max_reps` reached."""
-    times: list[float] = []
-    while len(times) < min_reps or (sum(times) < budget_s and len(times) < max_reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def runtime_info() -> dict[str, Any]:
@@ -236,11 +220,7 @@ def part2(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     cases = [list(case) for case in FRAMEWORK_CASES]
     per_round: dict[str, dict[str, list[float]]] = {"jax": {}, "torch": {}}  # median seconds per round
     info: dict[str, Any] = {}
-    env = os.environ | {
-        "OMP_NUM_THREADS": str(args.threads),
-        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={str(args.threads > 1).lower()} "
-        f"intra_op_parallelism_threads={args.threads}".strip(),
-    }
+    env = thread_env(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "bert-base"
         save_hf_checkpoint(config, jax.device_get(params), folder, tokenizer_dir=packaged_model_dir())

@@ -121,6 +121,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 200
+    # Step metrics reach the host in chunks of this many steps (the loop never waits per step).
+    config.log_every_steps = 50
     config.keep_checkpoints = 2
     config.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0})
     return config

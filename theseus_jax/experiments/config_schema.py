@@ -175,6 +175,7 @@ SCHEMA: dict[str, Field] = {
     "accumulation_steps": Field(INT, at_least(1)),
     "eval_every_steps": Field(INT, at_least(0)),
     "checkpoint_every_steps": Field(INT, at_least(1)),
+    "log_every_steps": Field(INT, at_least(1)),
     "keep_checkpoints": Field(INT, at_least(1)),
     "early_stopping": Field(CONFIG),
     "early_stopping.patience": Field(INT, at_least(0)),

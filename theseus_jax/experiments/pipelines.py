@@ -132,6 +132,7 @@ def _job(
         seed=cfg.seed,
         eval_every_steps=cfg.eval_every_steps,
         checkpoint_every_steps=cfg.checkpoint_every_steps,
+        log_every_steps=cfg.log_every_steps,
         keep_checkpoints=cfg.keep_checkpoints,
         early_stopping_patience=cfg.early_stopping.patience,
         early_stopping_min_delta=cfg.early_stopping.min_delta,

@@ -5,19 +5,22 @@ the validation split after every epoch (and every K steps if asked); a new best 
 selection split exports the model as a Hugging Face checkpoint and evaluates the test
 split right then, so test numbers exist exactly at the selected checkpoints and never
 steer a choice (unless `selection="test"`, the source study's protocol, asks for it).
-It writes resumable orbax checkpoints, logs scalars every step, and stops with a clear
-message on a non-finite loss.
+It writes resumable orbax checkpoints, logs scalars for every step and stops with a clear
+message on a non-finite loss. The step loop never waits on the device: metrics stay there
+and reach the host every `log_every_steps` steps (and before every evaluation and
+checkpoint), while the next batches are already being transferred.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import flax.linen as nn
 import jax
@@ -73,6 +76,7 @@ class TrainingJob:
     seed: int = 0
     eval_every_steps: int = 0  # 0: after every epoch only
     checkpoint_every_steps: int = 100
+    log_every_steps: int = 50  # metrics reach the host in chunks of this many steps
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     early_stopping_min_delta: float = 0.0
@@ -166,6 +170,55 @@ class _StepLog:
         self.tensorboard.close()
 
 
+def prefetch(batches: Iterable[Batch], transfer: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:
+    """`transfer(batch)` for each batch, started `size` batches ahead: while one step runs
+    on the device, the next batches are prepared and already on their way to it."""
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(transfer(batch))
+        if len(queue) >= size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+class _PendingMetrics:
+    """Per-step metrics left on the device until `flush`, which fetches them in one
+    transfer, then logs every step, updates the progress bar and checks the loss."""
+
+    def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog") -> None:
+        self.name, self.checkpoint_dir, self.step_log = name, checkpoint_dir, step_log
+        self.steps: list[int] = []
+        self.metrics: list[dict[str, jax.Array]] = []
+        self.bar: Any = None
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self.steps.append(step)
+        self.metrics.append(metrics)
+
+    def flush(self) -> None:
+        if not self.steps:
+            return
+        fetched = jax.device_get(self.metrics)
+        steps, self.steps, self.metrics = self.steps, [], []
+        for step, values in zip(steps, fetched):
+            scalars = {k: float(v) for k, v in values.items()}
+            if not math.isfinite(scalars["loss"]):
+                raise NonFiniteLoss(
+                    f"{self.name}: non-finite loss {scalars['loss']} at step {step} (epoch {self.epoch + 1}); "
+                    f"the last good checkpoint is kept in {self.checkpoint_dir}; lower the learning rate "
+                    "or set max_grad_norm, then rerun with --overwrite"
+                )
+            self.step_log.write(step, scalars)
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
+
+
 def train(job: TrainingJob, workdir: Path) -> Progress:
     """Runs (or resumes) `job` in `workdir`; returns the final progress record.
 
@@ -239,37 +292,35 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience
         return progress.stopped_early
 
+    step = int(state.step)  # host copy: reading state.step would wait for the device
+    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log)
     try:
         while progress.epoch < job.epochs and not progress.stopped_early:
             epoch = progress.epoch
             total = job.train_loader.num_batches(epoch)
             bar = tqdm(total=total, initial=progress.batch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", disable=None)
-            for batch in job.train_loader.batches(epoch, progress.batch):
-                state, metrics = train_step(state, parallel.shard_batch(batch, mesh), rng)
-                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                step = int(state.step)
-                if not math.isfinite(scalars["loss"]):
-                    raise NonFiniteLoss(
-                        f"{job.name}: non-finite loss {scalars['loss']} at step {step} (epoch {epoch + 1}); "
-                        f"the last good checkpoint is kept in {workdir / 'checkpoints'}; lower the learning rate "
-                        "or set max_grad_norm, then rerun with --overwrite"
-                    )
-                step_log.write(step, scalars)
+            pending.bar, pending.epoch = bar, epoch
+            for batch in prefetch(job.train_loader.batches(epoch, progress.batch), lambda b: parallel.shard_batch(b, mesh)):
+                state, metrics = train_step(state, batch, rng)  # dispatched: the device runs ahead
+                step += 1
                 progress.batch += 1
-                bar.update(1)
-                bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
-                if job.eval_every_steps and step % job.eval_every_steps == 0 and progress.batch < total:
-                    if run_evaluation(epoch):
-                        break
-                if step % job.checkpoint_every_steps == 0 and progress.batch < total:  # epoch ends save below
+                pending.add(step, metrics)
+                evaluate_now = bool(job.eval_every_steps) and step % job.eval_every_steps == 0 and progress.batch < total
+                save_now = step % job.checkpoint_every_steps == 0 and progress.batch < total  # epoch ends save below
+                if evaluate_now or save_now or len(pending) >= job.log_every_steps:
+                    pending.flush()  # before any checkpoint: a non-finite step is never saved
+                if evaluate_now and run_evaluation(epoch):
+                    break
+                if save_now:
                     progress.elapsed_s = elapsed()
                     checkpoints.save(step, state, progress)
+            pending.flush()
             bar.close()
             if not progress.stopped_early:
                 run_evaluation(epoch)
             progress.epoch, progress.batch = epoch + 1, 0
             progress.elapsed_s = elapsed()
-            checkpoints.save(int(state.step), state, progress)
+            checkpoints.save(step, state, progress)
     finally:
         checkpoints.close()
         step_log.close()

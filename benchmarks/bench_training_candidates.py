@@ -1,0 +1,96 @@
+"""Where the training step spends its time, and what each candidate change buys.
+
+First the full fine-tuning step (bert-base shape unless --quick, classification) is split
+into forward, forward + backward and the optimizer update, each jitted on its own and
+timed interleaved with whole steps. Then every candidate runs in its own JAX worker,
+alternating step by step with a baseline worker that lives for the whole run; the
+speedup is the median of paired baseline/candidate ratios (> 1: the candidate is faster).
+
+    python -m benchmarks.bench_training_candidates --output BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.bench_training import make_case
+from benchmarks.protocol import Worker, paired_ratio, thread_env
+
+# name -> (case changes, extra XLA flags, what it is)
+CANDIDATES: dict[str, tuple[dict[str, Any], str, str]] = {
+    "bfloat16": ({"dtype": "bfloat16"}, "", "bfloat16 matmuls, float32 weights, LayerNorm/softmax/loss (`BertConfig.dtype`)"),
+    "fused_qkv": ({"variant": "fused_qkv"}, "", "one [H, 3H] QKV matmul, kernels concatenated at compute time"),
+    "head_major_attention": ({"variant": "head_major_attention"}, "", "Q/K/V transposed to [B, heads, L, d] before the attention matmuls"),
+    "no_donation": ({"donate": False}, "", "train state not donated (the trainer donates it)"),
+    "xla_xnnpack": ({}, "--xla_cpu_use_xnnpack=true", "XLA flag"),
+    "xla_onednn": ({}, "--xla_cpu_use_onednn=true", "XLA flag"),
+    "xla_vector_width_512": ({}, "--xla_cpu_prefer_vector_width=512", "XLA flag"),
+}
+
+
+def worker(args: argparse.Namespace, flags: str = "") -> Worker:
+    env = thread_env(args.threads)
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {flags}".strip()
+    return Worker("benchmarks.training_workers", ["jax", "--threads", str(args.threads)], env)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4-layer hidden-256 model, batch 8, length 64")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers of the bert-base-wide model")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    args = parser.parse_args(argv)
+    args.batch, args.length, args.dtype = (8, 64, "float32") if args.quick else (16, 128, "float32")
+    from benchmarks.report import machine_description, write_section
+
+    base_case = make_case("full-cls", args)
+    base_case["model"] = base_case["model"] | {"num_hidden_layers": args.layers if not args.quick else 4}
+    load_before = os.getloadavg()[0]
+    lines = []
+    with worker(args) as base:
+        base.request(op="setup", case=base_case)
+        times = base.request(op="phases", count=args.rounds)["times"]
+        step = statistics.median(times["step"])
+        lines += ["| part | median ms | share of the step |", "|---|---|---|"]
+        lines += [f"| {name} | {1e3 * statistics.median(ts):.0f} | {100 * statistics.median(ts) / step:.0f}% |"
+                  for name, ts in times.items()]
+        lines += ["", "| candidate | what | baseline s | candidate s | speedup (median of paired ratios) | candidate compile s |",
+                  "|---|---|---|---|---|---|"]
+        for name in args.candidates.split(","):
+            changes, flags, what = CANDIDATES[name]
+            with worker(args, flags) as candidate:
+                setup = candidate.request(op="setup", case=base_case | changes)
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    ours.append(base.request(op="steps", count=1)["times"][0])
+                    theirs.append(candidate.request(op="steps", count=1)["times"][0])
+            row = (f"| {name} | {what}{' `' + flags + '`' if flags else ''} | {statistics.median(ours):.3f} | "
+                   f"{statistics.median(theirs):.3f} | **{paired_ratio(ours, theirs):.2f}** | {setup['compile_s']:.1f} |")
+            print(row, flush=True)
+            lines.append(row)
+    shape = ("4-layer hidden-256 model, batch 8, length 64" if args.quick
+             else f"bert-base width (hidden 768, 12 heads, FFN 3072), {args.layers} layers, batch 16, length 128")
+    head = (f"Machine: {machine_description()}; {args.threads} threads; 1-minute load average {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after. Full fine-tuning step (everything trainable, AdamW, classification), {shape}, "
+            f"float32 unless stated, {args.rounds} rounds. Parts: each jitted alone, so forward + backward + update "
+            "can exceed the fused step.")
+    body = "\n".join([head, "", *lines])
+    print(body)
+    if args.notes:
+        body += "\n\n" + args.notes.read_text()
+    if args.output:
+        command = "python -m benchmarks.bench_training_candidates " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_section(args.output, "Training step: where the time goes, candidates kept or not", command.strip(), body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The two sides of `bench_training`: one training step (or forward) in JAX, and the same in
+Hugging Face PyTorch, each served by a long-lived worker process (`benchmarks.protocol`).
+
+A case is a dict: `kind` ("train" or "forward"), `objective` ("classification" or "mlm"),
+`model` (BertConfig fields), `batch`, `length`, `dtype`, and for Theseus
+`theseus = {"p": ..., "successors": n}` (successor layers trainable, everything else
+frozen, as in the original method); a forward case lists `layers` to time alternately.
+Both sides draw the same replacement masks: the JAX worker reports the masks its steps
+drew, the driver hands them to the PyTorch worker.
+
+    python -m benchmarks.training_workers jax|torch --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from benchmarks.protocol import matmul_ceiling_gflops, peak_rss_mib, serve
+
+Case = dict[str, Any]
+MLM_RATE = 0.15
+
+
+def masked_count(length: int) -> int:
+    """Labelled positions per sequence in an MLM case."""
+    return max(1, round(MLM_RATE * length))
+
+
+def case_inputs(case: Case) -> dict[str, np.ndarray]:
+    """Fixed random token ids (and labels): the same on both sides."""
+    rng = np.random.default_rng(0)
+    b, length, vocab = case["batch"], case["length"], case["model"]["vocab_size"]
+    ids = rng.integers(1000, vocab, (b, length)).astype(np.int64)
+    out = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    if case["objective"] == "mlm":
+        positions = np.sort(np.stack([rng.choice(length, masked_count(length), replace=False) for _ in range(b)]), axis=1)
+        out["masked_positions"] = positions
+        out["masked_labels"] = np.take_along_axis(ids, positions, axis=1)
+    else:
+        out["labels"] = rng.integers(0, 2, b).astype(np.int64)
+    return out
+
+
+# --- JAX ---------------------------------------------------------------------------------
+
+
+def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], float]:
+    """(run one step -> seconds, mask of step k, compile seconds) for a training case."""
+    import jax
+    import jax.numpy as jnp
+
+    from theseus_jax.compression import schedules, theseus
+    from theseus_jax.models.bert import HEADS, BertConfig
+    from theseus_jax.training import optimizer, steps
+
+    from benchmarks import step_candidates
+
+    step_candidates.apply(case.get("variant"))
+    config = BertConfig(**case["model"], dtype=case["dtype"])
+    objective = case["objective"]
+    params = HEADS[objective](config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    raw = case_inputs(case)
+    batch = {k: raw[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    if objective == "mlm":
+        batch["masked_positions"] = raw["masked_positions"].astype(np.int32)
+        batch["labels"] = raw["masked_labels"].astype(np.int32)
+    else:
+        batch["labels"] = raw["labels"].astype(np.int32)
+        batch["example_mask"] = np.ones(case["batch"], np.float32)
+    batch = jax.device_put(batch)
+    rng = jax.random.key(1)
+    spec = case.get("theseus")
+    if spec:
+        n = spec["successors"]
+        params = theseus.init_theseus_params(params, config, n)
+        model = theseus.theseus_model(config, objective, n)
+        tx, mask = optimizer.make_optimizer(params, "successor", 2e-5)
+        compression = steps.Compression(schedules.constant_schedule(spec["p"]), n)
+        step = steps.make_train_step(model, tx, mask, objective, compression)
+    else:
+        model = HEADS[objective](config)
+        tx, mask = optimizer.make_optimizer(params, "all", 2e-5)
+        step = steps.make_train_step(model, tx, mask, objective)
+    state = {"s": steps.create_train_state(params, tx), "step": 0}
+    start = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0,) if case.get("donate", True) else ()).lower(state["s"], batch, rng).compile()
+    compile_s = time.perf_counter() - start
+
+    def run() -> float:
+        start = time.perf_counter()
+        state["s"], metrics = compiled(state["s"], batch, rng)
+        jax.block_until_ready(metrics["loss"])
+        state["step"] += 1
+        return time.perf_counter() - start
+
+    def mask_of(k: int) -> list[bool] | None:
+        """The mask train_step draws at step k (same key derivation as `steps.make_train_step`)."""
+        if not spec:
+            return None
+        replace_rng, _ = jax.random.split(jax.random.fold_in(rng, k))
+        return [bool(x) for x in schedules.sample_replace_mask(replace_rng, spec["p"], spec["successors"])]
+
+    def phases() -> dict[str, Callable[[], float]]:
+        """Forward (loss), forward + backward (gradient) and the optimizer update alone,
+        each jitted on its own, for a full (everything trainable) case."""
+        loss_of = steps.LOSSES[objective]
+
+        def loss(p):
+            logits = steps._forward(model, p, batch, deterministic=False, rngs={"dropout": rng})
+            return loss_of(logits, batch)[0]
+
+        def update(s, grads):
+            updates, opt_state = tx.update(grads, s.opt_state, s.params)
+            return optimizer.apply_trainable_updates(s.params, updates, mask), opt_state
+
+        forward, gradient, apply_update = jax.jit(loss), jax.jit(jax.grad(loss)), jax.jit(update)
+        grads = gradient(state["s"].params)
+
+        def timed(fn: Callable[[], Any]) -> Callable[[], float]:
+            fn()  # compile
+
+            def run() -> float:
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                return time.perf_counter() - start
+
+            return run
+
+        return {"forward": timed(lambda: forward(state["s"].params)),
+                "forward+backward": timed(lambda: gradient(state["s"].params)),
+                "optimizer update": timed(lambda: apply_update(state["s"], grads))}
+
+    run.phases = phases  # type: ignore[attr-defined]
+    return run, lambda: mask_of(state["step"]), compile_s
+
+
+def jax_forwards(case: Case) -> tuple[dict[int, Callable[[], float]], float]:
+    """Per layer count, a jitted inference forward (classification head, dropout off)."""
+    import jax
+    import jax.numpy as jnp
+
+    from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
+
+    raw = case_inputs(case)
+    inputs = jax.device_put([raw[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")])
+    runs, compile_s = {}, 0.0
+    for layers in case["layers"]:
+        model = BertForSequenceClassification(BertConfig(**case["model"] | {"num_hidden_layers": layers}, dtype=case["dtype"]))
+        params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        start = time.perf_counter()
+        forward = jax.jit(lambda p, i, m, t: model.apply({"params": p}, i, m, t)).lower(params, *inputs).compile()
+        compile_s += time.perf_counter() - start
+
+        def run(forward=forward, params=params) -> float:
+            start = time.perf_counter()
+            forward(params, *inputs).block_until_ready()
+            return time.perf_counter() - start
+
+        runs[layers] = run
+    return runs, compile_s
+
+
+# --- PyTorch -------------------------------------------------------------------------------
+
+
+def torch_case(case: Case, device: str) -> Callable[[list[bool] | None], float]:
+    """One HF training step (AdamW, global-norm clipping at 1.0, same freezing) -> seconds."""
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(**case["model"], num_labels=2)
+    objective = case["objective"]
+    model_class = transformers.BertForMaskedLM if objective == "mlm" else transformers.BertForSequenceClassification
+    model = model_class(config).to(device).train()
+    raw = {k: torch.from_numpy(v).to(device) for k, v in case_inputs(case).items()}
+    if objective == "mlm":
+        labels = torch.full_like(raw["input_ids"], -100).scatter_(1, raw["masked_positions"], raw["masked_labels"])
+    else:
+        labels = raw["labels"]
+    spec = case.get("theseus")
+    if spec:
+        layers = model.bert.encoder.layer
+        n = spec["successors"]
+        r = len(layers) // n
+        successors = torch.nn.ModuleList(copy.deepcopy(layers[i * r]) for i in range(n))
+        model.requires_grad_(False)
+        trained = list(successors.named_parameters())
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def loss_of(mask: list[bool]) -> torch.Tensor:
+            hidden = model.bert.embeddings(input_ids=raw["input_ids"], token_type_ids=raw["token_type_ids"])
+            for i, replaced in enumerate(mask):
+                for layer in [successors[i]] if replaced else layers[i * r : (i + 1) * r]:
+                    hidden = layer(hidden)
+            if objective == "mlm":
+                logits = model.cls(hidden)
+                return loss_fn(logits.view(-1, logits.shape[-1]), labels.view(-1))
+            logits = model.classifier(model.dropout(model.bert.pooler(hidden)))
+            return loss_fn(logits, labels)
+    else:
+        trained = list(model.named_parameters())
+
+        def loss_of(mask: None) -> torch.Tensor:
+            return model(input_ids=raw["input_ids"], attention_mask=raw["attention_mask"],
+                         token_type_ids=raw["token_type_ids"], labels=labels).loss
+
+    no_decay = [p for name, p in trained if name.endswith("bias") or "LayerNorm" in name]
+    decay = [p for name, p in trained if not (name.endswith("bias") or "LayerNorm" in name)]
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        opt = torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, foreach=True)
+    params = [p for _, p in trained]
+
+    def run(mask: list[bool] | None) -> float:
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(mask)
+        if loss.requires_grad:  # a Theseus step with no successor drawn trains nothing
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        loss.detach().item()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    run.optimizer = type(opt).__name__ + (" fused" if opt.defaults.get("fused") else " foreach")  # type: ignore[attr-defined]
+    return run
+
+
+def torch_forwards(case: Case, device: str) -> dict[int, Callable[[], float]]:
+    import torch
+    import transformers
+
+    raw = {k: torch.from_numpy(case_inputs(case)[k]).to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    runs = {}
+    for layers in case["layers"]:
+        config = transformers.BertConfig(**case["model"] | {"num_hidden_layers": layers}, num_labels=2)
+        model = transformers.BertForSequenceClassification(config).to(device).eval()
+
+        def run(model=model) -> float:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                model(**raw).logits.cpu()
+            return time.perf_counter() - start
+
+        runs[layers] = run
+    return runs
+
+
+# --- the worker loop -------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("framework", choices=["jax", "torch"])
+    parser.add_argument("--threads", type=int, required=True)
+    args = parser.parse_args()
+    held: dict[str, Any] = {}
+
+    if args.framework == "torch":
+        import torch
+        import transformers
+
+        torch.set_num_threads(args.threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
+    else:
+        import jax
+
+        info = {"device": jax.devices()[0].device_kind, "versions": {"jax": jax.__version__}}
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
+        if op == "setup":
+            case = request["case"]
+            start = time.perf_counter()
+            reply: dict[str, Any] = dict(info)
+            if case["kind"] == "forward":
+                if args.framework == "jax":
+                    held["forwards"], reply["compile_s"] = jax_forwards(case)
+                else:
+                    held["forwards"] = torch_forwards(case, device)
+                reply["first_s"] = {layers: run() for layers, run in held["forwards"].items()}
+            elif args.framework == "jax":
+                held["run"], held["next_mask"], reply["compile_s"] = jax_case(case)
+                reply["first_mask"] = held["next_mask"]()
+                reply["first_s"] = held["run"]()
+            else:
+                held["run"] = torch_case(case, device)
+                reply["optimizer"] = held["run"].optimizer
+                reply["first_s"] = held["run"](request.get("mask"))
+            reply["setup_s"] = time.perf_counter() - start
+            return reply
+        if op == "steps":  # JAX: `count` steps, reporting their masks; torch: the given masks
+            if args.framework == "jax":
+                masks, times = [], []
+                for _ in range(request["count"]):
+                    masks.append(held["next_mask"]())
+                    times.append(held["run"]())
+                return {"times": times, "masks": masks}
+            return {"times": [held["run"](mask) for mask in request["masks"]]}
+        if op == "forwards":  # each layer count `count` times, interleaved
+            times: dict[int, list[float]] = {layers: [] for layers in held["forwards"]}
+            for _ in range(request["count"]):
+                for layers, run in held["forwards"].items():
+                    times[layers].append(run())
+            return {"times": times}
+        if op == "phases":  # JAX: the step's parts, each `count` times, interleaved with whole steps
+            parts = held.setdefault("phases", held["run"].phases())
+            times = {name: [] for name in ["step", *parts]}
+            for _ in range(request["count"]):
+                times["step"].append(held["run"]())
+                for name, run in parts.items():
+                    times[name].append(run())
+            return {"times": times}
+        if op == "ceiling":
+            return {"gflops": matmul_ceiling_gflops()}
+        if op == "memory":
+            return {"peak_rss_mib": peak_rss_mib()}
+        raise ValueError(f"unknown op {op!r}")
+
+    serve(handle)
+
+
+if __name__ == "__main__":
+    main()
