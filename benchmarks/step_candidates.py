@@ -41,12 +41,8 @@ class FusedQKVSelfAttention(bert.BertSelfAttention):
         kernel = jnp.concatenate([k for k, _ in parts], axis=1).astype(dtype)
         qkv = jnp.dot(hidden.astype(dtype), kernel) + jnp.concatenate([b for _, b in parts]).astype(dtype)
         query, key, value = (x.reshape(x.shape[:-1] + (heads, head_dim)) for x in jnp.split(qkv, 3, axis=-1))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(head_dim)) + bias
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
-        return context.reshape(context.shape[:2] + (cfg.hidden_size,))
+        dropout = nn.Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
+        return bert.scaled_dot_product_attention(query, key, value, bias, dropout)
 
 
 class HeadMajorSelfAttention(bert.BertSelfAttention):

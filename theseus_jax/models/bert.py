@@ -180,6 +180,18 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(hidden, deterministic=deterministic)
 
 
+def scaled_dot_product_attention(
+    query: Array, key: Array, value: Array, bias: Array, dropout: Callable[[Array], Array]
+) -> Array:
+    """[B, L, heads, d] query, key, value -> [B, L, heads * d] context, as HF's eager
+    attention computes it (scores and softmax in float32, `bias` the additive mask)."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(query.shape[-1])) + bias
+    probs = dropout(jax.nn.softmax(scores, axis=-1))
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+    return context.reshape(context.shape[:2] + (-1,))
+
+
 class BertSelfAttention(nn.Module):
     config: BertConfig
 
@@ -195,12 +207,8 @@ class BertSelfAttention(nn.Module):
         query = split(_dense(cfg, cfg.hidden_size, "query")(hidden))
         key = split(_dense(cfg, cfg.hidden_size, "key")(hidden))
         value = split(_dense(cfg, cfg.hidden_size, "value")(hidden))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(head_dim)) + bias
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
-        return context.reshape(context.shape[:2] + (cfg.hidden_size,))
+        dropout = nn.Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
+        return scaled_dot_product_attention(query, key, value, bias, dropout)
 
 
 class BertOutput(nn.Module):
