@@ -10,6 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from theseus_jax import convert
 from theseus_jax.convert import flax_to_hf, hf_to_flax, load_hf_checkpoint, save_hf_checkpoint
+from theseus_jax.errors import CheckpointError
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 ARCH = {"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"}
@@ -187,6 +188,12 @@ def test_error_no_config(saved):
 def test_error_no_weights(saved):
     (saved / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"ckpt: no weights file \(model\.safetensors or pytorch_model\.bin, or their sharded \.index\.json\)"):
+        load_hf_checkpoint(saved)
+
+
+def test_error_config_not_json(saved):
+    (saved / "config.json").write_text('{"model_type": "bert",')
+    with pytest.raises(CheckpointError, match=r"ckpt/config\.json: not a JSON config"):
         load_hf_checkpoint(saved)
 
 

@@ -178,7 +178,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise MissingCheckpoint(f"{folder}: no such checkpoint folder")
     if not config_file.is_file():
         raise MissingCheckpoint(f"{config_file}: missing; a Hugging Face checkpoint folder needs its config.json")
-    d = json.loads(config_file.read_text())
+    try:
+        d = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{config_file}: not a JSON config ({err}); restore the checkpoint's config.json") from err
     model_type = d.get("model_type")
     if model_type not in FAMILIES:
         raise CheckpointError(
