@@ -144,7 +144,7 @@ def split_examples(data: ml_collections.ConfigDict, labelled: bool) -> Splits:
     return Splits(train, validation, test, cleaning, {"train": data.train_path, "validation": validation_source, "test": test_source})
 
 
-NUM_LABELS = 2  # the classifier's outputs (pipelines.load_model)
+NUM_LABELS = 2  # the classifier's outputs; pipelines.load_model builds heads of this size
 MIN_CLASS_EXAMPLES = 10
 
 

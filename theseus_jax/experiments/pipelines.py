@@ -61,7 +61,7 @@ def load_model(config: ml_collections.ConfigDict, head: str, path: str | None = 
     """The configured predecessor (or the checkpoint at `path`) with the given head."""
     from theseus_jax.convert import load_hf_checkpoint
 
-    num_labels = 2
+    num_labels = datasets.NUM_LABELS
     tokenizer_dir = _model_dir(config.model.tokenizer_path or config.model.path)
     if path is None and config.model.random_config:
         bert_config = BertConfig(num_labels=num_labels, **config.model.random_config.to_dict())
