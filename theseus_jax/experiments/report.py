@@ -318,9 +318,9 @@ def write_series_report(
                   f"(seeds {[e['seed'] for e in results[stage]['per_seed'] if e['collapsed']]})."]
     lines += ["", "## Comparison", "", "| quantity | value |", "|---|---|"]
     for key, value in comparison.items():
-        if key.endswith("_per_seed"):
+        if "_per_seed" in key:  # also `retained_performance_per_seed_cls_compress`
             value = ", ".join(f"seed {v['seed']}: {_fmt(v['value'])}" for v in value)
-        elif key.endswith("_ci95"):
+        elif "_ci95" in key:
             value = _interval(value)
         lines.append(f"| {key} | {_fmt(value)} |")
     lines += [
