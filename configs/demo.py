@@ -13,11 +13,12 @@ best steps and the learning rate of each downstream stage (5e-5 or 1.5e-4, the s
 for every model) are chosen on validation, and the test texts are evaluated at the chosen
 steps only. The default is one seed: with the learning-rate set it costs about 15 minutes on
 2 idle cores (estimated from the 11 min 38 s the one-rate, 4-epoch demo took on 2 shared
-cores: the downstream stages now run 3 epochs at 2 rates). For the README's table, 3 seeds
-(about 45 minutes):
+cores: the downstream stages now run 3 epochs at 2 rates). The README's table is 3 seeds
+at one rate for every model (about an hour on 2 shared cores; see BENCHMARKS.md):
 
     python launch.py --config=configs/demo.py --workdir=runs/demo
-    python launch.py --config=configs/demo.py --workdir=runs/demo3 --config.seeds=0,1,2
+    python launch.py --config=configs/demo.py --workdir=runs/demo3 --config.seeds=0,1,2 \
+        --config.cls.learning_rates=5e-5
 """
 
 from configs.base import data_config, get_base_config
