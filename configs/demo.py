@@ -11,9 +11,8 @@ predecessor (its bottom 3 layers, fine-tuned for the same steps).
 Protocol: every stage holds out a stratified 10% of its training texts for validation;
 best steps and the learning rate of each downstream stage (5e-5 or 1.5e-4, the same set
 for every model) are chosen on validation, and the test texts are evaluated at the chosen
-steps only. The default is one seed: with the learning-rate set it took 21 min 57 s on 2 cores (earlier
-estimate, from the 11 min 38 s the one-rate, 4-epoch demo took on 2 shared
-cores: the downstream stages now run 3 epochs at 2 rates). The README's table is 3 seeds
+steps only. The default is one seed: with the learning-rate set it took 21 min 57 s on 2
+cores (the downstream stages run 3 epochs at 2 rates). The README's table is 3 seeds
 at one rate for every model (about an hour on 2 shared cores; see BENCHMARKS.md):
 
     python launch.py --config=configs/demo.py --workdir=runs/demo
