@@ -21,20 +21,27 @@ from typing import Any, Sequence
 from benchmarks.bench_training import make_case
 from benchmarks.protocol import Worker, paired_ratio, thread_env
 
-# name -> (case changes, extra XLA flags, what it is)
-CANDIDATES: dict[str, tuple[dict[str, Any], str, str]] = {
-    "bfloat16": ({"dtype": "bfloat16"}, "", "bfloat16 matmuls, float32 weights, LayerNorm/softmax/loss (`BertConfig.dtype`)"),
-    "fused_qkv": ({"variant": "fused_qkv"}, "", "one [H, 3H] QKV matmul, kernels concatenated at compute time"),
-    "head_major_attention": ({"variant": "head_major_attention"}, "", "Q/K/V transposed to [B, heads, L, d] before the attention matmuls"),
-    "no_donation": ({"donate": False}, "", "train state not donated (the trainer donates it)"),
-    "xla_xnnpack": ({}, "--xla_cpu_use_xnnpack=true", "XLA flag"),
-    "xla_onednn": ({}, "--xla_cpu_use_onednn=true", "XLA flag"),
-    "xla_vector_width_512": ({}, "--xla_cpu_prefer_vector_width=512", "XLA flag"),
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+
+# name -> (case changes, extra XLA flags, extra environment, what it is)
+CANDIDATES: dict[str, tuple[dict[str, Any], str, dict[str, str], str]] = {
+    "bfloat16": ({"dtype": "bfloat16"}, "", {}, "bfloat16 matmuls, float32 weights, LayerNorm/softmax/loss (`BertConfig.dtype`)"),
+    "fused_qkv": ({"variant": "fused_qkv"}, "", {}, "one [H, 3H] QKV matmul, kernels concatenated at compute time"),
+    "head_major_attention": ({"variant": "head_major_attention"}, "", {}, "Q/K/V transposed to [B, heads, L, d] before the attention matmuls"),
+    "no_donation": ({"donate": False}, "", {}, "train state not donated (the trainer donates it)"),
+    "xla_xnnpack": ({}, "--xla_cpu_use_xnnpack=true", {}, "XLA flag"),
+    "xla_onednn": ({}, "--xla_cpu_use_onednn=true", {}, "XLA flag"),
+    "xla_vector_width_512": ({}, "--xla_cpu_prefer_vector_width=512", {}, "XLA flag"),
+    "xla_no_ynn": ({}, NO_YNN, {}, "XLA flag: dots left to XLA's own (Eigen) kernels instead of YNNPACK fusions"),
+    "xla_no_ynn_onednn": ({}, f"{NO_YNN} --xla_cpu_use_onednn=true", {}, "XLA flags: no YNNPACK fusions, oneDNN on"),
+    "xla_serial_scheduler": ({}, "--xla_cpu_enable_concurrency_optimized_scheduler=false", {}, "XLA flag: no concurrent thunks"),
+    "rbg_prng": ({}, "", {"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "dropout bits from XLA's RngBitGenerator (`jax_default_prng_impl=rbg`) instead of threefry"),
+    "no_dropout": ({"dropout": False}, "", {}, "diagnostic only: dropout off (deterministic step)"),
 }
 
 
-def worker(args: argparse.Namespace, flags: str = "") -> Worker:
-    env = thread_env(args.threads)
+def worker(args: argparse.Namespace, flags: str = "", extra_env: dict[str, str] | None = None) -> Worker:
+    env = thread_env(args.threads) | (extra_env or {})
     env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {flags}".strip()
     return Worker("benchmarks.training_workers", ["jax", "--threads", str(args.threads)], env)
 
@@ -66,14 +73,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += ["", "| candidate | what | baseline s | candidate s | speedup (median of paired ratios) | candidate compile s |",
                   "|---|---|---|---|---|---|"]
         for name in args.candidates.split(","):
-            changes, flags, what = CANDIDATES[name]
-            with worker(args, flags) as candidate:
+            changes, flags, extra_env, what = CANDIDATES[name]
+            with worker(args, flags, extra_env) as candidate:
                 setup = candidate.request(op="setup", case=base_case | changes)
                 ours, theirs = [], []
                 for _ in range(args.rounds):
                     ours.append(base.request(op="steps", count=1)["times"][0])
                     theirs.append(candidate.request(op="steps", count=1)["times"][0])
-            row = (f"| {name} | {what}{' `' + flags + '`' if flags else ''} | {statistics.median(ours):.3f} | "
+            setting = " ".join([flags, *(f"{k}={v}" for k, v in extra_env.items())]).strip()
+            row = (f"| {name} | {what}{' `' + setting + '`' if setting else ''} | {statistics.median(ours):.3f} | "
                    f"{statistics.median(theirs):.3f} | **{paired_ratio(ours, theirs):.2f}** | {setup['compile_s']:.1f} |")
             print(row, flush=True)
             lines.append(row)

@@ -61,7 +61,8 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
     from benchmarks import step_candidates
 
     step_candidates.apply(case.get("variant"))
-    config = BertConfig(**case["model"], dtype=case["dtype"])
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if case.get("dropout") is False else {}
+    config = BertConfig(**case["model"] | no_dropout, dtype=case["dtype"])
     objective = case["objective"]
     params = HEADS[objective](config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     raw = case_inputs(case)
