@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jax
 
+from theseus_jax import atomic
+
 
 def machine_description() -> str:
     """CPU model, core count and JAX backend/devices: every result says where it ran."""
@@ -34,4 +36,4 @@ def write_section(path: str | os.PathLike, title: str, command: str, body: str) 
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:
         text = text.rstrip() + "\n\n" + section
-    file.write_text(text.rstrip() + "\n")
+    atomic.write_text(file, text.rstrip() + "\n")
