@@ -77,16 +77,17 @@ def markdown(result: dict[str, Any], notes: str, image: str) -> str:
     meta, rows, frameworks = result["meta"], result["speedup"], result["frameworks"]
     budget = (f"at least {meta['min_reps']} calls and until {meta['budget_s']:g} s per case are spent" if meta["quick"]
               else f"{meta['min_reps']} calls")
+    ran = {s for sets in meta["plan"].values() for s, ns in sets.items() if ns}
+    shared = "" if "pair" in meta else " (other engineers' jobs shared the cores)"
+    derived = [d for name, d in (("medium", "medium = 3 random tweets joined"), ("long", "long = 25 (truncated to 512 tokens)")) if name in ran]
     plan = "; ".join(f"{pair}: " + ", ".join(f"{s} n={'/'.join(map(str, ns))}" for s, ns in sets.items()) for pair, sets in meta["plan"].items())
     lines = [
         f"Machine: {meta['machine']}; device {meta['device']}; jaxlib (XLA) {meta['jaxlib_xla']}; {meta['threads']} threads; "
-        f"{meta['dtype']}; 1-minute load average {meta['load_before']:.1f} before, {meta['load_after']:.1f} after "
-        "(other engineers' jobs shared the cores).",
+        f"{meta['dtype']}; 1-minute load average {meta['load_before']:.1f} before, {meta['load_after']:.1f} after{shared}.",
         f"What ran ({'--quick' if meta['quick'] else '--full'}): {plan}. Per case: one warm-up call per model and mode, then "
         f"{meta['rounds']} interleaved rounds, each timing predecessor chain, predecessor forward, successor chain, successor "
         f"forward for {budget}, at most {meta['reps']} calls per model and mode in all (`reps` = calls per model and mode). "
-        f"Texts: {meta['texts']}; medium = 3 "
-        f"random tweets joined, long = 25 (truncated to 512 tokens). {weights(meta)}",
+        f"Texts: {meta['texts']}{'; ' + ', '.join(derived) if derived else ''}. {weights(meta)}",
         "",
         "Whole chain = tokenisation + padding to the bucket + transfer + forward + probabilities on the host; forward = "
         "transfer + forward + probabilities on the host. Times: mean ± std per batch; speedup = median over rounds of "
