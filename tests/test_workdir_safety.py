@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from theseus_jax import atomic
-from theseus_jax.experiments.checkpoints import claim_workdir
+from theseus_jax.experiments.checkpoints import Checkpoints, Progress, claim_workdir
 from theseus_jax.experiments.workdir_lock import HOLDER_FILE, LOCK_FILE, WorkdirBusy, WorkdirLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +126,27 @@ def test_two_concurrent_launches_one_runs_the_other_is_refused(tmp_path, germeva
 
 
 # --- Atomic files and folders ---------------------------------------------------------
+
+
+def test_a_checkpoint_killed_while_written_leaves_no_temporary_folder_behind(tmp_path):
+    """Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp-<ns>` and renames it when
+    complete; a kill in between leaves that folder. Reopening the run deletes it (disk space)
+    and resumes from the last complete checkpoint."""
+    import jax.numpy as jnp
+
+    directory = tmp_path / "checkpoints"
+    first = Checkpoints(directory)
+    first.save(1, {"w": jnp.arange(3.0)}, Progress(batch=1))
+    first.close()
+    partial = directory / "2.orbax-checkpoint-tmp-1764100000000000"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "half-written").write_bytes(b"\0" * 64)
+
+    reopened = Checkpoints(directory)
+    state, progress = reopened.restore({"w": jnp.zeros(3)})
+    assert sorted(p.name for p in directory.iterdir()) == ["1"]
+    assert reopened.latest_step() == 1 and progress.batch == 1
+    assert state["w"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):

@@ -49,7 +49,7 @@ class Checkpoints:
     def __init__(self, directory: Path, keep: int = 2) -> None:
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
             item_names=("state", "progress"),
         )
 
