@@ -29,14 +29,18 @@ from benchmarks.training_workers import Case, masked_count
 
 BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072}
+E5_SMALL = {"vocab_size": 250037, "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "intermediate_size": 1536}  # multilingual-e5-small: XLM-R vocabulary, MiniLM-sized encoder
 QUICK_MODEL = {"vocab_size": 30522, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                "intermediate_size": 1024}
 CASES = ("full-cls", "theseus-0.5-cls", "theseus-1-cls", "full-mlm", "theseus-0.5-mlm", "theseus-1-mlm", "forward")
 Row = dict[str, Any]
 
 
-def make_case(name: str, args: argparse.Namespace) -> Case:
-    model = QUICK_MODEL if args.quick else BERT_BASE
+def make_case(name: str, args: argparse.Namespace, model: dict[str, int] | None = None) -> Case:
+    """The case `name` (one of CASES) with args' batch, length and dtype; the model defaults
+    to bert-base (or the quick model under --quick)."""
+    model = model or (QUICK_MODEL if args.quick else BERT_BASE)
     case: Case = {"name": name, "model": model, "batch": args.batch, "length": args.length, "dtype": args.dtype,
                   "objective": "mlm" if name.endswith("mlm") else "classification"}
     layers = model["num_hidden_layers"]

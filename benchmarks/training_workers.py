@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -137,6 +138,7 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
                 "optimizer update": timed(lambda: apply_update(state["s"], grads))}
 
     run.phases = phases  # type: ignore[attr-defined]
+    run.hlo_text = compiled.as_text  # type: ignore[attr-defined]  # the optimized HLO the step runs
     return run, lambda: mask_of(state["step"]), compile_s
 
 
@@ -309,6 +311,12 @@ def main() -> None:
                     times.append(held["run"]())
                 return {"times": times, "masks": masks}
             return {"times": [held["run"](mask) for mask in request["masks"]]}
+        if op == "trace":  # JAX: "steps" under the profiler; the trace and the step's HLO go to `dir`
+            import jax
+
+            Path(request["dir"], "step.hlo.txt").write_text(held["run"].hlo_text())
+            with jax.profiler.trace(request["dir"], create_perfetto_trace=True):
+                return handle({"op": "steps", "count": request["count"]})
         if op == "forwards":  # each layer count `count` times, interleaved
             times: dict[int, list[float]] = {layers: [] for layers in held["forwards"]}
             for _ in range(request["count"]):

@@ -1,0 +1,145 @@
+"""Where one training step's time goes, op by op.
+
+The step (a `bench_training` case) runs in its own JAX worker (`benchmarks.training_workers`),
+so thread pinning and `--xla-flags` are in place before JAX starts. After the compiling first
+step and warm-up steps, steps without the profiler give the wall time; then `--steps` steps
+run under `jax.profiler.trace`, and the worker saves the step's optimized HLO beside the
+trace (`compiled.as_text()`: what `--xla_dump_to` would write, without a dump folder). `benchmarks.xla_profile` joins the two: time per category (matmul by role, RNG,
+LayerNorm, optimizer, ...) and per dot shape with its GFLOP/s.
+
+    python -m benchmarks.profile_step --case full-cls --model bert-base --output BENCHMARKS.md
+    python -m benchmarks.profile_step --model quick --layers 1 --batch 2 --length 16   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.bench_training import BERT_BASE, CASES, E5_SMALL, QUICK_MODEL, make_case
+from benchmarks.protocol import Worker, thread_env
+from benchmarks.xla_profile import Row, StepProfile, parse_hlo, step_profile, trace_op_times
+
+MODELS = {"bert-base": BERT_BASE, "e5-small": E5_SMALL, "quick": QUICK_MODEL}
+CAVEAT = ("Caveat: XLA's plain `dot` thunks (Eigen kernels, kernel `dot` above; with the default flags mostly the "
+          "weight-gradient dots) return before their "
+          "work is done, so their busy time is far too small and their busy GFLOP/s meaningless; their "
+          "issue-to-done time (thunk start to its completion event) is an upper bound that overlaps other ops. "
+          "Independent thunks also run concurrently, so busy times can overlap.")
+
+
+def run_profile(args: argparse.Namespace, trace_dir: Path) -> tuple[StepProfile, dict[str, Any]]:
+    """Runs the case in a fresh worker; (profile per step, wall times and setup reply)."""
+    model = MODELS[args.model] | ({"num_hidden_layers": args.layers} if args.layers else {})
+    case = make_case(args.case, args, model)
+    env = thread_env(args.threads)
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {args.xla_flags}".strip()
+    with Worker("benchmarks.training_workers", ["jax", "--threads", str(args.threads)], env) as worker:
+        setup = worker.request(op="setup", case=case)
+        worker.request(op="steps", count=args.warmup)
+        wall = worker.request(op="steps", count=args.measure)["times"]
+        traced = worker.request(op="trace", count=args.steps, dir=str(trace_dir))["times"]
+    (trace,) = trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz")
+    with gzip.open(trace) as f:
+        events = json.load(f)["traceEvents"]
+    module, runs, times = trace_op_times(events)
+    profile = step_profile(times, parse_hlo((trace_dir / "step.hlo.txt").read_text()), runs)
+    return profile, {"model": model, "module": module, "wall_s": wall, "traced_s": traced, "setup": setup}
+
+
+def _rate(gflop: float, ms: float) -> str:
+    return f"{gflop / ms * 1e3:.0f}" if gflop and ms > 0 else ""
+
+
+def markdown(profile: StepProfile, run: dict[str, Any], args: argparse.Namespace, machine: str,
+             load: tuple[float, float]) -> str:
+    """The section body: setting, wall time, the category table, the dot table, the caveat."""
+    m = run["model"]
+    wall_ms, traced_ms = 1e3 * statistics.median(run["wall_s"]), 1e3 * statistics.median(run["traced_s"])
+    lines = [
+        f"Machine: {machine}; {args.threads} threads; XLA flags: {f'`{args.xla_flags}`' if args.xla_flags else 'none'}; "
+        f"1-minute load average {load[0]:.1f} before, {load[1]:.1f} after.",
+        f"{args.model} shape ({m['num_hidden_layers']} layers, hidden {m['hidden_size']}, FFN {m['intermediate_size']}, "
+        f"vocab {m['vocab_size']}), random weights, case {args.case}, batch {args.batch}, length {args.length}, "
+        f"{args.dtype}, dropout on. Compile {run['setup']['compile_s']:.1f} s.",
+        f"Step wall time: median {wall_ms:.0f} ms over {len(run['wall_s'])} steps without the profiler "
+        f"(after the compiling step and {args.warmup} warm-up), {traced_ms:.0f} ms over the {len(run['traced_s'])} "
+        f"traced steps. Summed op busy time per step {profile.busy_ms:.0f} ms = {profile.busy_ms / traced_ms:.2f} x the "
+        "traced wall time (> 1: ops overlapped on the threads; < 1: time outside op thunks, or in asynchronous dots).",
+    ]
+    if profile.unmatched_ms:
+        lines.append(f"Traced ops not found in the HLO: {profile.unmatched_ms:.1f} ms per step (left out).")
+    lines += [
+        "", f"Op time per step from `jax.profiler.trace` of module `{run['module']}`, categories from its optimized HLO "
+        "(`benchmarks.xla_profile`: a fusion goes to its most telling op; \"+\" names work fused into it). Busy: the "
+        "thunk's own duration; issue-to-done: thunk start to its completion.",
+        "", "| category | ops/step | busy ms/step | share of summed busy | issue-to-done ms/step | GFLOP/step | kernels |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in sorted(profile.categories.items(), key=lambda kv: -kv[1].busy_ms):
+        lines.append(f"| {name} | {row.count:.0f} | {row.busy_ms:.1f} | {100 * row.busy_ms / profile.busy_ms:.1f}% | "
+                     f"{row.span_ms:.1f} | {f'{row.gflop:.1f}' if row.gflop else ''} | {', '.join(sorted(row.kernels))} |")
+    lines += ["", "Dots by shape (output <- operands) and role (read off the contracting dimensions):", "",
+              "| dot | role | kernel | count/step | busy ms | issue-to-done ms | GFLOP | GFLOP/s by busy | "
+              "GFLOP/s by issue-to-done |", "|---|---|---|---|---|---|---|---|---|"]
+    dots: list[tuple[tuple[str, str], Row]] = sorted(profile.dots.items(), key=lambda kv: -kv[1].span_ms)
+    for (shape, role), row in dots:
+        lines.append(f"| {shape} | {role} | {', '.join(sorted(row.kernels))} | {row.count:.0f} | {row.busy_ms:.1f} | "
+                     f"{row.span_ms:.1f} | {row.gflop:.2f} | {_rate(row.gflop, row.busy_ms)} | {_rate(row.gflop, row.span_ms)} |")
+    return "\n".join([*lines, "", CAVEAT])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="full-cls", choices=[c for c in CASES if c != "forward"])
+    parser.add_argument("--model", default="bert-base", choices=sorted(MODELS))
+    parser.add_argument("--layers", type=int, help="encoder layers (default: the model's)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the worker")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the compiling one")
+    parser.add_argument("--measure", type=int, default=3, help="steps timed without the profiler")
+    parser.add_argument("--steps", type=int, default=2, help="steps traced")
+    parser.add_argument("--trace-dir", type=Path, help="keep the trace and HLO here (default: a temporary folder)")
+    parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    args = parser.parse_args(argv)
+    if args.trace_dir and args.trace_dir.exists() and any(args.trace_dir.iterdir()):
+        parser.error(f"--trace-dir {args.trace_dir} is not empty")
+    if args.case.startswith("theseus") and (args.layers or MODELS[args.model]["num_hidden_layers"]) < 2:
+        parser.error("a Theseus case needs at least 2 layers")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    from benchmarks.report import machine_description, write_section
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
+        trace_dir = args.trace_dir or Path(tmp)
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        profile, run = run_profile(args, trace_dir)
+    body = markdown(profile, run, args, machine_description(), (load_before, os.getloadavg()[0]))
+    print(body)
+    if args.notes:
+        body += "\n\n" + args.notes.read_text()
+    if args.output:
+        layers = run["model"]["num_hidden_layers"]
+        title = (f"Training step profile: where the time goes (op level), {args.model} {layers} layers {args.case}, "
+                 f"batch {args.batch} x length {args.length}" + (f", XLA flags {args.xla_flags}" if args.xla_flags else ""))
+        command = "python -m benchmarks.profile_step " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_section(args.output, title, command.strip(), body)
+
+
+if __name__ == "__main__":
+    main()
