@@ -83,11 +83,11 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
         model = theseus.theseus_model(config, objective, n)
         tx, mask = optimizer.make_optimizer(params, "successor", 2e-5)
         compression = steps.Compression(schedules.constant_schedule(spec["p"]), n)
-        step = steps.make_train_step(model, tx, mask, objective, compression, dropout_bits=case.get("dropout_bits", "rbg"))
+        step = steps.make_train_step(model, tx, mask, objective, compression)
     else:
         model = HEADS[objective](config)
         tx, mask = optimizer.make_optimizer(params, "all", 2e-5)
-        step = steps.make_train_step(model, tx, mask, objective, dropout_bits=case.get("dropout_bits", "rbg"))
+        step = steps.make_train_step(model, tx, mask, objective)
     state = {"s": steps.create_train_state(params, tx), "step": 0}
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0,) if case.get("donate", True) else ()).lower(state["s"], batch, rng).compile()
@@ -113,8 +113,7 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
         loss_of = steps.LOSSES[objective]
 
         def loss(p):
-            dropout = steps.dropout_key(rng, case.get("dropout_bits", "rbg"))
-            logits = steps._forward(model, p, batch, deterministic=False, rngs={"dropout": dropout})
+            logits = steps._forward(model, p, batch, deterministic=False, rngs={"dropout": rng})
             return loss_of(logits, batch)[0]
 
         def update(s, grads):

@@ -118,9 +118,6 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_devices = 0
     # Gradient accumulation: each batch is split into this many micro-batches.
     config.accumulation_steps = 1
-    # Generator of the dropout masks: "rbg" (XLA's RngBitGenerator, 1.17x faster training
-    # steps on CPU) or "threefry" (JAX's default; what runs before this field existed used).
-    config.dropout_bits = "rbg"
 
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 200

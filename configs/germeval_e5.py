@@ -69,7 +69,4 @@ def get_config():
     config.lm.epochs = 2
     config.lm.learning_rate = 1e-4
     config.checkpoint_every_steps = 50
-    # The study started before the faster "rbg" dropout generator existed; every run keeps
-    # threefry so that all its models are trained alike.
-    config.dropout_bits = "threefry"
     return config

@@ -190,13 +190,3 @@ def test_workdir_with_another_config_is_refused(tmp_path):
     (tmp_path / "run" / "old.txt").write_text("x")
     assert claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 3}}, overwrite=True) is False
     assert not (tmp_path / "run" / "old.txt").exists()
-
-
-def test_a_run_from_before_a_config_field_existed_resumes_with_the_fields_old_value(tmp_path):
-    """Runs saved before `dropout_bits` existed drew dropout with threefry: they resume with
-    that value, and a config asking for the new default is refused with the way to resume."""
-    run = tmp_path / "run"
-    claim_workdir(run, {"a": 1}, overwrite=False)  # written by the older code
-    assert claim_workdir(run, {"a": 1, "dropout_bits": "threefry", "log_every_steps": 50}, overwrite=False) is True
-    with pytest.raises(WorkdirConflict, match=r"fields differ: dropout_bits\) \(--config.dropout_bits=threefry resumes it\)"):
-        claim_workdir(run, {"a": 1, "dropout_bits": "rbg"}, overwrite=False)

@@ -67,27 +67,6 @@ def test_frozen_parameters_stay_bit_identical_while_the_successor_moves(objectiv
     )
 
 
-@pytest.mark.parametrize("bits", ["rbg", "threefry"])
-def test_dropout_masks_keep_the_configured_share_and_repeat_per_key(bits):
-    """Either generator drops each unit with probability p (binomial bound, 1M units), repeats
-    its masks for the same key and draws new ones for another step's key; "threefry" is the
-    run key itself (what flax's dropout used before the switch existed)."""
-    import flax.linen as nn
-
-    rate, shape = 0.1, (16, 128, 512)
-    drop = jax.jit(lambda key: nn.Dropout(rate).apply({}, jnp.ones(shape), deterministic=False, rngs={"dropout": key}))
-    key = jax.random.key(3)
-    masks = [np.asarray(drop(steps.dropout_key(k, bits))) != 0 for k in (key, key, jax.random.fold_in(key, 1))]
-    n = masks[0].size
-    assert abs(masks[0].mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / n)
-    assert (masks[0] == masks[1]).all() and (masks[0] != masks[2]).mean() > 0.1
-    if bits == "threefry":
-        assert steps.dropout_key(key, bits) is key
-    else:
-        threefry = np.asarray(drop(key)) != 0
-        assert (masks[0] != threefry).mean() > 0.1  # different bits, same distribution
-
-
 def test_no_optimizer_state_for_frozen_leaves():
     state, _, mask = _theseus_state("mlm")
     state_size = sum(x.size for x in jax.tree.leaves(state.opt_state))

@@ -85,11 +85,6 @@ class WorkdirConflict(UserError):
     pass
 
 
-# Config fields added after runs were made, with the value that reproduces those runs: a
-# saved config.json without the field is read as holding this value.
-LEGACY_FIELDS: dict[str, Any] = {"log_every_steps": 50, "dropout_bits": "threefry"}
-
-
 def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -> bool:
     """Records the run's config in `workdir/config.json`.
 
@@ -101,15 +96,13 @@ def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -
     saved = workdir / "config.json"
     text = json.dumps(config_json, indent=2, sort_keys=True, default=str)
     if saved.exists():
-        new = _flatten(json.loads(text))
-        old = {k: v for k, v in LEGACY_FIELDS.items() if k in new} | _flatten(json.loads(saved.read_text()))
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if not changed:
+        if saved.read_text() == text:
             return True
         if not overwrite:
-            hint = "".join(f" (--config.{k}={old[k]} resumes it)" for k in changed if k in LEGACY_FIELDS)
+            old, new = _flatten(json.loads(saved.read_text())), _flatten(json.loads(text))
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise WorkdirConflict(
-                f"{workdir} holds a run with a different config (fields differ: {', '.join(changed)}){hint}; "
+                f"{workdir} holds a run with a different config (fields differ: {', '.join(changed)}); "
                 "pass --overwrite to replace it or choose another --workdir"
             )
         for child in workdir.iterdir():

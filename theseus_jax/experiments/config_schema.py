@@ -173,7 +173,6 @@ SCHEMA: dict[str, Field] = {
     "series.stages": Field(STR),
     "num_devices": Field(INT, at_least(0)),
     "accumulation_steps": Field(INT, at_least(1)),
-    "dropout_bits": Field(STR, one_of("rbg", "threefry")),
     "eval_every_steps": Field(INT, at_least(0)),
     "checkpoint_every_steps": Field(INT, at_least(1)),
     "log_every_steps": Field(INT, at_least(1)),

@@ -139,7 +139,6 @@ def _job(
         test_texts=[e.text for e in loaders.test_examples],
         num_devices=cfg.num_devices,
         accumulation_steps=cfg.accumulation_steps,
-        dropout_bits=cfg.dropout_bits,
     )
 
 

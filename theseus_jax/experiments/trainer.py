@@ -71,7 +71,6 @@ class TrainingJob:
     selection: str = "validation"  # the split that picks the best step: "validation" | "test"
     num_devices: int = 0  # data-parallel mesh size; 0 = every device
     accumulation_steps: int = 1
-    dropout_bits: steps.DropoutBits = "rbg"
     compression: steps.Compression | None = None
     learning_rate: optax.Schedule | None = None
     seed: int = 0
@@ -234,8 +233,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     workdir.mkdir(parents=True, exist_ok=True)
     train_step = jax.jit(
         steps.make_train_step(
-            job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps,
-            job.dropout_bits,
+            job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps
         ),
         donate_argnums=(0,),
     )

@@ -95,25 +95,6 @@ def micro_batches(x: Array, steps: int) -> Array:
     return jnp.swapaxes(x.reshape((-1, steps) + x.shape[1:]), 0, 1)
 
 
-DropoutBits = Literal["rbg", "threefry"]
-
-
-def dropout_key(key: Array, bits: DropoutBits) -> Array:
-    """The key the step's dropout masks are drawn from.
-
-    "threefry" is `key` itself: JAX's default generator, computed in plain integer ops and
-    recomputed in the backward pass; on CPU it was 12% of a bert-base training step's op
-    time. "rbg" seeds a key of XLA's RngBitGenerator from it (the replacement masks and
-    everything else stay threefry): the same Bernoulli masks in distribution, different
-    bits, 1.17x faster full fine-tuning steps on CPU (BENCHMARKS.md). Both are
-    deterministic functions of the run's seed and step, so resumed runs still repeat
-    uninterrupted ones.
-    """
-    if bits == "threefry":
-        return key
-    return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
-
-
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -122,7 +103,6 @@ def make_train_step(
     compression: Compression | None = None,
     learning_rate: optax.Schedule | None = None,
     accumulation_steps: int = 1,
-    dropout_bits: DropoutBits = "rbg",
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng)`; jit it with `donate_argnums=(0,)`.
 
@@ -131,8 +111,7 @@ def make_train_step(
     optimizer was built with: only that partition is differentiated, so no frozen
     weight gradient is ever computed. With `accumulation_steps` k > 1 the batch is split
     into k micro-batches (scanned, one replacement draw for all of them) whose summed
-    gradients equal the whole batch's. `dropout_bits` picks the generator of the dropout
-    masks (`dropout_key`).
+    gradients equal the whole batch's.
     """
     loss_of = LOSSES[objective]
     is_trainable = traverse_util.flatten_dict(trainable, sep="/")
@@ -154,7 +133,6 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, Metrics]:
         replace_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-        dropout_rng = dropout_key(dropout_rng, dropout_bits)
         metrics: Metrics = {}
         kwargs: dict[str, Any] = {}
         if compression is not None:
