@@ -207,18 +207,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.serve:
         serve_worker(args.serve, args.threads)
         return
-    from benchmarks.report import machine_description, write_section
+    from benchmarks.report import machine_description, publish
 
     gemms = layer_gemms(args.hidden, args.ffn, args.tokens, args.square)
     load_before = os.getloadavg()[0]
     times, versions = run_rounds(gemms, args)
     body = markdown(gemms, times, versions, args, machine_description(), (load_before, os.getloadavg()[0]))
-    print(body)
-    if args.notes:
-        body += "\n\n" + args.notes.read_text()
-    if args.output:
-        command = "python -m benchmarks.bench_dots " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(args.output, "GEMMs of a BERT layer: XLA vs PyTorch", command.strip(), body)
+    publish(body, "GEMMs of a BERT layer: XLA vs PyTorch", "benchmarks.bench_dots", argv, args.output, args.notes)
 
 
 if __name__ == "__main__":

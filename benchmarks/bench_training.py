@@ -20,11 +20,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.protocol import REPO, Worker, encoder_gflops, paired_ratio, thread_env
+from benchmarks.protocol import Worker, encoder_gflops, paired_ratio, thread_env
 from benchmarks.training_workers import Case, masked_count
 
 BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -188,21 +187,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from benchmarks.report import machine_description, write_section
+    from benchmarks.report import machine_description, publish
 
     load_before = os.getloadavg()[0]
     rows = [row for name in args.cases.split(",") for row in run_case(make_case(name, args), args)]
-    body = markdown(rows, args, machine_description(), (load_before, os.getloadavg()[0]))
-    print(body)
-    if args.notes:
-        body += "\n\n" + args.notes.read_text()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    if args.output:
-        command = "python -m benchmarks.bench_training " + " ".join(sys.argv[1:] if argv is None else argv)
-        title = "Training step on CPU: JAX vs PyTorch and the matmul ceiling" + (" (--quick)" if args.quick else "")
-        write_section(args.output, title, command.strip(), body)
+    title = "Training step on CPU: JAX vs PyTorch and the matmul ceiling" + (" (--quick)" if args.quick else "")
+    publish(markdown(rows, args, machine_description(), (load_before, os.getloadavg()[0])), title,
+            "benchmarks.bench_training", argv, args.output, args.notes)
 
 
 if __name__ == "__main__":

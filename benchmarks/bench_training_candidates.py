@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
     args = parser.parse_args(argv)
     args.batch, args.length, args.dtype = (8, 64, "float32") if args.quick else (16, 128, "float32")
-    from benchmarks.report import machine_description, write_section
+    from benchmarks.report import machine_description, publish
 
     base_case = make_case("full-cls", args)
     base_case["model"] = base_case["model"] | {"num_hidden_layers": args.layers if not args.quick else 4}
@@ -91,13 +90,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{os.getloadavg()[0]:.1f} after. Full fine-tuning step (everything trainable, AdamW, classification), {shape}, "
             f"float32 unless stated, {args.rounds} rounds. Parts: each jitted alone, so forward + backward + update "
             "can exceed the fused step.")
-    body = "\n".join([head, "", *lines])
-    print(body)
-    if args.notes:
-        body += "\n\n" + args.notes.read_text()
-    if args.output:
-        command = "python -m benchmarks.bench_training_candidates " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(args.output, "Training step: where the time goes, candidates kept or not", command.strip(), body)
+    publish("\n".join([head, "", *lines]), "Training step: where the time goes, candidates kept or not",
+            "benchmarks.bench_training_candidates", argv, args.output, args.notes)
 
 
 if __name__ == "__main__":

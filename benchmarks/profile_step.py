@@ -18,7 +18,6 @@ import gzip
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,23 +121,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from benchmarks.report import machine_description, write_section
+    from benchmarks.report import machine_description, publish
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
         trace_dir = args.trace_dir or Path(tmp)
         trace_dir.mkdir(parents=True, exist_ok=True)
         profile, run = run_profile(args, trace_dir)
-    body = markdown(profile, run, args, machine_description(), (load_before, os.getloadavg()[0]))
-    print(body)
-    if args.notes:
-        body += "\n\n" + args.notes.read_text()
-    if args.output:
-        layers = run["model"]["num_hidden_layers"]
-        title = (f"Training step profile: where the time goes (op level), {args.model} {layers} layers {args.case}, "
-                 f"batch {args.batch} x length {args.length}" + (f", XLA flags {args.xla_flags}" if args.xla_flags else ""))
-        command = "python -m benchmarks.profile_step " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(args.output, title, command.strip(), body)
+    layers = run["model"]["num_hidden_layers"]
+    title = (f"Training step profile: where the time goes (op level), {args.model} {layers} layers {args.case}, "
+             f"batch {args.batch} x length {args.length}" + (f", XLA flags {args.xla_flags}" if args.xla_flags else ""))
+    publish(markdown(profile, run, args, machine_description(), (load_before, os.getloadavg()[0])), title,
+            "benchmarks.profile_step", argv, args.output, args.notes)
 
 
 if __name__ == "__main__":

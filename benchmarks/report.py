@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import jax
 
@@ -24,6 +26,18 @@ def machine_description() -> str:
         pass
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
     return f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()} ({devices})"
+
+
+def publish(body: str, title: str, module: str, argv: Sequence[str] | None,
+            output: str | os.PathLike | None, notes: Path | None) -> None:
+    """Prints a benchmark's section body and, with `output`, writes it there (notes
+    appended) under `title`, with the command line that produced it."""
+    print(body)
+    if notes:
+        body += "\n\n" + notes.read_text()
+    if output:
+        command = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_section(output, title, command.strip(), body)
 
 
 def write_section(path: str | os.PathLike, title: str, command: str, body: str) -> None:
