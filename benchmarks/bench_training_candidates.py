@@ -34,7 +34,7 @@ CANDIDATES: dict[str, tuple[dict[str, Any], str, dict[str, str], str]] = {
     "xla_no_ynn": ({}, NO_YNN, {}, "XLA flag: dots left to XLA's own (Eigen) kernels instead of YNNPACK fusions"),
     "xla_no_ynn_onednn": ({}, f"{NO_YNN} --xla_cpu_use_onednn=true", {}, "XLA flags: no YNNPACK fusions, oneDNN on"),
     "xla_serial_scheduler": ({}, "--xla_cpu_enable_concurrency_optimized_scheduler=false", {}, "XLA flag: no concurrent thunks"),
-    "rbg_prng": ({}, "", {"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "dropout bits from XLA's RngBitGenerator (`jax_default_prng_impl=rbg`) instead of threefry"),
+    "rbg_prng": ({}, "", {"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "every PRNG key (dropout, replacement masks, init) from XLA's RngBitGenerator (`jax_default_prng_impl=rbg`) instead of threefry"),
     "no_dropout": ({"dropout": False}, "", {}, "diagnostic only: dropout off (deterministic step)"),
 }
 
