@@ -114,3 +114,30 @@ def test_validation_is_carved_from_training_data_stratified_and_seeded(tmp_path)
     data.validation_path, data.validation_share = "", 0.0
     with pytest.raises(DataError, match="validation_share"):
         split_examples(data, labelled=True)
+
+
+def test_a_series_with_several_seeds_runs_seed_major_and_reports_after_each_seed(tmp_path, monkeypatch):
+    """Every stage of seed 0 runs before seed 1 starts (each pass asks the stages for the seeds
+    done so far: finished runs are reused), and the series report is rewritten after each seed
+    over the seeds it covers."""
+    from theseus_jax.experiments import pipelines, report
+
+    calls, reports = [], []
+
+    def fake_stage(cfg, workdir, name, objective, run, model=None, seeds=None):
+        calls.append((name, list(seeds), model))
+        return {"per_seed": [{"seed": s, "best_model_dir": f"{name}/{s}"} for s in seeds]}
+
+    monkeypatch.setattr(pipelines, "_stage", fake_stage)
+    monkeypatch.setattr(report, "compare", lambda results, cfg, seeds: {"seeds": seeds})
+    monkeypatch.setattr(report, "write_series_report", lambda wd, results, comparison, cfg: reports.append(comparison["seeds"]))
+    cfg = ml_collections.ConfigDict({"seeds": "3,1", "cls_model": "predecessor",
+                                     "series": {"stages": "cls_predecessor,cls_compress,cls_truncated"}})
+    out = pipelines.series(cfg, tmp_path)
+    assert [(name, seeds) for name, seeds, _ in calls] == [
+        ("cls_predecessor", [3]), ("cls_compress", [3]), ("cls_truncated", [3]),
+        ("cls_predecessor", [3, 1]), ("cls_compress", [3, 1]), ("cls_truncated", [3, 1]),
+    ]
+    # cls_compress starts from cls_predecessor's selected model of the same seed.
+    assert calls[4][2] == {3: "cls_predecessor/3", 1: "cls_predecessor/1"}
+    assert reports == [[3], [3, 1]] and out["comparison"]["seeds"] == [3, 1]

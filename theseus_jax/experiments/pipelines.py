@@ -17,6 +17,10 @@ stage's workdir (a part appears only when there are several seeds / learning rat
 
 A run folder holds best/, checkpoints/, steps.jsonl, report.json, report.md and, for
 classification, predictions.csv and test_predictions.npz. Finished runs are not redone.
+
+A series with several seeds runs seed-major: every stage of the first seed, then every
+stage of the second, ..., rewriting the series report after each seed over the seeds done
+so far, so a complete comparison arrives after a fraction of the study's time.
 """
 
 from __future__ import annotations
@@ -151,10 +155,6 @@ def _run(
     predecessor_size: int | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) one job and writes its report; a finished run is not redone."""
-    done = workdir / "report.json"
-    if done.exists():
-        log.info("%s: already finished, reusing %s", job.name, done)
-        return json.loads(done.read_text())
     exported_config, exported = job.export(job.params)  # before training donates the params
     exported_params = theseus.count_params(exported)
     trained_params = theseus.count_params(job.params)
@@ -200,24 +200,31 @@ Source = str | dict[int, str] | None  # a model, or one per seed (the previous s
 def _stage(
     cfg: ml_collections.ConfigDict, workdir: Path, name: str, objective: str,
     run: Callable[[ml_collections.ConfigDict, Path, str | None], dict[str, Any]], model: Source = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """`run(cfg, folder, model)` for every seed and learning rate, then the stage's record
-    (the learning rate chosen per seed on the selection split)."""
+    """`run(cfg, folder, model)` for every seed (`seeds`: the first of the configured ones, in a
+    seed-major series) and learning rate, then the stage's record (the learning rate chosen
+    per seed on the selection split). A finished run (its report.json) is reused, not redone."""
     if cfg.selection not in ("validation", "test"):
         raise ValueError(f"config.selection={cfg.selection!r}: choose 'validation' (default) or 'test' (the source study's protocol)")
     key = "lm" if objective == "mlm" else "cls"
-    seeds, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(cfg[key])
+    configured, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(cfg[key])
+    seeds = seeds or configured
     runs: dict[int, list[dict[str, Any]]] = {}
     for seed in seeds:
         runs[seed] = []
         for rate in rates:
-            folder = workdir / (f"seed_{seed}" if len(seeds) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
+            folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
+            if (folder / "report.json").exists():
+                log.info("%s: already finished, reusing %s", name, folder / "report.json")
+                runs[seed].append(json.loads((folder / "report.json").read_text()))
+                continue
             run_cfg = ml_collections.ConfigDict(cfg.to_dict())
             run_cfg.seed = seed
             run_cfg[key].learning_rate = rate
             runs[seed].append(run(run_cfg, folder, model[seed] if isinstance(model, dict) else model))
     record = summary.stage_record(name, runs, cfg)
-    if len(seeds) > 1 or len(rates) > 1:
+    if len(configured) > 1 or len(rates) > 1:
         if record["collapsed"]:
             log.warning("%s: COLLAPSED in seeds %s", name, [e["seed"] for e in record["per_seed"] if e["collapsed"]])
         if parallel.is_writer():
@@ -225,9 +232,9 @@ def _stage(
     return record
 
 
-def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] | None = None) -> dict[str, Any]:
     """MLM fine-tuning of the whole predecessor on domain text."""
-    return _stage(cfg, workdir, "lm_baseline", "mlm", lambda c, wd, _: _lm_baseline_run(c, wd))
+    return _stage(cfg, workdir, "lm_baseline", "mlm", lambda c, wd, _: _lm_baseline_run(c, wd), seeds=seeds)
 
 
 def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -254,24 +261,30 @@ def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, nam
     return _run(job, workdir, cfg, loaders, name, predecessor_size)
 
 
-def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] | None = None) -> dict[str, Any]:
     """Theseus Compression during MLM fine-tuning; the best successor is exported."""
-    return _stage(cfg, workdir, "lm_compress", "mlm", lambda c, wd, _: _compress(c, wd, "mlm", "lm_compress"))
+    return _stage(cfg, workdir, "lm_compress", "mlm", lambda c, wd, _: _compress(c, wd, "mlm", "lm_compress"), seeds=seeds)
 
 
-def cls_compress(cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None) -> dict[str, Any]:
+def cls_compress(
+    cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, seeds: list[int] | None = None
+) -> dict[str, Any]:
     """Theseus Compression during downstream training (the original method), from the
     configured predecessor or from a classifier checkpoint (`model`, e.g. the fine-tuned
     predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT; one per seed in a series)."""
     model = model or (cfg.cls_model if cfg.cls_model not in ("predecessor", "truncated") else None)
     return _stage(cfg, workdir, "cls_compress", "classification",
-                  lambda c, wd, m: _compress(c, wd, "classification", "cls_compress", m), model)
+                  lambda c, wd, m: _compress(c, wd, "classification", "cls_compress", m), model, seeds)
 
 
-def cls_baseline(cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, name: str = "cls_baseline") -> dict[str, Any]:
+def cls_baseline(
+    cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, name: str = "cls_baseline",
+    seeds: list[int] | None = None,
+) -> dict[str, Any]:
     """Downstream training of a plain model: `predecessor`, `truncated` (its bottom n
     layers) or a checkpoint folder (e.g. an LM stage's `best/`; one per seed in a series)."""
-    return _stage(cfg, workdir, name, "classification", lambda c, wd, m: _cls_baseline_run(c, wd, m or c.cls_model, name), model)
+    return _stage(cfg, workdir, name, "classification", lambda c, wd, m: _cls_baseline_run(c, wd, m or c.cls_model, name),
+                  model, seeds)
 
 
 def _cls_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path, model: str, name: str) -> dict[str, Any]:
@@ -303,12 +316,16 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     for stage, needs in (("cls_successor", "lm_compress"),):
         if stage in stages and needs not in stages[: stages.index(stage)]:
             raise ValueError(f"config.series.stages: {stage} needs {needs} before it")
-    results: dict[str, Any] = {}
-    for stage in stages:
-        results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results)
-    comparison = report.compare(results, cfg)
-    if parallel.is_writer():
-        report.write_series_report(workdir, results, comparison, cfg)
+    seeds = summary.parse_seeds(cfg.seeds)
+    for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
+        results: dict[str, Any] = {}
+        for stage in stages:
+            results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results, seeds[:done])
+        comparison = report.compare(results, cfg, seeds[:done])
+        if parallel.is_writer():
+            report.write_series_report(workdir, results, comparison, cfg)
+        if done < len(seeds):
+            log.info("series: seeds %s done of %s; report.md covers them", seeds[:done], seeds)
     return {"stages": results, "comparison": comparison}
 
 
@@ -317,18 +334,20 @@ def _outputs(results: dict[str, Any], stage: str) -> dict[int, str] | None:
     return {e["seed"]: e["best_model_dir"] for e in results[stage]["per_seed"]} if stage in results else None
 
 
-SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, Any]], dict[str, Any]]] = {
-    "lm_baseline": lambda cfg, wd, _: lm_baseline(cfg, wd),
-    "lm_compress": lambda cfg, wd, _: lm_compress(cfg, wd),
+# (config, stage workdir, the previous stages' records, the seeds to run) -> the stage's record
+SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, Any], list[int]], dict[str, Any]]] = {
+    "lm_baseline": lambda cfg, wd, _, seeds: lm_baseline(cfg, wd, seeds),
+    "lm_compress": lambda cfg, wd, _, seeds: lm_compress(cfg, wd, seeds),
     # The original method: compress while training on the task, from the fine-tuned
     # predecessor classifier when cls_predecessor ran before.
-    "cls_compress": lambda cfg, wd, r: cls_compress(cfg, wd, _outputs(r, "cls_predecessor")),
+    "cls_compress": lambda cfg, wd, r, seeds: cls_compress(cfg, wd, _outputs(r, "cls_predecessor"), seeds),
     # Downstream on the LM-fine-tuned predecessor (or the original one without an LM stage).
-    "cls_predecessor": lambda cfg, wd, r: cls_baseline(cfg, wd, _outputs(r, "lm_baseline") or "predecessor", "cls_predecessor"),
+    "cls_predecessor": lambda cfg, wd, r, seeds: cls_baseline(
+        cfg, wd, _outputs(r, "lm_baseline") or "predecessor", "cls_predecessor", seeds),
     # Downstream on the compressed successor; needs lm_compress.
-    "cls_successor": lambda cfg, wd, r: cls_baseline(cfg, wd, _outputs(r, "lm_compress"), "cls_successor"),
+    "cls_successor": lambda cfg, wd, r, seeds: cls_baseline(cfg, wd, _outputs(r, "lm_compress"), "cls_successor", seeds),
     # Bottom n layers of the predecessor, fine-tuned for the same steps.
-    "cls_truncated": lambda cfg, wd, _: cls_baseline(cfg, wd, "truncated", "cls_truncated"),
+    "cls_truncated": lambda cfg, wd, _, seeds: cls_baseline(cfg, wd, "truncated", "cls_truncated", seeds),
 }
 
 PIPELINES: dict[str, Callable[[ml_collections.ConfigDict, Path], dict[str, Any]]] = {

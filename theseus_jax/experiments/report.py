@@ -195,7 +195,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list[int] | None = None) -> dict[str, Any]:
     """CR, RP and speedups from the stages' recorded numbers (test metric at the selected
     steps, means over seeds), with per-seed values, standard deviations and bootstrap intervals.
 
@@ -203,6 +203,8 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str
     (compressed during downstream training); the unsuffixed keys describe the first present.
     RP is computed per seed and averaged; its interval resamples the test examples once for
     numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
+    `seeds`: those the results cover (the configured ones by default; fewer while a
+    seed-major series is under way).
     """
     metric = cfg.cls.metric
     test = lambda stage: results[stage]["test"].get(metric) if stage in results else None
@@ -213,7 +215,7 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict) -> dict[str
     out: dict[str, Any] = {
         "metric": metric,
         "selection": cfg.selection,
-        "seeds": summary.parse_seeds(cfg.seeds),
+        "seeds": seeds or summary.parse_seeds(cfg.seeds),
         f"{metric}_predecessor": test(baseline),
         f"validation_{metric}_predecessor": validation(baseline),
     }
