@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from benchmarks.arguments import comma_choices
 from benchmarks.bench_training_candidates import NO_YNN
 from benchmarks.protocol import Worker, paired_ratio, serve, thread_env, time_calls
 
@@ -121,7 +122,7 @@ def serve_worker(framework: str, threads: int) -> None:
 
 def run_rounds(gemms: list[Gemm], args: argparse.Namespace) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """Per worker ("torch" and each JAX variant), per product: the median seconds of each round."""
-    variants = args.variants.split(",")
+    variants = args.variants
     specs = [dataclasses.asdict(g) for g in gemms]
     workers: dict[str, Worker] = {}
     versions: dict[str, str] = {}
@@ -151,7 +152,7 @@ def layer_seconds(gemms: list[Gemm], times: dict[str, list[float]]) -> list[floa
 
 def markdown(gemms: list[Gemm], times: dict[str, dict[str, list[float]]], versions: dict[str, str],
              args: argparse.Namespace, machine: str, load: tuple[float, float]) -> str:
-    variants = args.variants.split(",")
+    variants = args.variants
     flags = "; ".join(f"{v}: `{VARIANTS[v]}`" if VARIANTS[v] else f"{v}: no extra flags" for v in variants)
     lines = [
         f"Machine: {machine}; {args.threads} threads per worker (XLA intra-op and OMP pinned, `torch.set_num_threads`); "
@@ -188,7 +189,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ffn", type=int, default=3072)
     parser.add_argument("--tokens", type=int, default=2048, help="batch x length (bench_training: 16 x 128)")
     parser.add_argument("--square", type=int, default=2048, help="side of the square ceiling matmul")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--variants", type=comma_choices(VARIANTS), default=list(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=5, help="calls per product and round (median kept)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -196,9 +197,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
     parser.add_argument("--serve", choices=["jax", "torch"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args(argv)
-    unknown = set(args.variants.split(",")) - set(VARIANTS)
-    if unknown:
-        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
     return args
 
 

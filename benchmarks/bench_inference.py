@@ -40,6 +40,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from benchmarks.arguments import comma_choices
 from benchmarks.protocol import REPO, encoder_gflops, time_calls
 from theseus_jax.errors import UserError, run_cli
 
@@ -259,7 +260,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--successor", metavar="MODEL_OR_N",
                         help="with --predecessor: a checkpoint folder or Hub ID, or a layer count n for the predecessor's "
                              "layers 0, r, 2r, ... (r = its layers / n)")
-    parser.add_argument("--text-sets", type=lambda s: s.split(","), default=list(TEXT_SETS),
+    parser.add_argument("--text-sets", type=comma_choices(TEXT_SETS), default=list(TEXT_SETS),
                         help=f"comma-separated, of {','.join(TEXT_SETS)} (default all)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(n) for n in s.split(",")], default=list(BATCH_SIZES))
     parser.add_argument("--budget", type=float, default=None, help="seconds per case (default 12 quick, unlimited full)")
@@ -281,8 +282,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.predecessor is None) != (args.successor is None):
         parser.error("--predecessor and --successor go together")
-    if unknown := sorted(set(args.text_sets) - set(TEXT_SETS)):
-        parser.error(f"--text-sets: unknown {','.join(unknown)}; choose from {','.join(TEXT_SETS)}")
     if args.store is None:
         slug = None
         if args.predecessor:

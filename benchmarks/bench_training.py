@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from benchmarks.arguments import comma_choices
 from benchmarks.protocol import Worker, encoder_gflops, paired_ratio, thread_env
 from benchmarks.training_workers import Case, masked_count
 
@@ -165,7 +166,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, machine: str, load: tupl
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4-layer hidden-256 model, batch 8, length 64, 2 rounds")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--cases", type=comma_choices(CASES), default=list(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (default 3, quick 2)")
     parser.add_argument("--steps", type=int, default=1, help="steps (or forwards) per framework and round")
     parser.add_argument("--batch", type=int, default=None)
@@ -179,9 +180,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.batch = args.batch or (8 if args.quick else 16)
     args.length = args.length or (64 if args.quick else 128)
-    unknown = set(args.cases.split(",")) - set(CASES)
-    if unknown:
-        parser.error(f"--cases: unknown {sorted(unknown)}; choose from {','.join(CASES)}")
     return args
 
 
@@ -190,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from benchmarks.report import machine_description, publish
 
     load_before = os.getloadavg()[0]
-    rows = [row for name in args.cases.split(",") for row in run_case(make_case(name, args), args)]
+    rows = [row for name in args.cases for row in run_case(make_case(name, args), args)]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
