@@ -69,7 +69,8 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
     raw = case_inputs(case)
     batch = {k: raw[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
     if objective == "mlm":
-        batch["masked_positions"] = raw["masked_positions"].astype(np.int32)
+        length = raw["input_ids"].shape[1]  # ours index the flattened batch (one micro-batch)
+        batch["masked_positions"] = (raw["masked_positions"] + length * np.arange(len(raw["input_ids"]))[:, None]).astype(np.int32)
         batch["labels"] = raw["masked_labels"].astype(np.int32)
     else:
         batch["labels"] = raw["labels"].astype(np.int32)

@@ -132,17 +132,30 @@ def test_mlm_labels_are_the_original_ids_at_selected_positions_only():
         assert selected.any()
 
 
-def test_gathered_mlm_positions_point_at_the_labels():
-    encoded = make_encoded([30, 17, 5, 64])
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_gathered_mlm_positions_point_at_the_labels(micro_batches):
+    """Scattering the gathered labels back through their flat positions (into each
+    micro-batch's rows i, i + m, ...) rebuilds the full label matrix; the slots per row are
+    the micro-batch's labelled count spread over its rows, rounded up to 4."""
+    encoded = make_encoded([30, 17, 5, 64, 40, 9, 60, 33])
     config = MaskingConfig(mask_token_id=MASK, vocab_size=2000, special_token_ids=(PAD, CLS, SEP))
-    full = next(BatchLoader(encoded, None, batch_size=4, masking=config).batches(0))
-    gathered = next(BatchLoader(encoded, None, batch_size=4, masking=config, gather_masked=True).batches(0))
-    assert gathered["labels"].shape == gathered["masked_positions"].shape == (4, 16)
-    for row in range(4):
-        index = np.nonzero(full["labels"][row] != IGNORE_INDEX)[0]
-        np.testing.assert_array_equal(gathered["masked_positions"][row, : len(index)], index)
-        np.testing.assert_array_equal(gathered["labels"][row, : len(index)], full["labels"][row, index])
-        assert (gathered["labels"][row, len(index) :] == IGNORE_INDEX).all()
+    full = next(BatchLoader(encoded, None, batch_size=8, masking=config).batches(0))
+    gathered = next(BatchLoader(encoded, None, batch_size=8, masking=config, gather_masked=True,
+                                micro_batches=micro_batches).batches(0))
+    labels, length = full["labels"], full["labels"].shape[1]
+    rows = 8 // micro_batches
+    counts = [(labels[i::micro_batches] != IGNORE_INDEX).sum() for i in range(micro_batches)]
+    width = gathered["masked_positions"].shape[1]
+    assert gathered["labels"].shape == (8, width) and width == 4 * int(np.ceil(max(counts) / (4 * rows)))
+    rebuilt = np.full_like(labels, IGNORE_INDEX)
+    for i in range(micro_batches):
+        positions, values = gathered["masked_positions"][i::micro_batches].ravel(), gathered["labels"][i::micro_batches].ravel()
+        real = values != IGNORE_INDEX
+        assert real.sum() == counts[i]
+        micro = rebuilt[i::micro_batches].reshape(-1)
+        micro[positions[real]] = values[real]
+        rebuilt[i::micro_batches] = micro.reshape(rows, length)
+    np.testing.assert_array_equal(rebuilt, labels)
 
 
 def test_masking_rates_within_three_standard_errors():

@@ -172,10 +172,45 @@ def test_frozen_weight_gradients_are_dropped_from_the_compiled_step():
 def test_mlm_logits_at_masked_positions_equal_the_full_logits_there():
     params = BertForMaskedLM(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     batch = _batch("mlm")
-    positions = np.array([[0, 3, 3], [1, 2, 7], [0, 0, 0], [11, 5, 0]], np.int32)
+    positions = np.array([[0, 3, 3], [13, 2, 7], [0, 0, 0], [47, 25, 0]], np.int32)  # into the flattened B * L tokens
     model = BertForMaskedLM(CFG)
     full = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     gathered = model.apply(
         {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], masked_positions=positions
     )
-    np.testing.assert_allclose(gathered, np.take_along_axis(np.asarray(full), positions[..., None], axis=1), atol=1e-6)
+    assert positions.max() >= batch["input_ids"].shape[1]  # some point past the first row
+    np.testing.assert_allclose(gathered, np.asarray(full).reshape(-1, full.shape[-1])[positions], atol=1e-6)
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_mlm_step_on_gathered_positions_equals_the_full_logits_gradient(accumulation_steps):
+    """The loader's flat positions (one group per micro-batch) give the gradient of the mean
+    cross entropy over the labelled tokens computed on the full [B, L, vocab] logits."""
+    import dataclasses
+
+    from theseus_jax.data.masking import gather_masked_positions
+
+    config = dataclasses.replace(CFG, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForMaskedLM(config)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    batch = _batch("mlm")
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+    def reference_loss(p):
+        logits = model.apply({"params": p}, *inputs)
+        labels = batch["labels"]
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, np.where(labels < 0, 0, labels))
+        return (losses * (labels >= 0)).sum() / (labels >= 0).sum()
+
+    expected = jax.tree.map(lambda p, g: p - g, params, jax.grad(reference_loss)(params))
+    tx, mask = optax.sgd(1.0), jax.tree.map(lambda _: True, params)
+    step = steps.make_train_step(model, tx, mask, "mlm", accumulation_steps=accumulation_steps)
+    gathered = dict(batch)
+    gathered["masked_positions"], gathered["labels"] = gather_masked_positions(batch["labels"], accumulation_steps)
+    assert gathered["labels"].size < batch["labels"].size  # fewer rows through the vocabulary projection
+    state, metrics = jax.jit(step)(steps.create_train_state(params, tx), gathered, jax.random.key(1))
+    assert float(metrics["count"]) == (batch["labels"] >= 0).sum()
+    ours, theirs = traverse_util.flatten_dict(state.params, sep="/"), traverse_util.flatten_dict(expected, sep="/")
+    assert ours.keys() == theirs.keys()
+    for path in ours:
+        np.testing.assert_allclose(ours[path], theirs[path], atol=2e-6, err_msg=path)

@@ -11,7 +11,8 @@ would have seen.
 A batch: `input_ids`, `attention_mask`, `token_type_ids` int32 [B, L]; `example_mask`
 float32 [B]; `example_index` int32 [B] (row in the encoded texts, -1 for padding rows);
 `labels` int32 [B] for classification, or for MLM int32 [B, L] with -100 where nothing
-is predicted (with `gather_masked`: `masked_positions` and `labels` int32 [B, P]).
+is predicted (with `gather_masked`: `masked_positions` and `labels` int32 [B, P], positions
+into the flattened tokens of each of `micro_batches` micro-batches).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class BatchLoader:
         masking: MaskingConfig | None = None,
         drop_remainder: bool = False,
         gather_masked: bool = False,
+        micro_batches: int = 1,
         pool_batches: int = 50,
     ) -> None:
         if batch_size <= 0:
@@ -88,6 +90,7 @@ class BatchLoader:
         self.masking = masking
         self.drop_remainder = drop_remainder
         self.gather_masked = gather_masked
+        self.micro_batches = micro_batches
         self.pool = batch_size * pool_batches
         self.epoch = 0
         self.batch = 0
@@ -162,7 +165,7 @@ class BatchLoader:
             rng = np.random.default_rng([self.seed, epoch, number, _MASKING_STREAM])
             batch["input_ids"], batch["labels"] = mask_tokens(input_ids, attention_mask, self.masking, rng)
             if self.gather_masked:
-                batch["masked_positions"], batch["labels"] = gather_masked_positions(batch["labels"])
+                batch["masked_positions"], batch["labels"] = gather_masked_positions(batch["labels"], self.micro_batches)
         elif self.labels is not None:
             labels = np.zeros(self.batch_size, np.int32)
             labels[: len(indices)] = self.labels[indices]

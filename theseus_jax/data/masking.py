@@ -52,20 +52,29 @@ def mask_tokens(
     return corrupted, labels
 
 
-def gather_masked_positions(labels: np.ndarray, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Positions [B, P] of the labelled tokens and their labels [B, P] (-100 where padded).
+def gather_masked_positions(labels: np.ndarray, micro_batches: int = 1, multiple: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions [B, P] of the labelled tokens and their labels [B, P] (-100 where padded).
 
-    P is the batch's largest count rounded up to `multiple` (at most L), so an MLM head
-    can run on P rows instead of L while only a few shapes get compiled.
+    The MLM head (a vocabulary-wide projection and softmax: with a 250k vocabulary the
+    costliest part of the step) then runs on B * P rows instead of B * L. A position indexes
+    the flattened tokens [B / m * L] of its row's micro-batch (rows i, i + m, ... form
+    micro-batch i, as `training.steps.micro_batches` splits them), and each micro-batch's
+    labelled tokens are spread over all its rows' slots, so P is about the mean count per
+    row rather than the largest, rounded up to `multiple` so only a few shapes get compiled.
     """
-    selected = labels != IGNORE_INDEX
     batch, length = labels.shape
-    most = int(selected.sum(axis=1).max(initial=0))
-    width = min(length, max(multiple, -(-most // multiple) * multiple))
+    if batch % micro_batches:
+        raise ValueError(f"{batch} batch rows do not split into {micro_batches} micro-batches")
+    rows = batch // micro_batches
+    members = [np.arange(i, batch, micro_batches) for i in range(micro_batches)]
+    flat = [labels[m].reshape(-1) for m in members]  # micro-batch i's tokens, row-major
+    index = [np.flatnonzero(f != IGNORE_INDEX) for f in flat]
+    most = max(len(i) for i in index)
+    width = max(multiple, -(-most // (rows * multiple)) * multiple)
     positions = np.zeros((batch, width), np.int32)
     gathered = np.full((batch, width), IGNORE_INDEX, np.int32)
-    for row in range(batch):
-        index = np.nonzero(selected[row])[0]
-        positions[row, : len(index)] = index
-        gathered[row, : len(index)] = labels[row, index]
+    for m, f, i in zip(members, flat, index):
+        slots, slot_labels = np.zeros(rows * width, np.int32), np.full(rows * width, IGNORE_INDEX, np.int32)
+        slots[: len(i)], slot_labels[: len(i)] = i, f[i]
+        positions[m], gathered[m] = slots.reshape(rows, width), slot_labels.reshape(rows, width)
     return positions, gathered

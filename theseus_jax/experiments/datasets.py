@@ -187,7 +187,9 @@ def check_data(cfg: ml_collections.ConfigDict, stages: set[str]) -> None:
         split_examples(cfg[stage].data, stage == "cls")
 
 
-def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: bool, mlm_probability: float = 0.15) -> Loaders:
+def _loaders(
+    stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: bool, mlm_probability: float = 0.15, micro_batches: int = 1
+) -> Loaders:
     splits = split_examples(stage.data, labelled)
     masking = None if labelled else masking_config(tokenizer, mlm_probability)
     parts = {}
@@ -199,6 +201,7 @@ def _loaders(stage: ml_collections.ConfigDict, tokenizer, seed: int, labelled: b
             encoded, labels, stage.batch_size if name == "train" else stage.eval_batch_size,
             pad_token_id=tokenizer.pad_token_id, buckets=tuple(stage.buckets), shuffle=name == "train",
             seed=seed, masking=masking, gather_masked=masking is not None,
+            micro_batches=micro_batches if name == "train" else 1,  # evaluation is not split
         )
         parts[name] = (loader, dataset_statistics(examples, encoded.full_lengths, stage.max_length))
     statistics = {"cleaning": splits.cleaning, "sources": splits.sources, **{name: part[1] for name, part in parts.items()}}
@@ -211,4 +214,5 @@ def classification_loaders(cfg: ml_collections.ConfigDict, tokenizer) -> Loaders
 
 
 def mlm_loaders(cfg: ml_collections.ConfigDict, tokenizer) -> Loaders:
-    return _loaders(cfg.lm, tokenizer, cfg.seed, labelled=False, mlm_probability=cfg.lm.mlm_probability)
+    return _loaders(cfg.lm, tokenizer, cfg.seed, labelled=False, mlm_probability=cfg.lm.mlm_probability,
+                    micro_batches=cfg.accumulation_steps)

@@ -382,8 +382,9 @@ class BertOnlyMLMHead(nn.Module):
 class BertForMaskedLM(nn.Module):
     """Returns MLM logits `[B, L, vocab]` (float32), or `[B, P, vocab]` at `masked_positions`.
 
-    Training needs logits only where tokens were masked: with `masked_positions` [B, P]
-    the vocabulary projection (as costly as several encoder layers) runs on P << L rows.
+    Training needs logits only where tokens were masked: `masked_positions` [B, P] index the
+    batch's flattened tokens [B * L] (data.masking.gather_masked_positions), so the
+    vocabulary projection (as costly as several encoder layers) runs on B * P << B * L rows.
     """
 
     config: BertConfig
@@ -402,7 +403,7 @@ class BertForMaskedLM(nn.Module):
         bert = BertModel(self.config, add_pooling_layer=False, encoder_factory=self.encoder_factory, name="bert")
         hidden = bert(input_ids, attention_mask, token_type_ids, deterministic, **encoder_kwargs).last_hidden_state
         if masked_positions is not None:
-            hidden = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)
+            hidden = hidden.reshape(-1, hidden.shape[-1])[masked_positions]
         word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
         return BertOnlyMLMHead(self.config, name="cls")(hidden, word_embeddings)
 
