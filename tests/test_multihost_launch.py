@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ("--config.pipeline=cls_compress", "--config.cls.epochs=1", "--config.checkpoint_every_steps=4")
+RUN = ("--config.cls.epochs=1", "--config.lm.epochs=1", "--config.checkpoint_every_steps=4")
 
 
 def _env(cache: Path, devices: int, **extra: str) -> dict[str, str]:
@@ -27,10 +27,10 @@ def _env(cache: Path, devices: int, **extra: str) -> dict[str, str]:
     )
 
 
-def _command(workdir: Path, data: Path) -> list[str]:
+def _command(workdir: Path, data: Path, pipeline: str) -> list[str]:
     return [
         sys.executable, str(REPO / "launch.py"), f"--config={REPO / 'tests' / 'tiny_config.py'}", f"--workdir={workdir}",
-        f"--config.cls.data.train_path={data}", *RUN,
+        f"--config.cls.data.train_path={data}", f"--config.lm.data.train_path={data}", f"--config.pipeline={pipeline}", *RUN,
     ]
 
 
@@ -40,11 +40,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_two(workdir: Path, data: Path, cache: Path) -> list[subprocess.Popen]:
+def _start_two(workdir: Path, data: Path, cache: Path, pipeline: str) -> list[subprocess.Popen]:
     port = _free_port()
     return [
         subprocess.Popen(
-            _command(workdir, data), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            _command(workdir, data, pipeline), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=_env(cache, 1, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
         )
         for i in range(2)
@@ -78,31 +78,36 @@ def _history(workdir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_path, germeval_tsv):
+@pytest.mark.parametrize("pipeline", ["cls_compress", "lm_compress"])  # MLM: flat masked positions across devices
+def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_path, germeval_tsv, pipeline):
     cache = tmp_path / "jax_cache"
-    single = subprocess.run(_command(tmp_path / "single", germeval_tsv), cwd=REPO, capture_output=True, text=True,
+    single = subprocess.run(_command(tmp_path / "single", germeval_tsv, pipeline), cwd=REPO, capture_output=True, text=True,
                             timeout=900, env=_env(cache, 2))
     assert single.returncode == 0, single.stderr[-3000:]
 
     hosts = tmp_path / "hosts"
-    errors = _finish(_start_two(hosts, germeval_tsv, cache))
+    errors = _finish(_start_two(hosts, germeval_tsv, cache, pipeline))
     assert "starting a new run" in errors[0] and "starting a new run" not in errors[1]  # process 0 claims
     # One epoch, one evaluation: the exported successor holds the final trained parameters.
     assert _max_diff(_params(hosts), _params(tmp_path / "single")) <= 1e-5
     h_hosts, h_single = _history(hosts), _history(tmp_path / "single")
-    assert [h["step"] for h in h_hosts] == [h["step"] for h in h_single] == [12]
-    assert h_hosts[0]["loss"] == pytest.approx(h_single[0]["loss"], rel=1e-5)
-    assert h_hosts[0]["confusion_matrix"] == h_single[0]["confusion_matrix"]
+    report = json.loads((hosts / "report.json").read_text())
+    train, metric = report["data"]["train"]["count"], report["metric"]
+    steps = -(-train // 8)  # one epoch at batch 8
+    assert [h["step"] for h in h_hosts] == [h["step"] for h in h_single] == [steps]
+    for split in ("validation", "test"):
+        assert h_hosts[0][split]["loss"] == pytest.approx(h_single[0][split]["loss"], rel=1e-5)
+        assert h_hosts[0][split].get("confusion_matrix") == h_single[0][split].get("confusion_matrix")
     # One writer: every step logged once, no staging folders or lock files left. The
     # losses follow the two-device run's step by step (and training moved them).
     logged = _steps(hosts)
-    assert [step for step, _ in logged] == list(range(1, 13))
+    assert [step for step, _ in logged] == list(range(1, steps + 1))
     np.testing.assert_allclose([loss for _, loss in logged], [loss for _, loss in _steps(tmp_path / "single")], rtol=1e-5)
     assert len({loss for _, loss in logged}) > 1
     assert not [p.name for p in hosts.iterdir() if p.name.startswith(".")]
 
     killed = tmp_path / "killed"
-    processes = _start_two(killed, germeval_tsv, cache)
+    processes = _start_two(killed, germeval_tsv, cache, pipeline)
     checkpoints = killed / "checkpoints"
     deadline = time.time() + 600
     while not (checkpoints.exists() and any(p.name.isdigit() and int(p.name) >= 8 for p in checkpoints.iterdir())):
@@ -112,11 +117,11 @@ def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_pa
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert not (killed / "report.json").exists()
-    errors = _finish(_start_two(killed, germeval_tsv, cache))
+    errors = _finish(_start_two(killed, germeval_tsv, cache, pipeline))
     assert "taking over the lock" in errors[0]
     for stderr in errors:
-        assert re.search(r"resuming at step (8|12) ", stderr), stderr[-3000:]
+        assert re.search(rf"resuming at step (8|{steps}) ", stderr), stderr[-3000:]
     assert _max_diff(_params(killed), _params(hosts)) <= 1e-5
-    assert [h["macro_f1"] for h in _history(killed)] == [h["macro_f1"] for h in h_hosts]
-    assert [step for step, _ in _steps(killed)] == list(range(1, 13))  # nothing logged before the kill lost
+    assert [h["validation"][metric] for h in _history(killed)] == [h["validation"][metric] for h in h_hosts]
+    assert [step for step, _ in _steps(killed)] == list(range(1, steps + 1))  # nothing logged before the kill lost
     np.testing.assert_allclose([loss for _, loss in _steps(killed)], [loss for _, loss in logged], rtol=1e-5)
