@@ -141,3 +141,24 @@ def test_a_series_with_several_seeds_runs_seed_major_and_reports_after_each_seed
     # cls_compress starts from cls_predecessor's selected model of the same seed.
     assert calls[4][2] == {3: "cls_predecessor/3", 1: "cls_predecessor/1"}
     assert reports == [[3], [3, 1]] and out["comparison"]["seeds"] == [3, 1]
+
+
+def test_the_first_seed_of_a_several_seed_stage_with_one_rate_gets_a_stage_record(tmp_path):
+    """A seed-major series asks an MLM stage (one learning rate) for seed 0 alone: its record
+    and report are the stage's over that seed (folders seed_<s>/), not the bare run."""
+    from theseus_jax.experiments import report
+
+    run = {
+        "name": "lm_compress", "pipeline": "lm_compress", "objective": "mlm", "metric": "perplexity", "selection": "validation",
+        "seed": 0, "learning_rate": 1e-4, "selected_step": 282, "validation": {"perplexity": 15.0}, "test": {"perplexity": 16.0},
+        "test_ci95": None, "collapsed": False, "predicted_classes": None, "best_model_dir": "b", "run_dir": "r",
+        "time_until_best_s": 10.0, "total_time_s": 12.0, "history": [], "best": {"step": 282}, "parameters": {}, "data": {},
+    }
+    cfg = ml_collections.ConfigDict({"seeds": "0,1,2", "selection": "validation"})
+    record = summary.stage_record("lm_compress", {0: [run]}, cfg)
+    assert record["seeds"] == [0] and record["learning_rates"] == [1e-4]
+    assert record["per_seed"][0]["test"] == {"perplexity": 16.0} and record["test"]["perplexity"] == 16.0
+    report.write_stage_report(tmp_path, record, cfg)
+    assert "| 0 | 0.0001 | 282 | 15" in (tmp_path / "report.md").read_text()
+    # One seed configured: the run is the stage, as before.
+    assert summary.stage_record("lm_compress", {0: [run]}, ml_collections.ConfigDict({"seeds": "0"})) is run

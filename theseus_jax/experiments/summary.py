@@ -130,8 +130,8 @@ def stage_record(name: str, runs: dict[int, list[dict[str, Any]]], cfg: ml_colle
         entry["total_time_s"] = chosen["total_time_s"]
         per_seed.append((entry, chosen))
     first = per_seed[0][1]
-    if len(runs) == 1 and len(runs[next(iter(runs))]) == 1:
-        return first
+    if len(parse_seeds(cfg.seeds)) == 1 and len(runs[next(iter(runs))]) == 1:
+        return first  # one seed, one rate: the run is the stage (a seed-major series' first seed is not)
     entries = [e for e, _ in per_seed]
     metric = first["metric"]
     record = {
