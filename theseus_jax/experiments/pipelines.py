@@ -154,7 +154,7 @@ def _run(
     kind: str,
     predecessor_size: int | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) one job and writes its report; a finished run is not redone."""
+    """Trains (or resumes) one job and writes its report (`_stage` reuses a finished one)."""
     exported_config, exported = job.export(job.params)  # before training donates the params
     exported_params = theseus.count_params(exported)
     trained_params = theseus.count_params(job.params)
