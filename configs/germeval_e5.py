@@ -25,17 +25,14 @@ Data: the GermEval 2018 training file (5,009 tweets) minus a stratified 10% vali
 evaluated at the validation-selected steps. XLM-R tokens per tweet: median 38, 95th
 percentile 82, 1.4% over 128 (truncated), hence max_length 128 with buckets 32/64/128.
 
-Cost on 2 cores (an estimate, not a measurement of the whole study): train steps at batch
-32 x 64 tokens scaled from DESIGN-NOTES' bert-base timings (hidden 384 is about a quarter of
-bert-base's FLOPs per token) plus the 250k-row embedding's AdamW update and MLM head,
-consistent with e5 step times measured here with the cores shared five ways: about 2.3 s per
-12-layer step, 1.3 s per 6-layer step, 1.5 s per Theseus downstream step and 2.7 s per
-Theseus MLM step. 141 steps an epoch, 2 epochs, validation every epoch and the test file at
-each new best: per seed and learning rate about 14 min (cls_predecessor), 8 min each
-(cls_truncated, cls_successor) and 9 min (cls_compress), so about 3.9 h for the downstream
-stages (3 seeds x 2 rates), plus about 14 min per seed for lm_compress: about 4.5-5 h in all
-on idle cores, more when they are shared. Every run resumes where it was killed: rerun the
-same command. Checked end to end (every stage, 4 steps each on 64 tweets) on this machine:
+Cost on 2 cores, measured on seed 0 (2026-11-25/26, the cores partly shared with tests):
+cls_predecessor (12 layers) 2,317 s per learning rate, cls_compress 933-985 s, lm_compress
+3,228 s (before the MLM head's rows were laid out per micro-batch, which made its step 1.95x
+faster), cls_successor and cls_truncated (6 layers) about 12 min each; 141 steps an epoch, 2
+epochs, validation every epoch and the test file at each new best. About 3 h per seed (two
+learning rates per downstream stage), 8-9 h for the study. The series runs seed-major and
+rewrites report.md after each seed. Every run resumes where it was killed: rerun the same
+command. Checked end to end (every stage, 4 steps each on 64 tweets) on this machine:
 the chain runs, loads the XLM-R tokenizer from tokenizer.json, and exports 6-layer checkpoints.
 """
 
