@@ -5,7 +5,8 @@
         --config.cls.data.train_path=../shared/data/germeval2018/germeval2018.training.txt \
         --config.compression.starting_rate=0.3
 
-Rerunning the same command resumes from the last checkpoint; a workdir that holds a run
+Rerunning the same command resumes from the last checkpoint (SIGTERM or Ctrl-C first saves
+one at the step in flight and exits with status 143 or 130; a second signal stops at once); a workdir that holds a run
 with another config is refused unless --overwrite is given, and a workdir in use by a
 running run is refused. The config is checked as a whole, and the data read, before any
 model is loaded: mistakes in either end the program with status 2 and one line on stderr
@@ -31,7 +32,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from theseus_jax.errors import UserError, one_line, run_cli, show_tracebacks
-from theseus_jax.experiments import datasets
+from theseus_jax.experiments import datasets, preemption
 from theseus_jax.experiments.checkpoints import claim_workdir, unclaim_workdir
 from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
@@ -133,7 +134,8 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
         if writer:
             log.info("%s run in %s", "resuming the" if resumed else "starting a new", workdir)
         try:
-            return PIPELINES[config.pipeline](config, workdir)
+            with preemption.stop_on_signals():
+                return PIPELINES[config.pipeline](config, workdir)
         except UserError:
             if writer and not resumed:
                 lock.release()
@@ -144,12 +146,16 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    def launch() -> None:
+    def launch() -> int | None:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; overrides take the form --config.FIELD=VALUE")
         _setup_logging()
         workdir = Path(_WORKDIR.value)
-        result = run(_CONFIG.value, workdir, _OVERWRITE.value)
+        try:
+            result = run(_CONFIG.value, workdir, _OVERWRITE.value)
+        except preemption.Stopped as stopped:
+            print(f"{PROG}: {one_line(str(stopped))}", file=sys.stderr, flush=True)
+            return stopped.status
         log.info("done: %s", workdir / "report.md")
         for key, value in result.get("comparison", {}).items():
             log.info("  %s: %s", key, value)

@@ -87,17 +87,28 @@ def _history(workdir):
     return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in report["history"]]
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv):
-    overrides = ("--config.pipeline=cls_compress", "--config.cls.epochs=3", "--config.checkpoint_every_steps=4")
-    reference = tmp_path / "reference"
-    _ok(_launch(reference, germeval_tsv, *overrides))
+RESUMED_RUN = ("--config.pipeline=cls_compress", "--config.cls.epochs=3", "--config.checkpoint_every_steps=4")
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, germeval_tsv):
+    """The uninterrupted run that killed and stopped runs must reproduce."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    _ok(_launch(workdir, germeval_tsv, *RESUMED_RUN))
+    return workdir
+
+
+def _steps(workdir):
+    return [json.loads(line) for line in (workdir / "steps.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv, reference):
     killed = tmp_path / "killed"
-    command = _command(killed, germeval_tsv, *overrides)
+    command = _command(killed, germeval_tsv, *RESUMED_RUN)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     checkpoints = killed / "checkpoints"
-    # Kill once a mid-run checkpoint exists (12 steps per epoch, so step 8 is in epoch 1).
+    # Kill once a mid-run checkpoint exists (11 steps per epoch, so step 8 is in epoch 1).
     while time.time() < deadline and not (checkpoints.exists() and any(p.name.isdigit() and int(p.name) >= 8 for p in checkpoints.iterdir())):
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.2)
@@ -114,6 +125,32 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv):
     predecessor = exported + 2 * (trained - exported) // 4
     assert report["compression_ratio"] == pytest.approx(predecessor / exported)
     assert report["compression_ratio"] > 1
+
+
+@pytest.mark.parametrize("signame, status", [("TERM", 143), pytest.param("INT", 130, marks=pytest.mark.slow)])
+def test_a_signal_saves_the_step_in_flight_and_the_rerun_resumes_to_the_same_result(
+    tmp_path, germeval_tsv, reference, signame, status
+):
+    """SIGTERM (a preemption notice) or Ctrl-C after step 7, which is no periodic checkpoint
+    (every 4 steps) and mid-epoch (11 steps an epoch): the run saves step 7 and exits."""
+    workdir = tmp_path / "stopped"
+    env = dict(os.environ, THESEUS_KILL_AT=f"train_step:7:{signame}")
+    stopped = subprocess.run(_command(workdir, germeval_tsv, *RESUMED_RUN), cwd=REPO, capture_output=True, text=True,
+                             timeout=600, env=env)
+    assert stopped.returncode == status, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last == (f"launch.py: cls_compress: stopped by SIG{signame} at step 7 of {len(_steps(reference))}, checkpoint saved in "
+                    f"{workdir / 'checkpoints'}; rerun the same command to resume")
+    assert "Traceback" not in stopped.stderr and not (workdir / "report.json").exists()
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 7]
+    assert _steps(workdir) == _steps(reference)[:7]
+    resumed = _ok(subprocess.run(_command(workdir, germeval_tsv, *RESUMED_RUN), cwd=REPO, capture_output=True, text=True,
+                                 timeout=600))
+    assert "resuming at step 7" in resumed.stderr
+    assert _history(workdir) == _history(reference)
+    assert _steps(workdir) == _steps(reference)
+    best = lambda w: (w / "best" / "model.safetensors").read_bytes()
+    assert best(workdir) == best(reference)
 
 
 def test_workdir_of_another_config_is_refused(tmp_path, germeval_tsv):

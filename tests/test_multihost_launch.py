@@ -27,10 +27,11 @@ def _env(cache: Path, devices: int, **extra: str) -> dict[str, str]:
     )
 
 
-def _command(workdir: Path, data: Path, pipeline: str) -> list[str]:
+def _command(workdir: Path, data: Path, pipeline: str, *overrides: str) -> list[str]:
     return [
         sys.executable, str(REPO / "launch.py"), f"--config={REPO / 'tests' / 'tiny_config.py'}", f"--workdir={workdir}",
         f"--config.cls.data.train_path={data}", f"--config.lm.data.train_path={data}", f"--config.pipeline={pipeline}", *RUN,
+        *overrides,
     ]
 
 
@@ -40,21 +41,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_two(workdir: Path, data: Path, cache: Path, pipeline: str) -> list[subprocess.Popen]:
+def _start_two(
+    workdir: Path, data: Path, cache: Path, pipeline: str, *overrides: str, second_env: dict | None = None
+) -> list[subprocess.Popen]:
     port = _free_port()
     return [
         subprocess.Popen(
-            _command(workdir, data, pipeline), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env=_env(cache, 1, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+            _command(workdir, data, pipeline, *overrides), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=_env(cache, 1, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                     **(second_env or {} if i == 1 else {})),
         )
         for i in range(2)
     ]
 
 
-def _finish(processes: list[subprocess.Popen]) -> list[str]:
+def _finish(processes: list[subprocess.Popen], status: int = 0) -> list[str]:
     errors = [p.communicate(timeout=900)[1] for p in processes]
     for process, stderr in zip(processes, errors):
-        assert process.returncode == 0, stderr[-3000:]
+        assert process.returncode == status, stderr[-3000:]
     return errors
 
 
@@ -125,3 +129,34 @@ def test_two_processes_equal_two_devices_and_resume_after_both_are_killed(tmp_pa
     assert [h["validation"][metric] for h in _history(killed)] == [h["validation"][metric] for h in h_hosts]
     assert [step for step, _ in _steps(killed)] == list(range(1, steps + 1))  # nothing logged before the kill lost
     np.testing.assert_allclose([loss for _, loss in _steps(killed)], [loss for _, loss in logged], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_the_rerun_resumes(tmp_path, germeval_tsv):
+    """JAX's preemption service spreads process 1's SIGTERM (after its step 2) to process 0
+    (its notifier polls about once a second, so a tiny run trains 3 epochs to give it time);
+    both save the same step and exit with 143, and the rerun ends where the 2-device run does."""
+    cache = tmp_path / "jax_cache"
+    longer = "--config.cls.epochs=3"
+    single = subprocess.run(_command(tmp_path / "single", germeval_tsv, "cls_compress", longer), cwd=REPO,
+                            capture_output=True, text=True, timeout=900, env=_env(cache, 2))
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    stopped = tmp_path / "stopped"
+    processes = _start_two(stopped, germeval_tsv, cache, "cls_compress", longer,
+                           second_env={"THESEUS_KILL_AT": "train_step:2:TERM"})
+    lines = [stderr.strip().splitlines()[-1] for stderr in _finish(processes, 143)]
+    saved = {int(re.search(r"stopped by SIGTERM at step (\d+) of \d+, checkpoint saved", line).group(1)) for line in lines}
+    assert len(saved) == 1, lines
+    step = saved.pop()
+    assert step > 2  # a step both processes reached after the notice
+    assert step in {int(p.name) for p in (stopped / "checkpoints").iterdir() if p.name.isdigit()}
+    assert not (stopped / "report.json").exists()
+
+    errors = _finish(_start_two(stopped, germeval_tsv, cache, "cls_compress", longer))
+    assert all(f"resuming at step {step} " in stderr for stderr in errors), errors[0][-3000:]
+    assert _max_diff(_params(stopped), _params(tmp_path / "single")) <= 1e-5
+    steps = len(_steps(tmp_path / "single"))
+    assert [s for s, _ in _steps(stopped)] == list(range(1, steps + 1))
+    np.testing.assert_allclose([loss for _, loss in _steps(stopped)], [loss for _, loss in _steps(tmp_path / "single")],
+                               rtol=1e-5)

@@ -1,8 +1,9 @@
-"""Fault injection for crash tests: `THESEUS_KILL_AT=name:n` SIGKILLs the process the
-n-th time it reaches `point(name)` (n defaults to 1).
+"""Fault injection for crash tests: `THESEUS_KILL_AT=name:n[:SIGNAL]` sends SIGNAL (default
+KILL; TERM, INT, ...) to the process the n-th time it reaches `point(name)` (n defaults to 1).
 
 The points sit where a kill hurts most (between the renames of a folder swap, while a
-checkpoint is being written); unset, a point costs one dictionary lookup.
+checkpoint is being written, after a training step); unset, a point costs one dictionary
+lookup.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ def point(name: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    target, _, count = spec.partition(":")
+    target, _, rest = spec.partition(":")
     if target != name:
         return
+    count, _, signame = rest.partition(":")
     _reached[name] += 1
     if _reached[name] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[f"SIG{signame or 'KILL'}"])

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -28,9 +29,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from theseus_jax import atomic
+from theseus_jax import atomic, faults
 from theseus_jax.errors import UserError
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
+from theseus_jax.experiments import preemption
 from theseus_jax.experiments.checkpoints import Checkpoints, Progress
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.training import parallel, steps
@@ -294,7 +296,17 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
     pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log)
+
+    def stopped(signum: int, saved: bool) -> preemption.Stopped:
+        where = f"at step {step} of {sum(job.train_loader.num_batches(e) for e in range(job.epochs))}"
+        saved_in = f", checkpoint saved in {workdir / 'checkpoints'}" if saved else ""
+        name = signal.Signals(signum).name
+        return preemption.Stopped(f"{job.name}: stopped by {name} {where}{saved_in}; rerun the same command to resume", signum)
+
     try:
+        stop = preemption.requested(step)  # a signal while the previous stage finished: train nothing
+        if stop:
+            raise stopped(stop, saved=False)
         while progress.epoch < job.epochs and not progress.stopped_early:
             epoch = progress.epoch
             total = job.train_loader.num_batches(epoch)
@@ -305,8 +317,12 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 step += 1
                 progress.batch += 1
                 pending.add(step, metrics)
+                faults.point("train_step")
+                stop = preemption.requested(step)
+                # An epoch's last step stops after the epoch's evaluation and checkpoint, below.
+                stop_now = bool(stop) and progress.batch < total
                 evaluate_now = bool(job.eval_every_steps) and step % job.eval_every_steps == 0 and progress.batch < total
-                save_now = step % job.checkpoint_every_steps == 0 and progress.batch < total  # epoch ends save below
+                save_now = (step % job.checkpoint_every_steps == 0 or stop_now) and progress.batch < total
                 if evaluate_now or save_now or len(pending) >= job.log_every_steps:
                     pending.flush()  # before any checkpoint: a non-finite step is never saved
                 if evaluate_now and run_evaluation(epoch):
@@ -314,6 +330,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 if save_now:
                     progress.elapsed_s = elapsed()
                     checkpoints.save(step, state, progress)
+                if stop_now:
+                    raise stopped(stop, saved=True)
             pending.flush()
             bar.close()
             if not progress.stopped_early:
@@ -321,6 +339,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             progress.epoch, progress.batch = epoch + 1, 0
             progress.elapsed_s = elapsed()
             checkpoints.save(step, state, progress)
+            if stop:
+                raise stopped(stop, saved=True)
     finally:
         checkpoints.close()
         step_log.close()
