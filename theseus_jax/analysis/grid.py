@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,8 +68,22 @@ def my_points(points: list[GridPoint], index: int, count: int) -> list[GridPoint
 
 
 def launch_point(config: str, workdir: Path, overrides: list[str]) -> None:
-    """Runs one point as its own process (a crash or kill loses nothing: rerun resumes)."""
-    status = subprocess.run([sys.executable, str(LAUNCH), f"--config={config}", f"--workdir={workdir}", *overrides]).returncode
+    """Runs one point as its own process (a crash or kill loses nothing: rerun resumes).
+
+    Ctrl-C reaches launch.py too (one process group): the grid waits while it saves the
+    step in flight, where `subprocess.run` would kill it a quarter second later.
+    """
+    process = subprocess.Popen([sys.executable, str(LAUNCH), f"--config={config}", f"--workdir={workdir}", *overrides])
+    while True:
+        try:
+            status = process.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # launch.py got the same Ctrl-C; a second one stops it at once
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise UserError(f"{workdir}: launch.py stopped on a signal after saving its checkpoint; rerun the grid to resume")
+    if status < 0:
+        raise UserError(f"{workdir}: launch.py was killed by {signal.Signals(-status).name}; rerun the grid to resume")
     if status:
         raise UserError(f"{workdir}: launch.py ended with status {status} (its error is above); fix it and rerun to continue the grid")
 
