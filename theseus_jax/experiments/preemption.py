@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from types import FrameType
 
@@ -51,8 +52,8 @@ def stop_on_signals() -> Iterator[None]:
     process; with several, JAX's preemption service handles SIGTERM)."""
     global _received
     _received = None
-    if jax.process_count() > 1:
-        yield
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
         return
     previous = {s: signal.signal(s, _note) for s in SIGNALS}
     try:
@@ -67,5 +68,7 @@ def requested(step: int) -> int | None:
     """The signal that asks training to stop after `step`, or None. Every process of a
     multi-host run must call it at every step (the preemption service's protocol)."""
     if jax.process_count() > 1:
+        if not jax.config.jax_enable_preemption_service:
+            return None
         return signal.SIGTERM if multihost_utils.reached_preemption_sync_point(step) else None
     return _received
