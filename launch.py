@@ -107,6 +107,19 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
+COMPILATION_CACHE = Path("~/.cache/theseus-jax/xla")
+
+
+def _cache_compilations() -> None:
+    """Resumes, seeds, learning rates and grid points compile the same steps again: keep
+    XLA's executables on disk (JAX_COMPILATION_CACHE_DIR picks another folder; a 4 GiB
+    least-recently-used bound unless JAX_COMPILATION_CACHE_MAX_SIZE says otherwise, 0 = off)."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE.expanduser()))
+    if jax.config.jax_compilation_cache_max_size == -1:
+        jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+
+
 def run(config, workdir: Path, overwrite: bool = False) -> dict:
     """Checks config and data, takes the workdir and runs the pipeline (every process of
     a multi-host run calls it; process 0 holds the lock and writes the files)."""
@@ -150,6 +163,7 @@ def main(argv: list[str]) -> int:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; overrides take the form --config.FIELD=VALUE")
         _setup_logging()
+        _cache_compilations()
         workdir = Path(_WORKDIR.value)
         try:
             result = run(_CONFIG.value, workdir, _OVERWRITE.value)

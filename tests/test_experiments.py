@@ -201,3 +201,20 @@ def test_seeds_and_learning_rates_each_run_and_are_chosen_on_validation(tmp_path
     alone = tmp_path / "alone"
     _ok(_launch(alone, germeval_tsv, *common, "--config.seeds=1", "--config.cls.learning_rate=3e-3"))
     assert _run_history(alone) == _run_history(workdir / "seed_1" / "lr_0.003")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, ("{home}/.cache/theseus-jax/xla", 4 << 30)),
+    ({"JAX_COMPILATION_CACHE_DIR": "{home}/mine", "JAX_COMPILATION_CACHE_MAX_SIZE": "0"}, ("{home}/mine", 0)),
+])
+def test_launch_keeps_compiled_steps_on_disk_unless_told_otherwise(tmp_path, env, expected):
+    """Reruns, seeds and grid points reuse XLA's executables (BENCHMARKS: compilation cache)."""
+    code = "import jax, launch; launch._cache_compilations(); " \
+           "print(jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    variables = clean | {"HOME": str(tmp_path), "PYTHONPATH": str(REPO)} | {k: v.format(home=tmp_path) for k, v in env.items()}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=variables,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory, size = expected
+    assert result.stdout.split() == [directory.format(home=tmp_path), str(size)]
