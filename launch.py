@@ -5,10 +5,10 @@
         --config.cls.data.train_path=../shared/data/germeval2018/germeval2018.training.txt \
         --config.compression.starting_rate=0.3
 
-Rerunning the same command resumes from the last checkpoint (SIGTERM or Ctrl-C first saves
-one at the step in flight and exits with status 143 or 130; a second signal stops at once); a workdir that holds a run
-with another config is refused unless --overwrite is given, and a workdir in use by a
-running run is refused. The config is checked as a whole, and the data read, before any
+Rerunning the same command resumes from the last checkpoint; SIGTERM or Ctrl-C saves one at
+the step in flight and exits with status 143 or 130 (a second signal stops at once). A
+workdir that holds a run with another config is refused unless --overwrite is given, and a
+workdir in use by a running run is refused. The config is checked as a whole, and the data read, before any
 model is loaded: mistakes in either end the program with status 2 and one line on stderr
 (THESEUS_TRACEBACK=1 or --verbosity=1 adds the traceback).
 
