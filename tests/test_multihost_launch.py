@@ -49,7 +49,7 @@ def _start_two(
         subprocess.Popen(
             _command(workdir, data, pipeline, *overrides), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env=_env(cache, 1, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
-                     **(second_env or {} if i == 1 else {})),
+                     **(second_env or {}) if i == 1 else {}),
         )
         for i in range(2)
     ]
