@@ -60,7 +60,9 @@ def _stage(tmp_path, name, objective, metric, time_to_best, params, layers, seed
         run_dir.mkdir(parents=True)
         np.savez(run_dir / "test_predictions.npz", labels=labels, probabilities=probabilities)
         value = skm.f1_score(labels, probabilities.argmax(1), average="macro")
-        per_seed.append({"seed": seed, "test": {metric: value}, "validation": {metric: value}, "run_dir": str(run_dir)})
+        per_seed.append(
+            {"seed": seed, "test": {metric: value}, "validation": {metric: value}, "run_dir": str(run_dir), "collapsed": False}
+        )
     mean = float(np.mean([e["test"][metric] for e in per_seed]))
     return {
         "name": name, "objective": objective, "metric": metric, "best": {"step": 1}, "history": [],
@@ -126,6 +128,27 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     ]
     assert out["retained_performance_ci95"] == pytest.approx(np.percentile(values, [2.5, 97.5]), rel=1e-9)
     assert out["retained_performance_ci95"][0] < out["retained_performance"] < out["retained_performance_ci95"][1]
+    # Every seed favours the successor here, but the paired interval reaches below 0.
+    assert (diff > 0).all() and out["successor_minus_truncated_ci95"][0] < 0
+    assert out["successor_vs_truncated"] == "not separated"
+    # A truncated baseline that collapsed in one seed is no comparison, whatever the mean says.
+    results["cls_truncated"]["per_seed"][1]["collapsed"] = True
+    assert report.compare(results, cfg)["successor_vs_truncated"] == "not comparable: the baseline collapsed in seeds [1]"
+
+
+@pytest.mark.parametrize(
+    "values, interval, expected",
+    [
+        ([0.02, 0.01, 0.03], [0.005, 0.03], "better"),
+        ([0.02, 0.01, 0.03], [-0.001, 0.03], "not separated"),  # the interval reaches 0
+        ([0.30, -0.004, 0.01], [0.1, 0.2], "not separated"),  # one seed disagrees (the e5 study's seeds 0, 1)
+        ([-0.02, -0.01], [-0.03, -0.002], "worse"),
+        ([-0.02, -0.01], None, "worse"),  # no joint interval: the seeds decide
+    ],
+)
+def test_a_paired_difference_is_called_better_only_when_every_seed_and_the_interval_agree(values, interval, expected):
+    differences = [{"seed": s, "value": v} for s, v in enumerate(values)]
+    assert summary.verdict(differences, interval, collapsed_seeds=[]) == expected
 
 
 @pytest.mark.parametrize("metric", ["macro_f1", "accuracy", "roc_auc"])
@@ -167,7 +190,9 @@ def test_a_single_class_model_is_flagged(tmp_path):
     assert record["collapsed"] is True
     assert record["predicted_classes"] == {"validation": 2, "test": 1}
     best["test"] = classification_metrics(labels, two_classes)
-    assert summary.collapse(best) == {"predicted_classes": {"validation": 2, "test": 2}, "collapsed": False}
+    assert summary.collapse(best) == {
+        "predicted_classes": {"validation": 2, "test": 2}, "largest_class_share": {"validation": 0.5, "test": 0.5}, "collapsed": False
+    }
     best["validation"] = classification_metrics(labels, one_class)  # collapsed on validation counts too
     assert summary.collapse(best)["collapsed"] is True
     # The report says so.
@@ -180,6 +205,43 @@ def test_a_single_class_model_is_flagged(tmp_path):
     result["per_seed"] = [{k: result.get(k) for k in summary.PER_SEED_KEYS}]
     report.write_run_report(tmp_path, result, ml_collections.ConfigDict({"x": 1}))
     assert "WARNING: collapsed" in (tmp_path / "report.md").read_text()
+
+
+def _confusion(labels, predicted):
+    return classification_metrics(labels, np.eye(2)[predicted])["confusion_matrix"]
+
+
+def test_a_model_that_names_the_minority_class_for_a_handful_of_examples_is_flagged():
+    """The e5 study's truncated seed 1: 3 of 501 validation tweets called OFFENSE, 0.403 macro F1.
+    One class gets 498 / 501 = 99.4% of the predictions: collapsed, though two classes appear."""
+    labels = np.array([0] * 332 + [1] * 169)
+    predicted = np.zeros(501, dtype=int)
+    predicted[[0, 1, 332]] = 1  # two false and one true OFFENSE
+    best = {"step": 9, "validation": {"confusion_matrix": _confusion(labels, predicted)}}
+    flags = summary.collapse(best)
+    assert flags["predicted_classes"] == {"validation": 2}
+    assert flags["largest_class_share"]["validation"] == pytest.approx(498 / 501)
+    assert flags["collapsed"] is True
+    predicted[[2, 3, 333]] = 1  # 6 of 501 (98.8%): a weak model, not a stuck one
+    assert summary.collapse({"validation": {"confusion_matrix": _confusion(labels, predicted)}})["collapsed"] is False
+
+
+def test_a_reused_run_is_judged_by_the_current_collapse_rule():
+    """Runs finished before the rule changed carry the old flag in their report.json; a series
+    that reuses them recomputes it from the selected step's confusion matrices."""
+    labels = np.array([0] * 332 + [1] * 169)
+    predicted = np.zeros(501, dtype=int)
+    predicted[[0, 1, 332]] = 1
+    matrix = _confusion(labels, predicted)
+    stored = {
+        "objective": "classification", "best": {"validation": {"confusion_matrix": matrix}, "test": {"confusion_matrix": matrix}},
+        "collapsed": False, "predicted_classes": {"validation": 2, "test": 2}, "per_seed": [{"seed": 1, "collapsed": False}],
+    }
+    run = summary.with_current_collapse(stored)
+    assert run["collapsed"] is True and run["per_seed"][0]["collapsed"] is True
+    assert run["per_seed"][0]["seed"] == 1
+    mlm = {"objective": "mlm", "best": {"step": 3}, "collapsed": False}
+    assert summary.with_current_collapse(dict(mlm)) == mlm
 
 
 def test_workdir_with_another_config_is_refused(tmp_path):

@@ -63,6 +63,12 @@ def predicted_classes(confusion_matrix: list[list[int]]) -> int:
     return int(np.count_nonzero(np.asarray(confusion_matrix).sum(axis=0)))
 
 
+def largest_prediction_share(confusion_matrix: list[list[int]]) -> float:
+    """The share of examples given the most-predicted class (1.0: one class for everything)."""
+    predicted = np.asarray(confusion_matrix).sum(axis=0)
+    return float(predicted.max() / predicted.sum())
+
+
 def perplexity(loss_sum: float, count: float) -> float:
     """exp(mean masked-token cross entropy)."""
     if count <= 0:

@@ -184,7 +184,10 @@ def _run(
         **summary.run_record(progress.best, job.objective, job.metric, workdir, cfg),
     }
     if result["collapsed"]:
-        log.warning("%s: COLLAPSED: the selected model predicts one class (%s)", job.name, result["predicted_classes"])
+        log.warning(
+            "%s: COLLAPSED: the selected model gives one class %s of its predictions (%s)",
+            job.name, result["largest_class_share"], result["predicted_classes"],
+        )
     result["per_seed"] = [{key: result.get(key) for key in summary.PER_SEED_KEYS}]
     if predecessor_size is not None:  # a compression run: CR of the exported successor
         result["compression_ratio"] = predecessor_size / exported_params
@@ -217,7 +220,7 @@ def _stage(
             folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
             if (folder / "report.json").exists():
                 log.info("%s: already finished, reusing %s", name, folder / "report.json")
-                runs[seed].append(json.loads((folder / "report.json").read_text()))
+                runs[seed].append(summary.with_current_collapse(json.loads((folder / "report.json").read_text())))
                 continue
             run_cfg = ml_collections.ConfigDict(cfg.to_dict())
             run_cfg.seed = seed

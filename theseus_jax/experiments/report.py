@@ -24,6 +24,7 @@ PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
     "test": "steps chosen on the TEST set (the source study's protocol; optimistic)",
 }
+COLLAPSED = f"its selected model gives one class at least {summary.COLLAPSE_SHARE:.0%} of its predictions"
 STAGE_TITLES = {
     "lm_baseline": "LM fine-tuning, predecessor",
     "lm_compress": "LM fine-tuning with Theseus Compression",
@@ -114,20 +115,26 @@ def _selection_lines(result: dict[str, Any]) -> list[str]:
     )
     if result.get("collapsed"):
         seeds = [e["seed"] for e in result["per_seed"] if e["collapsed"]]
-        lines.append(f"- **WARNING: collapsed**: the selected model predicts a single class (seeds {seeds})")
+        lines.append(f"- **WARNING: collapsed**: {COLLAPSED} (seeds {seeds})")
     return lines
+
+
+def _collapse_cell(entry: dict[str, Any]) -> str:
+    shares = (entry.get("largest_class_share") or {}).values()
+    return ("**yes**" if entry["collapsed"] else "no") + (f" ({max(shares):.1%})" if shares else "")
 
 
 def _per_seed_table(result: dict[str, Any]) -> list[str]:
     metric = result["metric"]
     lines = [
-        f"| seed | learning rate | selected step | validation {metric} | test {metric} | test 95% interval | collapsed |",
+        f"| seed | learning rate | selected step | validation {metric} | test {metric} | test 95% interval | "
+        "collapsed (most-predicted class's share) |",
         "|---|---|---|---|---|---|---|",
     ]
     for e in result["per_seed"]:
         lines.append(
             f"| {e['seed']} | {e['learning_rate']:g} | {e['selected_step']} | {_fmt(e['validation'].get(metric))} | "
-            f"{_fmt(e['test'].get(metric))} | {_interval(e.get('test_ci95'))} | {'**yes**' if e['collapsed'] else 'no'} |"
+            f"{_fmt(e['test'].get(metric))} | {_interval(e.get('test_ci95'))} | {_collapse_cell(e)} |"
         )
     return lines
 
@@ -241,10 +248,13 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
             out[f"{model}_minus_truncated_std"] = diff["std"]
             out[f"{model}_minus_truncated_per_seed"] = diff["per_seed"]
             out[f"{model}_minus_truncated_positive_seeds"] = sum(1 for v in diff["per_seed"] if v["value"] > 0)
-            out[f"{model}_minus_truncated_ci95"] = summary.seed_interval(
+            interval = summary.seed_interval(
                 metric, [results[stage], results["cls_truncated"]], lambda a, b: (a - b).mean(0), cfg
             )
-            out[f"{model}_beats_truncated"] = diff["mean"] > 0
+            out[f"{model}_minus_truncated_ci95"] = interval
+            out[f"{model}_vs_truncated"] = summary.verdict(
+                diff["per_seed"], interval, [e["seed"] for e in results["cls_truncated"]["per_seed"] if e["collapsed"]]
+            )
     if "cls_truncated" in results:
         out[f"{metric}_truncated"] = test("cls_truncated")
         out[f"validation_{metric}_truncated"] = validation("cls_truncated")
@@ -316,7 +326,7 @@ def write_series_report(
             f"{_fmt(r['total_time_s'], 1)} | {r['parameters']['exported_model']:,} | {r['parameters']['exported_layers']} |"
         )
     for stage in [s for s in results if results[s].get("collapsed")]:
-        lines += ["", f"**WARNING**: `{stage}` collapsed: its selected model predicts a single class "
+        lines += ["", f"**WARNING**: `{stage}` collapsed: {COLLAPSED} "
                   f"(seeds {[e['seed'] for e in results[stage]['per_seed'] if e['collapsed']]})."]
     lines += ["", "## Comparison", "", "| quantity | value |", "|---|---|"]
     for key, value in comparison.items():
@@ -329,7 +339,8 @@ def write_series_report(
         "",
         f"CR = params(predecessor) / params(successor); RP = test {metric}(successor) / test {metric}(predecessor), "
         "per seed then averaged; `*_minus_truncated` = test metric difference paired by seed (positive_seeds: how many "
-        "seeds it is positive in); fine-tuning speedup = time until best (predecessor) / time until best (successor).",
+        "seeds it is positive in; `*_vs_truncated`: better / worse only when every seed and the interval agree, "
+        "never better than a collapsed baseline); fine-tuning speedup = time until best (predecessor) / time until best (successor).",
         "",
     ]
     lines += [f"![{p}]({p})" for p in plots]

@@ -18,11 +18,14 @@ import ml_collections
 import numpy as np
 
 from theseus_jax.evaluation.bootstrap import metric_interval, paired_interval
-from theseus_jax.evaluation.metrics import predicted_classes
+from theseus_jax.evaluation.metrics import largest_prediction_share, predicted_classes
 from theseus_jax.experiments.trainer import better
 
 log = logging.getLogger("theseus_jax")
 PREDICTIONS = "test_predictions.npz"
+# A model that gives one class at least this share of its predictions is stuck on it: naming
+# the minority class for 3 of 501 tweets is no better than never naming it.
+COLLAPSE_SHARE = 0.99
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -49,9 +52,25 @@ def load_predictions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def collapse(best: dict[str, Any]) -> dict[str, Any]:
-    """How many classes the selected model predicts on validation and test; collapsed if one."""
-    counts = {split: predicted_classes(best[split]["confusion_matrix"]) for split in ("validation", "test") if split in best}
-    return {"predicted_classes": counts, "collapsed": any(k < 2 for k in counts.values())}
+    """How many classes the selected model predicts on validation and test, and the share of
+    the most-predicted one; collapsed if that share reaches COLLAPSE_SHARE on either split."""
+    matrices = {split: best[split]["confusion_matrix"] for split in ("validation", "test") if split in best}
+    shares = {split: largest_prediction_share(m) for split, m in matrices.items()}
+    return {
+        "predicted_classes": {split: predicted_classes(m) for split, m in matrices.items()},
+        "largest_class_share": shares,
+        "collapsed": any(share >= COLLAPSE_SHARE for share in shares.values()),
+    }
+
+
+def with_current_collapse(run: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's report with its collapse flag under today's rule, so that runs reused
+    from reports written before the rule changed are judged like new ones."""
+    if run["objective"] == "classification" and run.get("best"):
+        flags = collapse(run["best"])
+        run.update(flags)
+        run["per_seed"] = [{**e, **flags} for e in run.get("per_seed", [])]
+    return run
 
 
 def run_record(best: dict[str, Any] | None, objective: str, metric: str, run_dir: Path, cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -74,7 +93,7 @@ def run_record(best: dict[str, Any] | None, objective: str, metric: str, run_dir
 
 PER_SEED_KEYS = (
     "seed", "learning_rate", "selected_step", "validation", "test", "test_ci95", "collapsed", "predicted_classes",
-    "best_model_dir", "run_dir",
+    "largest_class_share", "best_model_dir", "run_dir",
 )
 
 
@@ -135,7 +154,7 @@ def stage_record(name: str, runs: dict[int, list[dict[str, Any]]], cfg: ml_colle
     entries = [e for e, _ in per_seed]
     metric = first["metric"]
     record = {
-        **{k: v for k, v in first.items() if k not in ("seed", "run_dir", "predicted_classes")},  # per seed below
+        **{k: v for k, v in first.items() if k not in ("seed", "run_dir", "predicted_classes", "largest_class_share")},  # per seed below
         "seeds": list(runs),
         "learning_rates": sorted({r["learning_rate"] for c in runs.values() for r in c}),
         "selected_step": entries[0]["selected_step"] if len(entries) == 1 else [e["selected_step"] for e in entries],
@@ -173,3 +192,18 @@ def describe(values: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation (n - 1; None for one seed) and per-seed values."""
     mean, std = _mean_std([v["value"] for v in values]) if values else (None, None)
     return {"mean": mean, "std": std, "per_seed": values}
+
+
+def verdict(differences: list[dict[str, Any]], interval: list[float] | None, collapsed_seeds: list[int]) -> str:
+    """One honest word on a paired difference (model minus baseline): "better" or "worse" only
+    when every seed and the interval agree; a baseline that collapsed in some seed is not a
+    comparison at all, whatever the mean says."""
+    if collapsed_seeds:
+        return f"not comparable: the baseline collapsed in seeds {collapsed_seeds}"
+    values = [d["value"] for d in differences]
+    low, high = interval if interval else (None, None)
+    if values and all(v > 0 for v in values) and (low is None or low > 0):
+        return "better"
+    if values and all(v < 0 for v in values) and (high is None or high < 0):
+        return "worse"
+    return "not separated"
