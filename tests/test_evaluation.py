@@ -134,6 +134,15 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     # A truncated baseline that collapsed in one seed is no comparison, whatever the mean says.
     results["cls_truncated"]["per_seed"][1]["collapsed"] = True
     assert report.compare(results, cfg)["successor_vs_truncated"] == "not comparable: the baseline collapsed in seeds [1]"
+    # The seeds plot draws every downstream seed's test metric, collapsed ones marked.
+    points = report.seed_points(results, "macro_f1")
+    assert list(points) == ["cls_predecessor", "cls_successor", "cls_truncated"]
+    assert points["cls_successor"]["values"] == pytest.approx(f1["cls_successor"])
+    assert points["cls_truncated"]["collapsed"] == [False, True, False]
+    assert report.plot_seeds(tmp_path, points, "macro_f1") == ["series_seeds.png"]
+    assert (tmp_path / "series_seeds.png").read_bytes()[:4] == b"\x89PNG"
+    one_seed = {stage: {**p, "seeds": p["seeds"][:1], "values": p["values"][:1]} for stage, p in points.items()}
+    assert report.plot_seeds(tmp_path / "one", one_seed, "macro_f1") == []  # nothing to show beyond the table
 
 
 @pytest.mark.parametrize(

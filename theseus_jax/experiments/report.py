@@ -293,11 +293,57 @@ def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str
     return ["series_metric.png"]
 
 
+def seed_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
+    """Per downstream stage: the test metric of every seed, which seeds collapsed, the mean and
+    its interval: what the seeds plot draws."""
+    return {
+        stage: {
+            "seeds": [e["seed"] for e in r["per_seed"]],
+            "values": [e["test"][metric] for e in r["per_seed"]],
+            "collapsed": [bool(e["collapsed"]) for e in r["per_seed"]],
+            "mean": r["test"][metric],
+            "ci95": r.get("test_ci95"),
+        }
+        for stage, r in results.items()
+        if r["objective"] == "classification" and r["per_seed"] and metric in r["test"]
+    }
+
+
+def plot_seeds(workdir: Path, points: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Each stage's test metric per seed (collapsed seeds in red) beside its mean and interval:
+    one look shows whether a gap is the models or one bad seed."""
+    if not any(len(p["values"]) > 1 for p in points.values()):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(points) + 1.6))
+    for row, (stage, p) in enumerate(points.items()):
+        colours = ["tab:red" if c else "tab:blue" for c in p["collapsed"]]
+        ax.scatter(p["values"], [row] * len(p["values"]), c=colours, s=28, zorder=3)
+        for value, seed in zip(p["values"], p["seeds"]):
+            ax.annotate(str(seed), (value, row), xytext=(0, 5), textcoords="offset points", fontsize=7, ha="center")
+        low, high = p["ci95"] or (p["mean"], p["mean"])
+        ax.errorbar(p["mean"], row - 0.25, xerr=[[p["mean"] - low], [high - p["mean"]]], fmt="D", color="black", ms=4, capsize=3)
+    ax.set_yticks(range(len(points)), list(points))
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test {metric}")
+    ax.set_title("dots: seeds (red: collapsed); diamond: mean, 95% interval", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    atomic.save_figure(fig, workdir / "series_seeds.png", dpi=110)
+    plt.close(fig)
+    return ["series_seeds.png"]
+
+
 def write_series_report(
     workdir: Path, results: dict[str, Any], comparison: dict[str, Any], cfg: ml_collections.ConfigDict
 ) -> None:
     workdir = Path(workdir)
     plots = plot_series(workdir, results, comparison["metric"])
+    plots += plot_seeds(workdir, seed_points(results, comparison["metric"]), comparison["metric"])
     atomic.write_text(
         workdir / "report.json",
         _json({"comparison": comparison, "stages": results, "plots": plots, "config": cfg.to_dict()}),
