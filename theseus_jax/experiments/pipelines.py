@@ -185,8 +185,8 @@ def _run(
     }
     if result["collapsed"]:
         log.warning(
-            "%s: COLLAPSED: the selected model gives one class %s of its predictions (%s)",
-            job.name, result["largest_class_share"], result["predicted_classes"],
+            "%s: COLLAPSED: the selected model gives one class %.1f%% of its predictions (classes predicted: %s)",
+            job.name, 100 * max(result["largest_class_share"].values()), result["predicted_classes"],
         )
     result["per_seed"] = [{key: result.get(key) for key in summary.PER_SEED_KEYS}]
     if predecessor_size is not None:  # a compression run: CR of the exported successor
