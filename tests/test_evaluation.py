@@ -220,12 +220,19 @@ def _confusion(labels, predicted):
     return classification_metrics(labels, np.eye(2)[predicted])["confusion_matrix"]
 
 
+def _minority_named_three_times():
+    """The e5 study's validation split (332 OTHER, 169 OFFENSE) and predictions that call
+    OFFENSE for 3 tweets only (two false, one true)."""
+    labels = np.array([0] * 332 + [1] * 169)
+    predicted = np.zeros(501, dtype=int)
+    predicted[[0, 1, 332]] = 1
+    return labels, predicted
+
+
 def test_a_model_that_names_the_minority_class_for_a_handful_of_examples_is_flagged():
     """The e5 study's truncated seed 1: 3 of 501 validation tweets called OFFENSE, 0.403 macro F1.
     One class gets 498 / 501 = 99.4% of the predictions: collapsed, though two classes appear."""
-    labels = np.array([0] * 332 + [1] * 169)
-    predicted = np.zeros(501, dtype=int)
-    predicted[[0, 1, 332]] = 1  # two false and one true OFFENSE
+    labels, predicted = _minority_named_three_times()
     best = {"step": 9, "validation": {"confusion_matrix": _confusion(labels, predicted)}}
     flags = summary.collapse(best)
     assert flags["predicted_classes"] == {"validation": 2}
@@ -238,10 +245,7 @@ def test_a_model_that_names_the_minority_class_for_a_handful_of_examples_is_flag
 def test_a_reused_run_is_judged_by_the_current_collapse_rule():
     """Runs finished before the rule changed carry the old flag in their report.json; a series
     that reuses them recomputes it from the selected step's confusion matrices."""
-    labels = np.array([0] * 332 + [1] * 169)
-    predicted = np.zeros(501, dtype=int)
-    predicted[[0, 1, 332]] = 1
-    matrix = _confusion(labels, predicted)
+    matrix = _confusion(*_minority_named_three_times())
     stored = {
         "objective": "classification", "best": {"validation": {"confusion_matrix": matrix}, "test": {"confusion_matrix": matrix}},
         "collapsed": False, "predicted_classes": {"validation": 2, "test": 2}, "per_seed": [{"seed": 1, "collapsed": False}],

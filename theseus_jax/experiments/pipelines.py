@@ -229,7 +229,7 @@ def _stage(
     record = summary.stage_record(name, runs, cfg)
     if len(configured) > 1 or len(rates) > 1:
         if record["collapsed"]:
-            log.warning("%s: COLLAPSED in seeds %s", name, [e["seed"] for e in record["per_seed"] if e["collapsed"]])
+            log.warning("%s: COLLAPSED in seeds %s", name, summary.collapsed_seeds(record))
         if parallel.is_writer():
             report.write_stage_report(workdir, record, cfg)
     return record

@@ -114,8 +114,7 @@ def _selection_lines(result: dict[str, Any]) -> list[str]:
         f"test **{_pm(result['test'].get(metric), std)}**, test 95% bootstrap interval {_interval(result.get('test_ci95'))}"
     )
     if result.get("collapsed"):
-        seeds = [e["seed"] for e in result["per_seed"] if e["collapsed"]]
-        lines.append(f"- **WARNING: collapsed**: {COLLAPSED} (seeds {seeds})")
+        lines.append(f"- **WARNING: collapsed**: {COLLAPSED} (seeds {summary.collapsed_seeds(result)})")
     return lines
 
 
@@ -253,7 +252,7 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
             )
             out[f"{model}_minus_truncated_ci95"] = interval
             out[f"{model}_vs_truncated"] = summary.verdict(
-                diff["per_seed"], interval, [e["seed"] for e in results["cls_truncated"]["per_seed"] if e["collapsed"]]
+                diff["per_seed"], interval, summary.collapsed_seeds(results["cls_truncated"])
             )
     if "cls_truncated" in results:
         out[f"{metric}_truncated"] = test("cls_truncated")
@@ -373,7 +372,7 @@ def write_series_report(
         )
     for stage in [s for s in results if results[s].get("collapsed")]:
         lines += ["", f"**WARNING**: `{stage}` collapsed: {COLLAPSED} "
-                  f"(seeds {[e['seed'] for e in results[stage]['per_seed'] if e['collapsed']]})."]
+                  f"(seeds {summary.collapsed_seeds(results[stage])})."]
     lines += ["", "## Comparison", "", "| quantity | value |", "|---|---|"]
     for key, value in comparison.items():
         if "_per_seed" in key:  # also `retained_performance_per_seed_cls_compress`

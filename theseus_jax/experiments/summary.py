@@ -63,6 +63,11 @@ def collapse(best: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def collapsed_seeds(record: dict[str, Any]) -> list[int]:
+    """The seeds whose selected model collapsed, in a stage's (or a run's) record."""
+    return [e["seed"] for e in record["per_seed"] if e["collapsed"]]
+
+
 def with_current_collapse(run: dict[str, Any]) -> dict[str, Any]:
     """A finished run's report with its collapse flag under today's rule, so that runs reused
     from reports written before the rule changed are judged like new ones."""
