@@ -91,7 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             "starting_rate": 0.1,  # b
             "ratio_replacement_changes": 0.85,  # p reaches 1 after this share of the steps
             "constant_rate": 0.5,  # constant schedule's p
-            "replacing_steps": 0,  # constant schedule: p = 1 after these steps; 0 = never
+            # p = 1 from this step on (both schedules; the successor then trains alone). 0: the
+            # curriculum reaches 1 at ratio_replacement_changes of the steps, a constant p stays.
+            "replacing_steps": 0,
             # What trains besides the successor: successor | successor_embeddings_heads
             "trainable": "successor",
         }
@@ -125,4 +127,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.keep_checkpoints = 2
     config.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0})
+    # Task distillation, loss (1 - alpha) CE + alpha T^2 KL(teacher || student) at temperature
+    # T: the series' *_kd stages learn from the same seed's cls_predecessor; a single
+    # cls_baseline / cls_compress run from `teacher` (a classifier folder). alpha 0 = plain CE.
+    config.distillation = ml_collections.ConfigDict({"alpha": 0.0, "temperature": 1.0, "teacher": ""})
     return config

@@ -21,7 +21,7 @@ import ml_collections
 
 from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
-from theseus_jax.experiments.pipelines import PIPELINES, SERIES_STAGES
+from theseus_jax.experiments.pipelines import DISTILLING_STAGES, PIPELINES, SERIES_STAGES, STAGE_NEEDS
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.training.optimizer import TRAINABLE_PRESETS
@@ -180,6 +180,10 @@ SCHEMA: dict[str, Field] = {
     "early_stopping": Field(CONFIG),
     "early_stopping.patience": Field(INT, at_least(0)),
     "early_stopping.min_delta": Field(FLOAT, at_least(0)),
+    "distillation": Field(CONFIG),
+    "distillation.alpha": Field(FLOAT, interval(0, 1, True, True)),
+    "distillation.temperature": Field(FLOAT, positive_finite),
+    "distillation.teacher": Field(STR),
 }
 # Free-form blocks: their keys are checked by a rule (BertConfig's fields).
 _FREE = ("model.random_config",)
@@ -231,7 +235,7 @@ def used_parts(config: ml_collections.ConfigDict) -> set[str]:
     pipeline = config.get("pipeline")
     stages = series_stages(config) if pipeline == "series" else [pipeline]
     parts = {"lm" for s in stages if str(s).startswith("lm_")} | {"cls" for s in stages if str(s).startswith("cls_")}
-    compressing = {"lm_compress", "cls_compress", "cls_successor", "cls_truncated"}
+    compressing = {"lm_compress", "cls_compress", "cls_successor", "cls_truncated", *DISTILLING_STAGES}
     if set(stages) & compressing or (pipeline == "cls_baseline" and config.get("cls_model") == "truncated"):
         parts.add("compression")
     return parts
@@ -350,8 +354,22 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
             problems.append(_field("series.stages", _value(config, "series.stages"), f"unknown stages {unknown}; known: {', '.join(SERIES_STAGES)}"))
         elif not series_stages(config):
             problems.append(_field("series.stages", _value(config, "series.stages"), "no stages; list some of " + ", ".join(SERIES_STAGES)))
-        elif "cls_successor" in series_stages(config) and "lm_compress" not in series_stages(config):
-            problems.append(_field("series.stages", _value(config, "series.stages"), "cls_successor needs lm_compress before it"))
+        else:
+            stages = series_stages(config)
+            problems += [
+                _field("series.stages", _value(config, "series.stages"), f"{stage} needs {need} before it")
+                for stage in stages for need in STAGE_NEEDS.get(stage, ()) if need not in stages[: stages.index(stage)]
+            ]
+            if set(stages) & set(DISTILLING_STAGES) and not _value(config, "distillation.alpha", 0.0):
+                problems.append(_field("distillation.alpha", _value(config, "distillation.alpha", 0.0),
+                                       "the *_kd stages distil: set it in (0, 1], e.g. 0.5"))
+    alpha, teacher_dir = _value(config, "distillation.alpha", 0.0), str(_value(config, "distillation.teacher", ""))
+    if pipeline in ("cls_baseline", "cls_compress") and alpha and not teacher_dir:
+        problems.append(_field("distillation.teacher", teacher_dir, "alpha > 0 needs a teacher: a fine-tuned classifier folder"))
+    if pipeline in ("cls_baseline", "cls_compress") and alpha and teacher_dir:
+        folder = _model_folder(teacher_dir, "distillation.teacher", problems)
+        if folder:
+            _read_model_config(folder, "distillation.teacher", problems)
     parts = used_parts(config)
     for stage in ("lm", "cls"):
         if stage in parts:

@@ -36,12 +36,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from theseus_jax.compression import schedules, theseus
-from theseus_jax.experiments import datasets, report, summary
+from theseus_jax.experiments import datasets, report, summary, teacher
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
 from theseus_jax.tokenization import TOKENIZER_SOURCES, load_tokenizer, packaged_model_dir
 from theseus_jax.training import optimizer, parallel, steps
+from theseus_jax.training.distillation import Distillation
 
 log = logging.getLogger("theseus_jax")
 Params = dict[str, Any]
@@ -91,6 +92,8 @@ def _init_offset(value: str) -> theseus.InitOffset:
 
 def _schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> schedules.Schedule:
     c = cfg.compression
+    if c.schedule == "curriculum" and c.replacing_steps:  # p = 1 from step `replacing_steps` on
+        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / c.replacing_steps)
     if c.schedule == "curriculum":
         return schedules.curriculum_schedule(
             c.starting_rate, total_steps=total_steps, ratio_replacement_changes=c.ratio_replacement_changes
@@ -173,6 +176,7 @@ def _run(
         "time_until_best_s": progress.best["elapsed_s"] if progress.best else None,
         "total_time_s": progress.elapsed_s,
         "stopped_early": progress.stopped_early,
+        "distillation": dataclasses.asdict(job.distillation) | {"teacher": str(job.teacher)} if job.distillation else None,
         "parameters": {
             "trained_model": trained_params,
             "exported_model": exported_params,
@@ -198,6 +202,27 @@ def _run(
 
 
 Source = str | dict[int, str] | None  # a model, or one per seed (the previous stage's outputs)
+
+
+def _for_seed(source: Source, seed: int) -> str | None:
+    return source[seed] if isinstance(source, dict) else source
+
+
+def _distil(job: TrainingJob, cfg: ml_collections.ConfigDict, workdir: Path, teacher_dir: str | None) -> TrainingJob:
+    """The job learning from `teacher_dir`'s fixed logits as well as the labels (alpha and
+    temperature from `config.distillation`); unchanged without a teacher."""
+    if not teacher_dir:
+        return job
+    source = load_model(cfg, "classification", path=teacher_dir)
+    logits = teacher.stored_or_computed(
+        workdir, teacher_dir, HEADS["classification"](source.config), source.params, job.train_loader, cfg.num_devices
+    )
+    log.info("%s: distilling from %s (alpha %g, temperature %g)", job.name, teacher_dir, cfg.distillation.alpha,
+             cfg.distillation.temperature)
+    return dataclasses.replace(
+        job, train_loader=teacher.WithTeacherLogits(job.train_loader, logits), teacher=teacher_dir,
+        distillation=Distillation(cfg.distillation.alpha, cfg.distillation.temperature),
+    )
 
 
 def _stage(
@@ -248,7 +273,10 @@ def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str,
     return _run(job, workdir, cfg, loaders, "lm_baseline")
 
 
-def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None) -> dict[str, Any]:
+def _compress(
+    cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None,
+    teacher_dir: str | None = None,
+) -> dict[str, Any]:
     head = objective  # the head of each objective carries its name
     source = load_model(cfg, head, path)
     predecessor_size = theseus.count_params(source.params)
@@ -261,7 +289,7 @@ def _compress(cfg: ml_collections.ConfigDict, workdir: Path, objective: str, nam
     job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
                compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
-    return _run(job, workdir, cfg, loaders, name, predecessor_size)
+    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, name, predecessor_size)
 
 
 def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] | None = None) -> dict[str, Any]:
@@ -270,27 +298,33 @@ def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] 
 
 
 def cls_compress(
-    cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, seeds: list[int] | None = None
+    cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, seeds: list[int] | None = None,
+    teacher_model: Source = None, name: str = "cls_compress",
 ) -> dict[str, Any]:
     """Theseus Compression during downstream training (the original method), from the
     configured predecessor or from a classifier checkpoint (`model`, e.g. the fine-tuned
-    predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT; one per seed in a series)."""
+    predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT; one per seed in a series).
+    With a `teacher_model` (one per seed in a series) the successor also learns from its logits."""
     model = model or (cfg.cls_model if cfg.cls_model not in ("predecessor", "truncated") else None)
-    return _stage(cfg, workdir, "cls_compress", "classification",
-                  lambda c, wd, m: _compress(c, wd, "classification", "cls_compress", m), model, seeds)
+    return _stage(cfg, workdir, name, "classification",
+                  lambda c, wd, m: _compress(c, wd, "classification", name, m, _for_seed(teacher_model, c.seed)), model, seeds)
 
 
 def cls_baseline(
     cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, name: str = "cls_baseline",
-    seeds: list[int] | None = None,
+    seeds: list[int] | None = None, teacher_model: Source = None,
 ) -> dict[str, Any]:
     """Downstream training of a plain model: `predecessor`, `truncated` (its bottom n
-    layers) or a checkpoint folder (e.g. an LM stage's `best/`; one per seed in a series)."""
-    return _stage(cfg, workdir, name, "classification", lambda c, wd, m: _cls_baseline_run(c, wd, m or c.cls_model, name),
+    layers) or a checkpoint folder (e.g. an LM stage's `best/`; one per seed in a series),
+    distilled from `teacher_model` when given ("vanilla KD" for the truncated model)."""
+    return _stage(cfg, workdir, name, "classification",
+                  lambda c, wd, m: _cls_baseline_run(c, wd, m or c.cls_model, name, _for_seed(teacher_model, c.seed)),
                   model, seeds)
 
 
-def _cls_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path, model: str, name: str) -> dict[str, Any]:
+def _cls_baseline_run(
+    cfg: ml_collections.ConfigDict, workdir: Path, model: str, name: str, teacher_dir: str | None = None
+) -> dict[str, Any]:
     if model in ("predecessor", "truncated"):
         source = load_model(cfg, "classification")
     else:
@@ -307,7 +341,7 @@ def _cls_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path, model: str,
     loaders = datasets.classification_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.cls.max_length))
     job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params, "all",
                loaders, lambda p: (source.config, p), source.tokenizer_dir)
-    return _run(job, workdir, cfg, loaders, name)
+    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, name)
 
 
 def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -316,9 +350,10 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     unknown = set(stages) - set(SERIES_STAGES)
     if unknown:
         raise ValueError(f"config.series.stages: unknown stages {sorted(unknown)}; known: {list(SERIES_STAGES)}")
-    for stage, needs in (("cls_successor", "lm_compress"),):
-        if stage in stages and needs not in stages[: stages.index(stage)]:
-            raise ValueError(f"config.series.stages: {stage} needs {needs} before it")
+    for stage, needs in STAGE_NEEDS.items():
+        for need in needs:
+            if stage in stages and need not in stages[: stages.index(stage)]:
+                raise ValueError(f"config.series.stages: {stage} needs {need} before it")
     seeds = summary.parse_seeds(cfg.seeds)
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
@@ -330,6 +365,16 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         if done < len(seeds):
             log.info("series: seeds %s done of %s; report.md covers them", seeds[:done], seeds)
     return {"stages": results, "comparison": comparison}
+
+
+# The stages that must run before a series stage (its model, its teacher).
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "cls_successor": ("lm_compress",),
+    "cls_successor_kd": ("lm_compress", "cls_predecessor"),
+    "cls_compress_kd": ("cls_predecessor",),
+    "cls_truncated_kd": ("cls_predecessor",),
+}
+DISTILLING_STAGES = ("cls_compress_kd", "cls_successor_kd", "cls_truncated_kd")
 
 
 def _outputs(results: dict[str, Any], stage: str) -> dict[int, str] | None:
@@ -351,12 +396,25 @@ SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, An
     "cls_successor": lambda cfg, wd, r, seeds: cls_baseline(cfg, wd, _outputs(r, "lm_compress"), "cls_successor", seeds),
     # Bottom n layers of the predecessor, fine-tuned for the same steps.
     "cls_truncated": lambda cfg, wd, _, seeds: cls_baseline(cfg, wd, "truncated", "cls_truncated", seeds),
+    # The students above distilled from the same seed's cls_predecessor (config.distillation);
+    # cls_truncated_kd is the literature's "vanilla KD" baseline.
+    "cls_compress_kd": lambda cfg, wd, r, seeds: cls_compress(
+        cfg, wd, _outputs(r, "cls_predecessor"), seeds, _outputs(r, "cls_predecessor"), "cls_compress_kd"),
+    "cls_successor_kd": lambda cfg, wd, r, seeds: cls_baseline(
+        cfg, wd, _outputs(r, "lm_compress"), "cls_successor_kd", seeds, _outputs(r, "cls_predecessor")),
+    "cls_truncated_kd": lambda cfg, wd, r, seeds: cls_baseline(
+        cfg, wd, "truncated", "cls_truncated_kd", seeds, _outputs(r, "cls_predecessor")),
 }
+
+def _configured_teacher(cfg: ml_collections.ConfigDict) -> str | None:
+    """A single stage's teacher: `config.distillation.teacher` when alpha > 0."""
+    return cfg.distillation.teacher if cfg.distillation.alpha > 0 and cfg.distillation.teacher else None
+
 
 PIPELINES: dict[str, Callable[[ml_collections.ConfigDict, Path], dict[str, Any]]] = {
     "lm_baseline": lm_baseline,
     "lm_compress": lm_compress,
-    "cls_baseline": cls_baseline,
-    "cls_compress": cls_compress,
+    "cls_baseline": lambda cfg, wd: cls_baseline(cfg, wd, teacher_model=_configured_teacher(cfg)),
+    "cls_compress": lambda cfg, wd: cls_compress(cfg, wd, teacher_model=_configured_teacher(cfg)),
     "series": series,
 }

@@ -32,7 +32,13 @@ STAGE_TITLES = {
     "cls_successor": "downstream, compressed successor",
     "cls_truncated": "downstream, truncated predecessor (bottom n layers)",
     "cls_compress": "downstream with Theseus Compression",
+    "cls_compress_kd": "downstream with Theseus Compression and distillation from cls_predecessor",
+    "cls_successor_kd": "downstream, compressed successor, distilled from cls_predecessor",
+    "cls_truncated_kd": "downstream, truncated predecessor distilled from cls_predecessor (vanilla KD)",
 }
+# The 6-layer (n-layer) students compared with the predecessor and the truncated baseline;
+# the unsuffixed comparison keys describe the first present.
+STUDENTS = ("cls_successor", "cls_compress", "cls_successor_kd", "cls_compress_kd", "cls_truncated_kd")
 
 
 def _json(data: Any) -> str:
@@ -205,8 +211,9 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     """CR, RP and speedups from the stages' recorded numbers (test metric at the selected
     steps, means over seeds), with per-seed values, standard deviations and bootstrap intervals.
 
-    The compressed model is `cls_successor` (compressed during MLM) and/or `cls_compress`
-    (compressed during downstream training); the unsuffixed keys describe the first present.
+    The students are `cls_successor` (compressed during MLM), `cls_compress` (compressed during
+    downstream training), their distilled variants and the distilled truncated model
+    (`STUDENTS`); the unsuffixed keys describe the first present.
     RP is computed per seed and averaged; its interval resamples the test examples once for
     numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
     `seeds`: those the results cover (the configured ones by default; fewer while a
@@ -225,7 +232,7 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
         f"{metric}_predecessor": test(baseline),
         f"validation_{metric}_predecessor": validation(baseline),
     }
-    compressed = [s for s in ("cls_successor", "cls_compress") if s in results]
+    compressed = [s for s in STUDENTS if s in results]
     for i, stage in enumerate(compressed):
         suffix = "" if i == 0 else f"_{stage}"
         model = "successor" if i == 0 else stage

@@ -36,6 +36,7 @@ from theseus_jax.experiments import preemption
 from theseus_jax.experiments.checkpoints import Checkpoints, Progress
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.training import parallel, steps
+from theseus_jax.training.distillation import Distillation
 
 log = logging.getLogger("theseus_jax")
 Batch = dict[str, np.ndarray]
@@ -74,6 +75,8 @@ class TrainingJob:
     num_devices: int = 0  # data-parallel mesh size; 0 = every device
     accumulation_steps: int = 1
     compression: steps.Compression | None = None
+    distillation: Distillation | None = None  # with `teacher_logits` in every training batch
+    teacher: str | None = None  # the teacher's checkpoint folder, for the report
     learning_rate: optax.Schedule | None = None
     seed: int = 0
     eval_every_steps: int = 0  # 0: after every epoch only
@@ -88,6 +91,14 @@ def better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool:
     if metric == "perplexity":
         return new < old - min_delta
     return new > old + min_delta
+
+
+def plateau_count(count: int, metric: str, value: float, previous_best: float | None, min_delta: float) -> int:
+    """Evaluations in a row that did not beat the best before them by more than `min_delta`
+    (early stopping ends a run when this reaches the patience)."""
+    if previous_best is not None and not better(metric, value, previous_best, min_delta):
+        return count + 1
+    return 0
 
 
 def evaluate(
@@ -235,7 +246,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     workdir.mkdir(parents=True, exist_ok=True)
     train_step = jax.jit(
         steps.make_train_step(
-            job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps
+            job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps,
+            job.distillation,
         ),
         donate_argnums=(0,),
     )
@@ -286,10 +298,9 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             "%s: epoch %d step %d %s %s=%.4f (best %.4f)", job.name, epoch, int(state.step), job.selection, job.metric,
             value, progress.best[job.selection][job.metric],
         )
-        if previous_best is not None and not better(job.metric, value, previous_best, job.early_stopping_min_delta):
-            progress.evals_without_improvement += 1
-        else:
-            progress.evals_without_improvement = 0
+        progress.evals_without_improvement = plateau_count(
+            progress.evals_without_improvement, job.metric, value, previous_best, job.early_stopping_min_delta
+        )
         patience = job.early_stopping_patience
         progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience
         return progress.stopped_early

@@ -19,6 +19,7 @@ import optax
 from flax import traverse_util
 
 from theseus_jax.compression.schedules import Schedule, sample_replace_mask
+from theseus_jax.training.distillation import Distillation, distillation_losses
 from theseus_jax.training.optimizer import apply_trainable_updates
 
 Array = jax.Array
@@ -59,10 +60,14 @@ def mlm_loss(logits: Array, batch: Batch) -> tuple[Array, Metrics]:
     return loss_sum / jnp.maximum(count, 1.0), {"loss_sum": loss_sum, "count": count, "correct": correct}
 
 
-def classification_loss(logits: Array, batch: Batch) -> tuple[Array, Metrics]:
-    """Mean cross entropy over real examples (`example_mask` drops padding rows)."""
+def classification_loss(logits: Array, batch: Batch, distillation: Distillation | None = None) -> tuple[Array, Metrics]:
+    """Mean cross entropy over real examples (`example_mask` drops padding rows); with a
+    `distillation` of alpha > 0, mixed with the soft loss against `batch["teacher_logits"]`."""
     weights = batch.get("example_mask", jnp.ones(logits.shape[0])).astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"])
+    if distillation is not None and distillation.alpha > 0:
+        losses = distillation_losses(logits, batch["labels"], batch["teacher_logits"], distillation)
+    else:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["labels"])
     count = weights.sum()
     correct = ((logits.argmax(-1) == batch["labels"]) * weights).sum()
     loss_sum = (losses * weights).sum()
@@ -103,6 +108,7 @@ def make_train_step(
     compression: Compression | None = None,
     learning_rate: optax.Schedule | None = None,
     accumulation_steps: int = 1,
+    distillation: Distillation | None = None,
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
     """Builds `train_step(state, batch, rng)`; jit it with `donate_argnums=(0,)`.
 
@@ -111,9 +117,12 @@ def make_train_step(
     optimizer was built with: only that partition is differentiated, so no frozen
     weight gradient is ever computed. With `accumulation_steps` k > 1 the batch is split
     into k micro-batches (scanned, one replacement draw for all of them) whose summed
-    gradients equal the whole batch's.
+    gradients equal the whole batch's. A `distillation` (classification only) needs
+    `teacher_logits` in every batch.
     """
-    loss_of = LOSSES[objective]
+    if distillation is not None and objective != "classification":
+        raise ValueError(f"distillation applies to classification, not {objective!r}")
+    loss_of = functools.partial(classification_loss, distillation=distillation) if distillation else LOSSES[objective]
     is_trainable = traverse_util.flatten_dict(trainable, sep="/")
 
     def split(params: Any) -> tuple[dict[str, Array], dict[str, Array]]:
@@ -167,6 +176,11 @@ def make_train_step(
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def make_logits_step(model: nn.Module) -> Callable[[Any, Batch], Array]:
+    """Builds `logits_step(params, batch)`: the outputs without dropout (a teacher's logits)."""
+    return lambda params, batch: _forward(model, params, batch, deterministic=True)
 
 
 def make_eval_step(model: nn.Module, objective: Objective) -> Callable[[Any, Batch], Metrics]:
