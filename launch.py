@@ -29,11 +29,12 @@ from pathlib import Path
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 from theseus_jax.errors import UserError, one_line, run_cli, show_tracebacks
 from theseus_jax.experiments import datasets, preemption
-from theseus_jax.experiments.checkpoints import claim_workdir, unclaim_workdir
+from theseus_jax.experiments.checkpoints import check_workdir, claim_workdir, unclaim_workdir
 from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
 from theseus_jax.experiments.workdir_lock import WorkdirBusy, WorkdirLock
@@ -60,23 +61,51 @@ def _usage_error(message: str) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with its errors (a bad flag value, a config field that does not
-    exist) as one line and exit status 2."""
+    exist, a config file that is missing or cannot be loaded) as one line and exit status 2."""
+    path = _config_argument(argv)
+    if path is not None and not Path(path.split(":", 1)[0]).is_file() and not show_tracebacks():
+        _usage_error(f"--config={path}: no such config file; give a Python file with get_config(), e.g. --config=configs/demo.py")
     try:
-        return flags.FLAGS(argv)
+        parsed = flags.FLAGS(argv)
     except flags.Error as err:
         if show_tracebacks():
             raise
         _usage_error(_config_file_error(str(err)))
+    except OSError as err:  # config_flags: an override of a config whose file raised an OSError
+        if show_tracebacks():
+            raise
+        _usage_error(f"--config={path}: cannot be loaded: {err}")
     except (AttributeError, KeyError) as err:  # ml_collections: an override of a field the config lacks
         if show_tracebacks():
             raise
-        missing = re.search(r"[A-Za-z_]\w*", str(err)).group()
-        overrides = [a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
-        field = next((o for o in overrides if missing in o.split(".")), missing)
-        close = difflib.get_close_matches(field, [k for k, f in SCHEMA.items() if f.types != CONFIG], n=1)
-        hint = f"did you mean --config.{close[0]}?" if close else "check the spelling against configs/base.py"
-        _usage_error(f"--config.{field}: the config has no such field; {hint}")
-    return []  # unreachable: _usage_error exits
+        _usage_error(_unknown_field(err, argv))
+    config = flags.FLAGS["config"].value
+    if not isinstance(config, ml_collections.ConfigDict) and not show_tracebacks():
+        try:  # config_flags keeps a loading OSError until the config is first read, deep in the run
+            config.to_dict()
+        except OSError as err:
+            _usage_error(f"--config={path}: cannot be loaded: {err}")
+    return parsed
+
+
+def _config_argument(argv: list[str]) -> str | None:
+    """The --config value as given (None without one: absl then names the missing flag)."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_field(err: Exception, argv: list[str]) -> str:
+    """`--config.FIELD: no such field` with the closest known field."""
+    missing = re.search(r"[A-Za-z_]\w*", str(err)).group()
+    overrides = [a.split("=")[0][len("--config."):] for a in argv[1:] if a.startswith("--config.")]
+    field = next((o for o in overrides if missing in o.split(".")), missing)
+    close = difflib.get_close_matches(field, [k for k, f in SCHEMA.items() if f.types != CONFIG], n=1)
+    hint = f"did you mean --config.{close[0]}?" if close else "check the spelling against configs/base.py"
+    return f"--config.{field}: the config has no such field; {hint}"
 
 
 def _config_file_error(message: str) -> str:
@@ -133,6 +162,8 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
     try:
         error: UserError | None = None
         try:
+            if writer:
+                check_workdir(workdir)
             if writer and existed:
                 lock.acquire()  # a busy workdir fails before the data is read
             datasets.check_data(config, used_parts(config))

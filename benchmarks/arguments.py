@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Callable, Iterable
 
 
@@ -18,3 +19,12 @@ def comma_choices(known: Iterable[str]) -> Callable[[str], list[str]]:
         return names
 
     return parse
+
+
+def existing_file(text: str) -> Path:
+    """An argparse `type`: a file that exists, checked before the benchmark runs (a missing
+    --notes would otherwise end an hour's timing at its last step)."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path

@@ -24,12 +24,12 @@ import dataclasses
 import os
 import statistics
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.arguments import comma_choices
+from benchmarks.arguments import comma_choices, existing_file
 from benchmarks.bench_training_candidates import NO_YNN
 from benchmarks.protocol import Worker, paired_ratio, serve, thread_env, time_calls
+from theseus_jax.errors import run_cli
 
 VARIANTS = {"default": "", "no-ynn": NO_YNN, "onednn": "--xla_cpu_use_onednn=true"}
 
@@ -194,7 +194,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=5, help="calls per product and round (median kept)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
-    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")
     parser.add_argument("--serve", choices=["jax", "torch"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args(argv)
     return args
@@ -215,4 +215,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m benchmarks.bench_dots"))

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from benchmarks.arguments import comma_choices
+from benchmarks.arguments import comma_choices, existing_file
 from benchmarks.protocol import REPO, encoder_gflops, time_calls
 from theseus_jax.errors import UserError, run_cli
 
@@ -276,7 +276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", type=Path,
                         help="results JSON (default results/bench.json, or results/bench_<predecessor>-<successor>.json for "
                              "--predecessor); the plot goes beside it, bench*.json -> inference*.png")
-    parser.add_argument("--notes", type=Path, help="Markdown appended to the BENCHMARKS.md section")
+    parser.add_argument("--notes", type=existing_file, help="Markdown appended to the BENCHMARKS.md section")
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
     parser.add_argument("--render", action="store_true", help="rewrite plot and section from the store, no timing")
     args = parser.parse_args(argv)

@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from benchmarks.arguments import existing_file
 from benchmarks.protocol import paired_ratio
 from benchmarks.report import machine_description, publish
+from theseus_jax.errors import run_cli
 
 IGNORE = -100
 
@@ -46,11 +48,11 @@ def per_row_layout(batch: dict[str, np.ndarray], multiple: int = 16) -> dict[str
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub ID (the predecessor)")
-    parser.add_argument("--config", default="configs/germeval_e5.py", help="config whose lm stage gives data, batch and buckets")
+    parser.add_argument("--config", type=existing_file, default="configs/germeval_e5.py", help="config whose lm stage gives data, batch and buckets")
     parser.add_argument("--batches", type=int, default=4, help="real training batches timed (each shape compiles once)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
-    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")
     args = parser.parse_args(argv)
 
     import importlib.util
@@ -113,4 +115,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m benchmarks.bench_mlm_positions"))

@@ -20,12 +20,13 @@ import argparse
 import json
 import os
 import statistics
-from pathlib import Path
+import sys
 from typing import Any, Sequence
 
-from benchmarks.arguments import comma_choices
+from benchmarks.arguments import comma_choices, existing_file
 from benchmarks.protocol import Worker, encoder_gflops, paired_ratio, thread_env
 from benchmarks.training_workers import Case, masked_count
+from theseus_jax.errors import run_cli
 
 BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072}
@@ -175,7 +176,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute dtype")
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.batch = args.batch or (8 if args.quick else 16)
@@ -198,4 +199,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m benchmarks.bench_training"))

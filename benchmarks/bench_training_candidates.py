@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from pathlib import Path
+import sys
 from typing import Any, Sequence
 
+from benchmarks.arguments import existing_file
 from benchmarks.bench_training import make_case
 from benchmarks.protocol import Worker, paired_ratio, thread_env
+from theseus_jax.errors import run_cli
 
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=12, help="encoder layers of the bert-base-wide model")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
-    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")
     args = parser.parse_args(argv)
     args.batch, args.length, args.dtype = (8, 64, "float32") if args.quick else (16, 128, "float32")
     from benchmarks.report import machine_description, publish
@@ -95,4 +97,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, "python -m benchmarks.bench_training_candidates"))

@@ -70,3 +70,39 @@ def test_statistics_by_hand():
     assert stats["truncated_share"] == pytest.approx(1 / 3)
     unlabelled = dataset_statistics([ex("abc", None, 1)], [5], 512)
     assert "positives" not in unlabelled and unlabelled["truncated_share"] == 0.0
+
+
+def _germeval_file(tmp_path, texts):
+    path = tmp_path / "train.tsv"
+    path.write_text("".join(f"{t}\t{'OFFENSE' if i % 3 == 0 else 'OTHER'}\tOTHER\n" for i, t in enumerate(texts)), encoding="utf-8")
+    return path
+
+
+def test_rows_dropped_by_cleaning_are_reported_once_per_file(tmp_path, caplog):
+    """29 of 200 rows with an empty text (every 7th, a hand count): one warning naming the file,
+    the counts and the reasons; reading the file again says nothing new."""
+    from configs.base import data_config
+    from theseus_jax.experiments import datasets
+
+    path = _germeval_file(tmp_path, ["   " if i % 7 == 0 else f"text number {i}" for i in range(200)])
+    data = data_config(format="germeval", train_path=str(path))
+    with caplog.at_level("INFO", logger="theseus_jax"):
+        datasets.split_examples(data, labelled=True)
+        datasets.split_examples(data, labelled=True)
+    dropped = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and dropped[0].levelname == "WARNING"
+    assert dropped[0].getMessage().startswith(
+        f"data: {path}: dropped 29 of 200 rows (29 empty texts, 0 duplicates, 0 with conflicting labels); 171 kept"
+    )
+
+
+def test_a_few_dropped_rows_are_an_info_line(tmp_path, caplog):
+    from configs.base import data_config
+    from theseus_jax.experiments import datasets
+
+    path = _germeval_file(tmp_path, [f"text number {i}" for i in range(60)] + ["text number 0"])  # row 60 repeats row 0, label too
+    with caplog.at_level("INFO", logger="theseus_jax"):
+        datasets.split_examples(data_config(format="germeval", train_path=str(path)), labelled=True)
+    (line,) = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert line.levelname == "INFO"
+    assert line.getMessage() == f"data: {path}: dropped 1 of 61 rows (0 empty texts, 1 duplicates, 0 with conflicting labels); 60 kept"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import ModelCard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,9 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
         assert data["train"]["count"] + data["validation"]["count"] + data["test"]["count"] == 120
         assert "validation" in data["sources"]
         assert (workdir / name / "best" / "model.safetensors").exists()
+        card = ModelCard.load(workdir / name / "best" / "README.md")  # the run's numbers, final
+        (evaluation,) = card.data.eval_results
+        assert (evaluation.metric_type, evaluation.metric_value) == (stage["metric"], stage["test"][stage["metric"]])
         assert (workdir / name / "report.md").exists() and (workdir / name / "steps.png").exists()
     # Layers: 4-layer predecessor, 2-layer successor and truncated model.
     assert stages["cls_predecessor"]["parameters"]["exported_layers"] == 4
@@ -65,6 +69,11 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
     assert comparison["finetuning_speedup"] == pytest.approx(pred["time_until_best_s"] / succ["time_until_best_s"])
     assert comparison["perplexity_lm_compress"] == stages["lm_compress"]["best"]["test"]["perplexity"]
     assert comparison["selection"] == "validation" and "Selection protocol: **validation**" in (workdir / "report.md").read_text()
+    # The comparison: a table row per downstream model, the verdict beside the difference.
+    markdown = (workdir / "report.md").read_text().split("## Comparison")[1]
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "[`cls_" in line]
+    assert [row.split("[`")[1].split("`")[0] for row in rows] == ["cls_predecessor", "cls_successor", "cls_truncated"]
+    assert f": **{comparison['successor_vs_truncated']}**" in rows[1]
     # Classes are stratified over the splits: validation holds both.
     cls_data = stages["cls_predecessor"]["data"]
     assert cls_data["validation"]["positives"] > 0 and cls_data["validation"]["negatives"] > 0

@@ -314,6 +314,7 @@ def test_real_process_config_and_data_errors(data, workdir):
         ("theseus_jax.inference", ["--model", "/no/such/model", "--text", "hi"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
         ("theseus_jax.convert", ["--check", "/no/such/model"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
         ("theseus_jax.analysis.errors", ["--tally", "/no/such/errors.csv"], "/no/such/errors.csv: no such file"),
+        ("benchmarks.bench_mlm_positions", ["--model", "/no/such/model", "--config", "configs/demo.py"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
     ],
 )
 def test_other_command_lines_end_user_errors_in_one_line(module, argv, fragment):
@@ -322,3 +323,114 @@ def test_other_command_lines_end_user_errors_in_one_line(module, argv, fragment)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"python -m {module}: error: {fragment}"
+
+
+@pytest.mark.parametrize(
+    "workdir_of, fragment",
+    [
+        (lambda f: f, "is a file, not a folder"),
+        (lambda f: f / "run", "is a file, so no folder can be made under it"),
+    ],
+)
+def test_a_workdir_that_cannot_be_a_folder(launch_main, data, tmp_path, workdir_of, fragment):
+    existing = data("notes.txt", "a file, not a workdir\n")
+    train = data("train.tsv", GOOD)
+    before = _tree(tmp_path)
+    status, stderr = launch_main(
+        f"--config={TINY}", f"--workdir={workdir_of(existing)}", "--config.pipeline=cls_baseline", f"--config.cls.data.train_path={train}"
+    )
+    _assert_one_line_error(status, stderr, f"--workdir={workdir_of(existing)}", fragment)
+    assert _tree(tmp_path) == before
+
+
+def test_a_config_file_that_does_not_exist(launch_main, tmp_path):
+    status, stderr = launch_main(f"--config={tmp_path / 'no_such.py'}", f"--workdir={tmp_path / 'w'}", "--config.cls.epochs=3")
+    _assert_one_line_error(status, stderr, f"--config={tmp_path / 'no_such.py'}: no such config file")
+    assert not (tmp_path / "w").exists()
+
+
+def _shard(folder: Path, tensors_of_shard) -> None:
+    """Splits the folder's model.safetensors in two shards with an index; `tensors_of_shard`
+    edits the index's weight map (a shard named that is missing, a tensor put in the wrong shard)."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(folder / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for shard, part in shards.items():
+        save_file({n: tensors[n] for n in part}, str(folder / shard))
+    (folder / "model.safetensors").unlink()
+    weight_map = tensors_of_shard({n: s for s, part in shards.items() for n in part}, folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _missing_shard(weight_map: dict, folder: Path) -> dict:
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    return weight_map
+
+
+def _misplaced_tensor(weight_map: dict, folder: Path) -> dict:
+    moved = next(n for n, s in sorted(weight_map.items()) if s.startswith("model-00002"))
+    return {**weight_map, moved: "model-00001-of-00002.safetensors"}
+
+
+DAMAGED_WEIGHTS = {
+    "truncated safetensors": (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+                              "model.safetensors: damaged or incomplete safetensors file"),
+    "corrupted pytorch_model.bin": (lambda f: _as_corrupted_bin(f), "pytorch_model.bin: damaged or incomplete PyTorch weights file"),
+    "index names a missing shard": (lambda f: _shard(f, _missing_shard),
+                                    "model.safetensors.index.json: lists shard 'model-00002-of-00002.safetensors'"),
+    "shard lacks a tensor its index puts there": (lambda f: _shard(f, _misplaced_tensor),
+                                                  "model-00001-of-00002.safetensors: lacks 1 tensors its index"),
+}
+
+
+def _as_corrupted_bin(folder: Path) -> None:
+    """A pytorch_model.bin whose second half was overwritten (a damaged copy)."""
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    raw = bytearray((folder / "pytorch_model.bin").read_bytes())
+    raw[len(raw) // 2 :] = b"\0" * (len(raw) - len(raw) // 2)
+    (folder / "pytorch_model.bin").write_bytes(bytes(raw))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, make_hf_model):
+    """A tiny BERT classifier saved by transformers: the folder to damage."""
+    folder = tmp_path / "model"
+    make_hf_model("BertForSequenceClassification").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_WEIGHTS))
+def test_damaged_weights_name_the_file_and_ask_for_a_new_copy(case, launch_main, data, tiny_checkpoint, tmp_path):
+    damage, fragment = DAMAGED_WEIGHTS[case]
+    damage(tiny_checkpoint)
+    train = data("train.tsv", GOOD)
+    status, stderr = launch_main(
+        f"--config={TINY}", f"--workdir={tmp_path / 'fresh'}", "--config.pipeline=cls_baseline",
+        f"--config.cls_model={tiny_checkpoint}", f"--config.cls.data.train_path={train}",
+    )
+    assert status == 2 and "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]  # after the run's "starting a new run" log line
+    assert line.startswith(f"launch.py: error: {tiny_checkpoint}/") and fragment in line, line
+    assert "download or copy it again" in line
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_damaged_weights_in_real_processes(data, tiny_checkpoint, tmp_path):
+    """launch.py and the inference CLI as a user runs them: status 2, the file named, no traceback."""
+    DAMAGED_WEIGHTS["truncated safetensors"][0](tiny_checkpoint)
+    train = data("train.tsv", GOOD)
+    launched = _subprocess(f"--config={TINY}", f"--workdir={tmp_path / 'fresh'}", "--config.pipeline=cls_baseline",
+                           f"--config.cls_model={tiny_checkpoint}", f"--config.cls.data.train_path={train}")
+    inferred = subprocess.run([sys.executable, "-m", "theseus_jax.inference", "--model", str(tiny_checkpoint), "--text", "hi"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    for prog, result in (("launch.py", launched), ("python -m theseus_jax.inference", inferred)):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"{prog}: error: {tiny_checkpoint / 'model.safetensors'}: damaged or incomplete safetensors file"), line
+    assert not (tmp_path / "fresh").exists()

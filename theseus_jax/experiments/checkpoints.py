@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,19 @@ class Checkpoints:
 
 class WorkdirConflict(UserError):
     pass
+
+
+def check_workdir(workdir: Path) -> None:
+    """A workdir that is a file, lies under a file or cannot be written ends the run before any
+    data is read, rather than as an OS error halfway through."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirConflict(f"--workdir={workdir}: is a file, not a folder; choose a new or existing folder")
+    existing = next(p for p in (workdir, *workdir.parents) if p.exists())
+    if not existing.is_dir():
+        raise WorkdirConflict(f"--workdir={workdir}: {existing} is a file, so no folder can be made under it; choose another --workdir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkdirConflict(f"--workdir={workdir}: {existing} is not writable by this user; choose a writable --workdir")
 
 
 def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -> bool:

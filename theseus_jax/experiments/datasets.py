@@ -16,7 +16,7 @@ from theseus_jax.data import fortunes, readers
 from theseus_jax.data.batching import BatchLoader
 from theseus_jax.data.encoding import encode
 from theseus_jax.data.masking import masking_config
-from theseus_jax.data.cleaning import clean
+from theseus_jax.data.cleaning import CleaningReport, clean
 from theseus_jax.data.records import DataError, Example
 from theseus_jax.data.splits import stratified_split
 from theseus_jax.data.statistics import dataset_statistics
@@ -110,6 +110,7 @@ def split_examples(data: ml_collections.ConfigDict, labelled: bool) -> Splits:
         elif any(e.label is None for e in examples):
             raise DataError(f"{path}: a classification stage needs labels (format {data.format!r})")
         examples, report = clean(examples)
+        report_dropped(path, report)
         if data.max_examples and len(examples) > data.max_examples:
             keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[: data.max_examples])
             examples = [examples[i] for i in keep]
@@ -148,13 +149,36 @@ NUM_LABELS = 2  # the classifier's outputs; pipelines.load_model builds heads of
 MIN_CLASS_EXAMPLES = 10
 
 
-_warned: set[str] = set()
+_logged: set[str] = set()
+
+
+def _log_once(level: int, message: str) -> None:
+    """Each message once per process: the check before a run and the run read the same files."""
+    if message not in _logged:
+        _logged.add(message)
+        log.log(level, "%s", message)
 
 
 def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning("%s", message)
+    _log_once(logging.WARNING, message)
+
+
+DROPPED_WARNING_SHARE = 0.1  # more than this share of a file dropped: likely a wrong column or format
+
+
+def report_dropped(path: str, report: CleaningReport) -> None:
+    """One console line per file that cleaning shortened, with the reasons; a warning when much
+    of the file went, so nobody trains on a sliver of their data unawares."""
+    dropped = report.empty + report.duplicates + report.conflicting
+    if not dropped:
+        return
+    total = report.kept + dropped
+    reasons = f"{report.empty} empty texts, {report.duplicates} duplicates, {report.conflicting} with conflicting labels"
+    message = f"data: {path}: dropped {dropped} of {total} rows ({reasons}); {report.kept} kept"
+    if dropped / total > DROPPED_WARNING_SHARE:
+        _warn_once(f"{message}: {dropped / total:.0%} of the file; check its text column and format")
+    else:
+        _log_once(logging.INFO, message)
 
 
 def check_classes(data: ml_collections.ConfigDict, train: list[Example], test: list[Example]) -> None:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from theseus_jax.compression import schedules, theseus
-from theseus_jax.experiments import datasets, report, summary, teacher
+from theseus_jax.experiments import datasets, model_card, report, summary, teacher
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
@@ -197,8 +197,19 @@ def _run(
         result["compression_ratio"] = predecessor_size / exported_params
     if parallel.is_writer():
         report.write_run_report(workdir, result, cfg)
+        model_card.write(workdir / "best", model_card.render(result, cfg, *_base_model(cfg, job.name)))
     parallel.barrier(f"{job.name}: report")
     return result
+
+
+def _base_model(cfg: ml_collections.ConfigDict, name: str) -> tuple[str | None, Path | None]:
+    """The model a run's export derives from, as configured and as a local folder: a
+    `cls_baseline` run's own `cls_model`, else the predecessor (None for a random init)."""
+    if name == "cls_baseline" and cfg.cls_model not in ("predecessor", "truncated"):
+        return cfg.cls_model, _model_dir(cfg.cls_model)
+    if cfg.model.random_config:
+        return None, None
+    return cfg.model.path, _model_dir(cfg.model.path)
 
 
 Source = str | dict[int, str] | None  # a model, or one per seed (the previous stage's outputs)

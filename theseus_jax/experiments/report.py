@@ -207,6 +207,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _compressed(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(stage, key suffix, model name) of each compressed stage present: the first one's
+    comparison keys are unsuffixed (`retained_performance`, `successor_minus_truncated`)."""
+    stages = [s for s in STUDENTS if s in results]
+    return [(s, "" if i == 0 else f"_{s}", "successor" if i == 0 else s) for i, s in enumerate(stages)]
+
+
 def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list[int] | None = None) -> dict[str, Any]:
     """CR, RP and speedups from the stages' recorded numbers (test metric at the selected
     steps, means over seeds), with per-seed values, standard deviations and bootstrap intervals.
@@ -232,10 +239,7 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
         f"{metric}_predecessor": test(baseline),
         f"validation_{metric}_predecessor": validation(baseline),
     }
-    compressed = [s for s in STUDENTS if s in results]
-    for i, stage in enumerate(compressed):
-        suffix = "" if i == 0 else f"_{stage}"
-        model = "successor" if i == 0 else stage
+    for stage, suffix, model in _compressed(results):
         out[f"compression_ratio{suffix}"] = _ratio(params(baseline), params(stage))
         if baseline in results:
             rp = summary.describe(summary.paired_by_seed(results[stage], results[baseline], metric, lambda a, b: _ratio(a, b)))
@@ -275,6 +279,79 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     if "lm_baseline" in results and "lm_compress" in results:
         out["lm_finetuning_speedup"] = _ratio(time_to_best("lm_baseline"), time_to_best("lm_compress"))
     return out
+
+
+MODEL_TITLES = {
+    "cls_predecessor": "predecessor",
+    "cls_successor": "compressed during MLM fine-tuning",
+    "cls_successor_kd": "compressed during MLM fine-tuning, distilled",
+    "cls_compress": "compressed during downstream training",
+    "cls_compress_kd": "compressed during downstream training, distilled",
+    "cls_truncated_kd": "truncated predecessor, distilled (vanilla KD)",
+    "cls_truncated": "truncated predecessor (bottom n layers)",
+}
+
+
+def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+    """One row per downstream model, what a reader compares at a glance; every raw value
+    (per seed, std, counts) stays in report.json's `comparison`."""
+    metric = comparison["metric"]
+    rows = [
+        f"| model | layers | parameters (CR) | test {metric} mean ± std [95% interval] | retained (RP) [interval] | "
+        "minus truncated [interval]: verdict | fine-tuning speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    suffixes = {stage: suffix for stage, suffix, _ in _compressed(results)}
+    models = {stage: model for stage, _, model in _compressed(results)}
+    for stage in [s for s in MODEL_TITLES if s in results]:
+        r, suffix = results[stage], suffixes.get(stage)
+        flag = " **collapsed** in seeds " + str(summary.collapsed_seeds(r)) if r.get("collapsed") else ""
+        cr = comparison.get(f"compression_ratio{suffix}") if suffix is not None else None
+        test = f"{_pm(r['test'].get(metric), r.get('test_std', {}).get(metric))} {_interval(r.get('test_ci95'))}"
+        rp = diff = speedup = ""
+        if stage == "cls_predecessor":
+            rp = speedup = "1"
+        if suffix is not None:
+            rp = _with_interval(comparison, f"retained_performance{suffix}", f"retained_performance_std{suffix}",
+                                f"retained_performance_ci95{suffix}")
+            speedup = _fmt(comparison.get(f"finetuning_speedup{suffix}"), 2)
+            model = models[stage]
+            if f"{model}_minus_truncated" in comparison:
+                positive = comparison[f"{model}_minus_truncated_positive_seeds"]
+                seeds = len(comparison[f"{model}_minus_truncated_per_seed"])
+                diff = (
+                    _with_interval(comparison, f"{model}_minus_truncated", f"{model}_minus_truncated_std",
+                                   f"{model}_minus_truncated_ci95", signed=True)
+                    + f": **{comparison[f'{model}_vs_truncated']}** ({positive} of {seeds} seeds positive)"
+                )
+        rows.append(
+            f"| {MODEL_TITLES[stage]} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
+            f"{r['parameters']['exported_model']:,}{'' if cr is None else f' ({cr:.2f})'} | {test} | {rp} | {diff} | {speedup} |"
+        )
+    lm = [f"{stage} {_fmt(comparison[f'perplexity_{stage}'], 2)}" for stage in ("lm_baseline", "lm_compress")
+          if f"perplexity_{stage}" in comparison]
+    notes = [
+        "",
+        f"CR = parameters(predecessor) / parameters(model); RP = test {metric}(model) / test {metric}(predecessor), per "
+        "seed then averaged; minus truncated = test metric difference to the truncated predecessor, paired by seed, "
+        "called better / worse only when every seed and the interval agree (never better than a collapsed baseline); "
+        "fine-tuning speedup = time until the selected step, predecessor / model. Inference speed is not measured by a "
+        "series: `python -m benchmarks.bench_inference --predecessor P --successor S`. Per-seed values: `report.json`.",
+    ]
+    if lm:
+        speedup = comparison.get("lm_finetuning_speedup")
+        notes.append(f"LM stages, test perplexity: {', '.join(lm)}"
+                     + ("" if speedup is None else f"; LM fine-tuning speedup {_fmt(speedup, 2)}") + ".")
+    return rows + notes
+
+
+def _with_interval(comparison: dict[str, Any], mean: str, std: str, ci95: str, signed: bool = False) -> str:
+    """`mean ± std [low, high]` of comparison keys (`+` shown on differences)."""
+    value = comparison.get(mean)
+    text = _pm(value, comparison.get(std))
+    if signed and value is not None and value > 0:
+        text = "+" + text
+    return f"{text} {_interval(comparison.get(ci95))}"
 
 
 def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str]:
@@ -380,20 +457,6 @@ def write_series_report(
     for stage in [s for s in results if results[s].get("collapsed")]:
         lines += ["", f"**WARNING**: `{stage}` collapsed: {COLLAPSED} "
                   f"(seeds {summary.collapsed_seeds(results[stage])})."]
-    lines += ["", "## Comparison", "", "| quantity | value |", "|---|---|"]
-    for key, value in comparison.items():
-        if "_per_seed" in key:  # also `retained_performance_per_seed_cls_compress`
-            value = ", ".join(f"seed {v['seed']}: {_fmt(v['value'])}" for v in value)
-        elif "_ci95" in key:
-            value = _interval(value)
-        lines.append(f"| {key} | {_fmt(value)} |")
-    lines += [
-        "",
-        f"CR = params(predecessor) / params(successor); RP = test {metric}(successor) / test {metric}(predecessor), "
-        "per seed then averaged; `*_minus_truncated` = test metric difference paired by seed (positive_seeds: how many "
-        "seeds it is positive in; `*_vs_truncated`: better / worse only when every seed and the interval agree, "
-        "never better than a collapsed baseline); fine-tuning speedup = time until best (predecessor) / time until best (successor).",
-        "",
-    ]
+    lines += ["", "## Comparison", "", *comparison_table(results, comparison), ""]
     lines += [f"![{p}]({p})" for p in plots]
     atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
