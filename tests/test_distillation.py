@@ -3,6 +3,7 @@ against transformers and reused on resume, early stopping and the replacement ph
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,8 @@ def test_distilled_truncated_run_killed_and_resumed_reuses_the_teacher_logits(tm
     killed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "THESEUS_KILL_AT": "train_step:6:TERM"})
     assert killed.returncode == 143, killed.stderr[-2000:]
+    # Without a terminal (no progress bar) the log carries the progress: step, total, loss, speed.
+    assert re.search(r"cls_baseline: epoch 1, step 4 of 11, loss \d+\.\d{4}, \d+\.\d\d s/step", killed.stderr)
     stored = workdir / teacher.FILE
     assert stored.exists() and not (workdir / "report.json").exists()
     stamp = stored.stat().st_mtime_ns

@@ -197,13 +197,15 @@ def prefetch(batches: Iterable[Batch], transfer: Callable[[Batch], Any], size: i
 
 class _PendingMetrics:
     """Per-step metrics left on the device until `flush`, which fetches them in one
-    transfer, then logs every step, updates the progress bar and checks the loss."""
+    transfer, then logs every step, updates the progress bar and checks the loss. Without a
+    terminal (a run under nohup or a scheduler: no bar) each flush logs one progress line."""
 
-    def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog") -> None:
-        self.name, self.checkpoint_dir, self.step_log = name, checkpoint_dir, step_log
+    def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog", total_steps: int) -> None:
+        self.name, self.checkpoint_dir, self.step_log, self.total_steps = name, checkpoint_dir, step_log, total_steps
         self.steps: list[int] = []
         self.metrics: list[dict[str, jax.Array]] = []
         self.bar: Any = None
+        self.last_flush = time.perf_counter()  # reset after evaluations: s/step counts training only
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -230,6 +232,13 @@ class _PendingMetrics:
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
+        now, previous, self.last_flush = time.perf_counter(), self.last_flush, time.perf_counter()
+        if self.bar is not None and self.bar.disable:
+            log.info(
+                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step", self.name, self.epoch + 1, steps[-1],
+                self.total_steps, scalars["loss"],
+                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", (now - previous) / len(steps),
+            )
 
 
 def train(job: TrainingJob, workdir: Path) -> Progress:
@@ -295,7 +304,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 write_predictions(workdir, job.test_texts, test_predictions)
         progress.history.append(entry)
         log.info(
-            "%s: epoch %d step %d %s %s=%.4f (best %.4f)", job.name, epoch, int(state.step), job.selection, job.metric,
+            "%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, int(state.step), job.selection, job.metric,
             value, progress.best[job.selection][job.metric],
         )
         progress.evals_without_improvement = plateau_count(
@@ -306,10 +315,11 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         return progress.stopped_early
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
-    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log)
+    total_steps = sum(job.train_loader.num_batches(e) for e in range(job.epochs))
+    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, total_steps)
 
     def stopped(signum: int, saved: bool) -> preemption.Stopped:
-        where = f"at step {step} of {sum(job.train_loader.num_batches(e) for e in range(job.epochs))}"
+        where = f"at step {step} of {total_steps}"
         saved_in = f", checkpoint saved in {workdir / 'checkpoints'}" if saved else ""
         name = signal.Signals(signum).name
         return preemption.Stopped(f"{job.name}: stopped by {name} {where}{saved_in}; rerun the same command to resume", signum)
@@ -322,7 +332,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             epoch = progress.epoch
             total = job.train_loader.num_batches(epoch)
             bar = tqdm(total=total, initial=progress.batch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", disable=None)
-            pending.bar, pending.epoch = bar, epoch
+            pending.bar, pending.epoch, pending.last_flush = bar, epoch, time.perf_counter()
             for batch in prefetch(job.train_loader.batches(epoch, progress.batch), lambda b: parallel.shard_batch(b, mesh)):
                 state, metrics = train_step(state, batch, rng)  # dispatched: the device runs ahead
                 step += 1
@@ -338,6 +348,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                     pending.flush()  # before any checkpoint: a non-finite step is never saved
                 if evaluate_now and run_evaluation(epoch):
                     break
+                if evaluate_now:
+                    pending.last_flush = time.perf_counter()
                 if save_now:
                     progress.elapsed_s = elapsed()
                     checkpoints.save(step, state, progress)
