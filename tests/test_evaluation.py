@@ -286,3 +286,28 @@ def test_workdir_with_another_config_is_refused(tmp_path):
     (tmp_path / "run" / "old.txt").write_text("x")
     assert claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 3}}, overwrite=True) is False
     assert not (tmp_path / "run" / "old.txt").exists()
+
+
+def test_series_plot_draws_each_models_validation_metric_per_training_step(tmp_path, monkeypatch):
+    """One line per downstream model at its evaluated steps (different step counts, an early
+    stop), its selected step starred; the LM stage is not drawn."""
+    def stage(objective, steps, values, selected):
+        history = [{"epoch": i, "step": s, "validation": {"macro_f1": v}} for i, (s, v) in enumerate(zip(steps, values))]
+        return {"objective": objective, "history": history, "best": {"step": selected}}
+
+    results = {
+        "lm_compress": stage("mlm", [10, 20], [0.0, 0.0], 20),
+        "cls_predecessor": stage("classification", [15, 30, 45, 60], [0.5, 0.7, 0.65, 0.6], 30),
+        "cls_successor": stage("classification", [8, 16], [0.4, 0.55], 16),  # fewer steps per epoch, stopped early
+    }
+    drawn = {}
+    monkeypatch.setattr(report.atomic, "save_figure", lambda fig, path, **_: drawn.update(
+        path=path, xlabel=fig.axes[0].get_xlabel(), legend=[t.get_text() for t in fig.axes[0].get_legend().get_texts()],
+        lines=[(list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines],
+    ))
+    assert report.plot_series(tmp_path, report.series_points(results, "macro_f1"), "macro_f1") == ["series_metric.png"]
+    assert drawn["path"] == tmp_path / "series_metric.png" and drawn["xlabel"] == "training step"
+    assert drawn["legend"] == ["cls_predecessor", "cls_successor"]
+    assert drawn["lines"] == [  # each model's (step, validation) pairs, then its selected point
+        ([15, 30, 45, 60], [0.5, 0.7, 0.65, 0.6]), ([30], [0.7]), ([8, 16], [0.4, 0.55]), ([16], [0.55]),
+    ]

@@ -374,20 +374,40 @@ def _with_interval(comparison: dict[str, Any], mean: str, std: str, ci95: str, s
     return f"{text} {_interval(comparison.get(ci95))}"
 
 
-def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str]:
+def series_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
+    """Per downstream stage (its first seed's run): the validation metric at each evaluated
+    training step, and the selected step with its value; what the series plot draws."""
+    points = {}
+    for stage, r in results.items():
+        if r["objective"] != "classification" or not r["history"]:
+            continue
+        history = r["history"]
+        selected = next((h for h in history if r["best"] and h["step"] == r["best"]["step"]), None)
+        points[stage] = {
+            "steps": [h["step"] for h in history],
+            "values": [h["validation"][metric] for h in history],
+            "selected": None if selected is None else (selected["step"], selected["validation"][metric]),
+        }
+    return points
+
+
+def plot_series(workdir: Path, points: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Each downstream model's validation metric over training steps, on one axis whatever its
+    epochs, step counts or early stop, its selected step starred."""
+    if not points:
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cls_stages = [s for s in results if results[s]["objective"] == "classification" and results[s]["history"]]
-    if not cls_stages:
-        return []
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for stage in cls_stages:
-        history = results[stage]["history"]
-        ax.plot([h["epoch"] + 1 for h in history], [h["validation"][metric] for h in history], marker="o", label=stage)
-    ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"downstream validation {metric} per epoch (first seed)")
+    for stage, p in points.items():
+        (line,) = ax.plot(p["steps"], p["values"], marker="o", ms=3, label=stage)
+        if p["selected"] is not None:
+            ax.plot(*p["selected"], "*", ms=12, color=line.get_color(), markeredgecolor="black")
+    ax.set(xlabel="training step", ylabel=f"validation {metric}",
+           title=f"downstream validation {metric} per step (first seed; star: selected step)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -445,7 +465,7 @@ def write_series_report(
     workdir: Path, results: dict[str, Any], comparison: dict[str, Any], cfg: ml_collections.ConfigDict
 ) -> None:
     workdir = Path(workdir)
-    plots = plot_series(workdir, results, comparison["metric"])
+    plots = plot_series(workdir, series_points(results, comparison["metric"]), comparison["metric"])
     plots += plot_seeds(workdir, seed_points(results, comparison["metric"]), comparison["metric"])
     atomic.write_text(
         workdir / "report.json",
