@@ -23,7 +23,7 @@ import numpy as np
 from benchmarks.arguments import existing_file
 from benchmarks.report import machine_description, write_section
 from theseus_jax.convert import load_hf_checkpoint
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 from theseus_jax.data.batching import BUCKETS, BatchLoader
 from theseus_jax.data.encoding import encode
 from theseus_jax.data.germeval import read_germeval
@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=existing_file, default=DATA, help="GermEval 2018 training file")
     parser.add_argument("--examples", type=int, default=320, help="tweets timed in each mode (20 batches)")
     parser.add_argument("--rounds", type=int, default=3)

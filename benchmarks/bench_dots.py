@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from benchmarks.arguments import comma_choices, existing_file
 from benchmarks.bench_training_candidates import NO_YNN
 from benchmarks.protocol import Worker, paired_ratio, serve, thread_env, time_calls
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 
 VARIANTS = {"default": "", "no-ynn": NO_YNN, "onednn": "--xla_cpu_use_onednn=true"}
 
@@ -184,7 +184,7 @@ def markdown(gemms: list[Gemm], times: dict[str, dict[str, list[float]]], versio
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--ffn", type=int, default=3072)
     parser.add_argument("--tokens", type=int, default=2048, help="batch x length (bench_training: 16 x 128)")

@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks.arguments import comma_choices, existing_file
 from benchmarks.protocol import REPO, encoder_gflops, time_calls
-from theseus_jax.errors import UserError, run_cli
+from theseus_jax.errors import ArgumentParser, UserError, run_cli
 
 PROG = "python -m benchmarks.bench_inference"
 RESULTS = REPO / "benchmarks" / "results"
@@ -249,7 +249,7 @@ def measure(args: argparse.Namespace, arguments: str, pairs: list[Pair], results
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="quick", action="store_true", default=True,
                       help="default: bert-base runs n in %s only, at most --budget seconds per case" % QUICK_BERT_BASE)

@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.arguments import existing_file
 from benchmarks.protocol import paired_ratio
 from benchmarks.report import machine_description, publish
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 
 IGNORE = -100
 
@@ -46,7 +46,7 @@ def per_row_layout(batch: dict[str, np.ndarray], multiple: int = 16) -> dict[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint folder or Hub ID (the predecessor)")
     parser.add_argument("--config", type=existing_file, default="configs/germeval_e5.py", help="config whose lm stage gives data, batch and buckets")
     parser.add_argument("--batches", type=int, default=4, help="real training batches timed (each shape compiles once)")

@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks.report import machine_description, write_section
 from theseus_jax.compression import schedules, theseus
+from theseus_jax.errors import ArgumentParser
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
 from theseus_jax.training import optimizer, parallel, steps
 
@@ -160,7 +161,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--successor-layers", type=int, default=6)

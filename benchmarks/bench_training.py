@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from benchmarks.arguments import comma_choices, existing_file
 from benchmarks.protocol import Worker, encoder_gflops, paired_ratio, thread_env
 from benchmarks.training_workers import Case, masked_count
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 
 BERT_BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072}
@@ -165,7 +165,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, machine: str, load: tupl
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4-layer hidden-256 model, batch 8, length 64, 2 rounds")
     parser.add_argument("--cases", type=comma_choices(CASES), default=list(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (default 3, quick 2)")

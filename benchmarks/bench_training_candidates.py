@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from benchmarks.arguments import existing_file
 from benchmarks.bench_training import make_case
 from benchmarks.protocol import Worker, paired_ratio, thread_env
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
 
@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace, flags: str = "", extra_env: dict[str, str] 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4-layer hidden-256 model, batch 8, length 64")
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--rounds", type=int, default=3)

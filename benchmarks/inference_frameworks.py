@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.protocol import REPO, encoder_gflops, thread_env, time_calls
+from theseus_jax.errors import ArgumentParser
 
 FRAMEWORK_CASES = ((1, 128), (8, 128), (16, 128), (1, 512), (8, 512), (16, 512))
 Row = dict[str, Any]
@@ -115,7 +116,7 @@ def compare_frameworks(args: argparse.Namespace) -> tuple[list[Row], dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The worker: one framework, one process, the cases timed in turn."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--framework", required=True, choices=["jax", "torch"])
     parser.add_argument("--model-dir", required=True, help="a bert-base HF checkpoint folder with its tokenizer")
     parser.add_argument("--cases", required=True, help='JSON list of [n, L]: batch size and sequence length')

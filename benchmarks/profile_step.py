@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from benchmarks.bench_training import BERT_BASE, CASES, E5_SMALL, QUICK_MODEL, make_case
 from benchmarks.protocol import Worker, thread_env
 from benchmarks.xla_profile import Row, StepProfile, parse_hlo, step_profile, trace_op_times
+from theseus_jax.errors import ArgumentParser
 
 MODELS = {"bert-base": BERT_BASE, "e5-small": E5_SMALL, "quick": QUICK_MODEL}
 CAVEAT = ("Caveat: XLA's plain `dot` thunks (Eigen kernels, kernel `dot` above; with the default flags mostly the "
@@ -96,7 +97,7 @@ def markdown(profile: StepProfile, run: dict[str, Any], args: argparse.Namespace
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="full-cls", choices=[c for c in CASES if c != "forward"])
     parser.add_argument("--model", default="bert-base", choices=sorted(MODELS))
     parser.add_argument("--layers", type=int, help="encoder layers (default: the model's)")

@@ -13,7 +13,6 @@ drew, the driver hands them to the PyTorch worker.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks.protocol import matmul_ceiling_gflops, peak_rss_mib, serve
+from theseus_jax.errors import ArgumentParser
 
 Case = dict[str, Any]
 MLM_RATE = 0.15
@@ -263,7 +263,7 @@ def torch_forwards(case: Case, device: str) -> dict[int, Callable[[], float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = ArgumentParser()
     parser.add_argument("framework", choices=["jax", "torch"])
     parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args()

@@ -118,16 +118,34 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     assert out["perplexity_lm_compress"] == 6.0
     # The RP interval: the same resample of test examples for numerator, denominator and every seed.
     draws = np.random.default_rng(7).integers(0, len(labels), size=(200, len(labels)))
-    values = [
-        np.mean([
-            skm.f1_score(labels[i], models["cls_successor"][s].argmax(1)[i], average="macro")
-            / skm.f1_score(labels[i], models["cls_predecessor"][s].argmax(1)[i], average="macro")
-            for s in range(3)
-        ])
-        for i in draws
-    ]
-    assert out["retained_performance_ci95"] == pytest.approx(np.percentile(values, [2.5, 97.5]), rel=1e-9)
+
+    def rp_interval(model):
+        """The percentile interval of the mean RP over seeds, by hand on each resample."""
+        values = [
+            np.mean([
+                skm.f1_score(labels[i], models[model][s].argmax(1)[i], average="macro")
+                / skm.f1_score(labels[i], models["cls_predecessor"][s].argmax(1)[i], average="macro")
+                for s in range(3)
+            ])
+            for i in draws
+        ]
+        return np.percentile(values, [2.5, 97.5])
+
+    assert out["retained_performance_ci95"] == pytest.approx(rp_interval("cls_successor"), rel=1e-9)
     assert out["retained_performance_ci95"][0] < out["retained_performance"] < out["retained_performance_ci95"][1]
+    # The truncated baseline against the predecessor, the same numbers as a student's.
+    rp_truncated = f1["cls_truncated"] / f1["cls_predecessor"]
+    assert [v["value"] for v in out["retained_performance_per_seed_cls_truncated"]] == pytest.approx(rp_truncated)
+    assert out["retained_performance_cls_truncated"] == pytest.approx(rp_truncated.mean())
+    assert out["retained_performance_std_cls_truncated"] == pytest.approx(rp_truncated.std(ddof=1))
+    low, high = rp_interval("cls_truncated")
+    assert out["retained_performance_ci95_cls_truncated"] == pytest.approx([low, high], rel=1e-9)
+    assert out["finetuning_speedup_cls_truncated"] == pytest.approx(30 / 10)
+    assert out["compression_ratio_cls_truncated"] == pytest.approx(1000 / 600)
+    table = {row.split("[`")[1].split("`")[0]: row.split(" | ") for row in report.comparison_table(results, out) if "[`" in row}
+    assert table["cls_truncated"][4] == f"{rp_truncated.mean():.4f} ± {rp_truncated.std(ddof=1):.4f} [{low:.4f}, {high:.4f}]"
+    assert table["cls_truncated"][6] == "3.00 |"
+    assert table["cls_truncated"][2] == "600 (1.67)"
     # Every seed favours the successor here, but the paired interval reaches below 0.
     assert (diff > 0).all() and out["successor_minus_truncated_ci95"][0] < 0
     assert out["successor_vs_truncated"] == "not separated"
@@ -265,3 +283,28 @@ def test_workdir_with_another_config_is_refused(tmp_path):
     (tmp_path / "run" / "old.txt").write_text("x")
     assert claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 3}}, overwrite=True) is False
     assert not (tmp_path / "run" / "old.txt").exists()
+
+
+def test_series_plot_draws_each_models_validation_metric_per_training_step(tmp_path, monkeypatch):
+    """One line per downstream model at its evaluated steps (different step counts, an early
+    stop), its selected step starred; the LM stage is not drawn."""
+    def stage(objective, steps, values, selected):
+        history = [{"epoch": i, "step": s, "validation": {"macro_f1": v}} for i, (s, v) in enumerate(zip(steps, values))]
+        return {"objective": objective, "history": history, "best": {"step": selected}}
+
+    results = {
+        "lm_compress": stage("mlm", [10, 20], [0.0, 0.0], 20),
+        "cls_predecessor": stage("classification", [15, 30, 45, 60], [0.5, 0.7, 0.65, 0.6], 30),
+        "cls_successor": stage("classification", [8, 16], [0.4, 0.55], 16),  # fewer steps per epoch, stopped early
+    }
+    drawn = {}
+    monkeypatch.setattr(report.atomic, "save_figure", lambda fig, path, **_: drawn.update(
+        path=path, xlabel=fig.axes[0].get_xlabel(), legend=[t.get_text() for t in fig.axes[0].get_legend().get_texts()],
+        lines=[(list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines],
+    ))
+    assert report.plot_series(tmp_path, report.series_points(results, "macro_f1"), "macro_f1") == ["series_metric.png"]
+    assert drawn["path"] == tmp_path / "series_metric.png" and drawn["xlabel"] == "training step"
+    assert drawn["legend"] == ["cls_predecessor", "cls_successor"]
+    assert drawn["lines"] == [  # each model's (step, validation) pairs, then its selected point
+        ([15, 30, 45, 60], [0.5, 0.7, 0.65, 0.6]), ([30], [0.7]), ([8, 16], [0.4, 0.55]), ([16], [0.55]),
+    ]

@@ -74,6 +74,9 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "[`cls_" in line]
     assert [row.split("[`")[1].split("`")[0] for row in rows] == ["cls_predecessor", "cls_successor", "cls_truncated"]
     assert f": **{comparison['successor_vs_truncated']}**" in rows[1]
+    truncated = rows[2].split(" | ")  # its RP and speedup against the predecessor, like the students'
+    assert truncated[4].startswith(f"{comparison['retained_performance_cls_truncated']:.4f} [")
+    assert truncated[6] == f"{comparison['finetuning_speedup_cls_truncated']:.2f} |"
     # Classes are stratified over the splits: validation holds both.
     cls_data = stages["cls_predecessor"]["data"]
     assert cls_data["validation"]["positives"] > 0 and cls_data["validation"]["negatives"] > 0
@@ -89,6 +92,16 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
     transformers = pytest.importorskip("transformers")
     model = transformers.BertForSequenceClassification.from_pretrained(workdir / "cls_successor" / "best")
     assert model.config.num_hidden_layers == 2
+    # Runs finished before model cards existed get theirs when the series is rerun and reuses them.
+    for name in ("lm_compress", "cls_truncated"):
+        (workdir / name / "best" / "README.md").unlink()
+    rerun = _ok(_launch(workdir, germeval_tsv))
+    assert "already finished" in rerun.stderr
+    for name in ("lm_compress", "cls_truncated"):
+        (evaluation,) = ModelCard.load(workdir / name / "best" / "README.md").data.eval_results
+        assert (evaluation.metric_type, evaluation.metric_value) == (stages[name]["metric"], stages[name]["test"][stages[name]["metric"]])
+    reused = json.loads((workdir / "report.json").read_text())["stages"]
+    assert all(reused[name]["history"] == stage["history"] for name, stage in stages.items())  # nothing trained again
 
 
 def _history(workdir):

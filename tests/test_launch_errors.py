@@ -434,3 +434,35 @@ def test_damaged_weights_in_real_processes(data, tiny_checkpoint, tmp_path):
         line = result.stderr.strip().splitlines()[-1]
         assert line.startswith(f"{prog}: error: {tiny_checkpoint / 'model.safetensors'}: damaged or incomplete safetensors file"), line
     assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("theseus_jax.inference", ["--text", "hi"], "the following arguments are required: --model"),
+        ("theseus_jax.convert", ["--check", "m", "--tolerance", "small"], "argument --tolerance: invalid float value: 'small'"),
+        ("theseus_jax.analysis.layers", ["--predecessor", "p"], "the following arguments are required: --successor, --texts, --out"),
+        ("benchmarks.bench_dots", ["--variants", "default,ynn-off"], "argument --variants: unknown ynn-off; choose from default,no-ynn,onednn"),
+    ],
+)
+def test_argument_errors_are_one_line(module, argv, message):
+    """argparse's refusals (usage line, then the error) become the one line of every user error."""
+    result = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"python -m {module}: error: {message}; see --help"]
+
+
+def test_help_is_still_the_full_help():
+    result = subprocess.run([sys.executable, "-m", "theseus_jax.inference", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("usage: python -m theseus_jax.inference [-h] --model MODEL")
+    assert "--batch-size BATCH_SIZE" in result.stdout and "Raw texts in, class probabilities out" in result.stdout
+
+
+def test_every_command_line_parses_with_the_one_line_parser():
+    """A new CLI built on argparse.ArgumentParser would print a usage line before its error."""
+    sources = [p for folder in ("theseus_jax", "benchmarks") for p in (REPO / folder).rglob("*.py")] + [REPO / "launch.py"]
+    plain = [str(p.relative_to(REPO)) for p in sources if "argparse.ArgumentParser(" in p.read_text()]
+    assert plain == []

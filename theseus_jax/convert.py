@@ -48,7 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from theseus_jax import atomic
-from theseus_jax.errors import CheckpointError, MissingCheckpoint, run_cli
+from theseus_jax.errors import ArgumentParser, CheckpointError, MissingCheckpoint, run_cli
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from theseus_jax.models.families import FAMILIES, Family
 from theseus_jax.models.hub import resolve_model
@@ -451,7 +451,7 @@ def _parity_report(folder: Path, config: BertConfig, params: Params) -> float | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m theseus_jax.convert", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m theseus_jax.convert", description=__doc__.splitlines()[0])
     parser.add_argument("--check", metavar="MODEL", required=True, help="checkpoint folder or Hub ID (org/name[@revision])")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest max abs diff that passes")
     args = parser.parse_args(argv)

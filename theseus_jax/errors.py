@@ -4,14 +4,16 @@ Every package raises a subclass of `UserError` for them; the command-line entry 
 turn it into one line on stderr (`prog: error: <what, where, what to do>`) and exit
 status 2, while any other exception is a bug and keeps its traceback. Set
 THESEUS_TRACEBACK=1 (or `--verbosity=1` for launch.py) to see a user error's traceback
-too. This module imports nothing from the package, so every layer may use it.
+too. Every command line parses its arguments with `ArgumentParser`, whose refusals are such
+a line too. This module imports nothing from the package, so every layer may use it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 TRACEBACK_ENV = "THESEUS_TRACEBACK"
 EXIT_USER_ERROR = 2
@@ -51,3 +53,19 @@ def run_cli(main: Callable[[], Any], prog: str, traceback: bool = False) -> int:
         print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     return int(result or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose refusals (a missing or unknown option, a bad value) are one line like
+    every user error, `prog: error: message; see --help`, exit 2: argparse's own prints the
+    usage first, a second line a reader must not have to untangle. `prog` defaults to the
+    `python -m module` the user typed (argparse's default is the file's name)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if not args and "prog" not in kwargs and spec is not None:
+            kwargs["prog"] = f"python -m {spec.name}"
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}; see --help\n")

@@ -19,7 +19,7 @@ import numpy as np
 
 from theseus_jax.data.batching import BUCKETS, bucket_length
 from theseus_jax.data.generic import read_text_lines
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
 from theseus_jax.models.hub import resolve_model
 from theseus_jax.tokenization import load_tokenizer
@@ -86,7 +86,7 @@ class Predictor:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model", required=True, help="HF checkpoint folder (config.json, weights, tokenizer) or Hub ID org/name[@revision]"
     )

@@ -23,7 +23,7 @@ import numpy as np
 
 from theseus_jax import atomic
 from theseus_jax.data.generic import open_text
-from theseus_jax.errors import UserError, run_cli
+from theseus_jax.errors import ArgumentParser, UserError, run_cli
 
 FIELDS = ["index", "text", "label", "prob_predecessor", "prob_successor", "model", "error_type", "error_class"]
 
@@ -115,7 +115,7 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predecessor", help="predictions.csv of the predecessor-based classifier")
     parser.add_argument("--successor", help="predictions.csv of the successor-based classifier")
     parser.add_argument("--out", help="CSV of sampled errors to write")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from theseus_jax import atomic
-from theseus_jax.errors import UserError, run_cli
+from theseus_jax.errors import ArgumentParser, UserError, run_cli
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
@@ -200,7 +200,7 @@ def _floats(text: str) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--learning-rates", default="1e-5,2e-5")

@@ -25,7 +25,7 @@ from theseus_jax import atomic
 from theseus_jax.analysis.similarity import linear_cka, mean_cosine
 from theseus_jax.compression.theseus import module_size
 from theseus_jax.data.generic import read_text_lines
-from theseus_jax.errors import run_cli
+from theseus_jax.errors import ArgumentParser, run_cli
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertModel
 
 Params = dict[str, Any]
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from theseus_jax.convert import load_hf_checkpoint
     from theseus_jax.tokenization import load_tokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predecessor", required=True, help="HF checkpoint folder or Hub ID of the predecessor")
     parser.add_argument("--successor", required=True, help="HF checkpoint folder or Hub ID of the successor")
     parser.add_argument("--texts", required=True, help="text file, one text per line")

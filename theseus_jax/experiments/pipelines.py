@@ -197,9 +197,14 @@ def _run(
         result["compression_ratio"] = predecessor_size / exported_params
     if parallel.is_writer():
         report.write_run_report(workdir, result, cfg)
-        model_card.write(workdir / "best", model_card.render(result, cfg, *_base_model(cfg, job.name)))
+        _write_card(result, workdir, cfg)
     parallel.barrier(f"{job.name}: report")
     return result
+
+
+def _write_card(result: dict[str, Any], workdir: Path, cfg: ml_collections.ConfigDict) -> None:
+    """The model card of the run's export (`workdir/best`) from its record."""
+    model_card.write(workdir / "best", model_card.render(result, cfg, *_base_model(cfg, result["name"])))
 
 
 def _base_model(cfg: ml_collections.ConfigDict, name: str) -> tuple[str | None, Path | None]:
@@ -256,7 +261,12 @@ def _stage(
             folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
             if (folder / "report.json").exists():
                 log.info("%s: already finished, reusing %s", name, folder / "report.json")
-                runs[seed].append(summary.with_current_collapse(json.loads((folder / "report.json").read_text())))
+                finished = summary.with_current_collapse(json.loads((folder / "report.json").read_text()))
+                card = folder / "best" / model_card.CARD_FILE
+                if parallel.is_writer() and (folder / "best").is_dir() and not card.exists():
+                    log.info("%s: writing the model card its export lacked, %s", name, card)  # finished before cards
+                    _write_card(finished, folder, cfg)
+                runs[seed].append(finished)
                 continue
             run_cfg = ml_collections.ConfigDict(cfg.to_dict())
             run_cfg.seed = seed

@@ -214,13 +214,40 @@ def _compressed(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(s, "" if i == 0 else f"_{s}", "successor" if i == 0 else s) for i, s in enumerate(stages)]
 
 
+# The truncated baseline's CR, RP and speedup keys (`retained_performance_cls_truncated`, ...).
+TRUNCATED_SUFFIX = "_cls_truncated"
+
+
+def _versus_predecessor(
+    results: dict[str, Any], stage: str, suffix: str, cfg: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """CR, RP (per seed, mean, std, interval) and fine-tuning speedup of `stage` against
+    `cls_predecessor`, its keys ending in `suffix`: the same numbers for every smaller model."""
+    metric = cfg.cls.metric
+    model, predecessor = results[stage], results.get("cls_predecessor")
+    if predecessor is None:
+        return {f"compression_ratio{suffix}": None, f"finetuning_speedup{suffix}": None}
+    rp = summary.describe(summary.paired_by_seed(model, predecessor, metric, lambda a, b: _ratio(a, b)))
+    return {
+        f"compression_ratio{suffix}": _ratio(predecessor["parameters"]["exported_model"], model["parameters"]["exported_model"]),
+        f"retained_performance{suffix}": rp["mean"],
+        f"retained_performance_std{suffix}": rp["std"],
+        f"retained_performance_per_seed{suffix}": rp["per_seed"],
+        f"retained_performance_ci95{suffix}": summary.seed_interval(
+            metric, [model, predecessor], lambda a, b: (a / b).mean(0), cfg
+        ),
+        f"finetuning_speedup{suffix}": _ratio(predecessor["time_until_best_s"], model["time_until_best_s"]),
+    }
+
+
 def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list[int] | None = None) -> dict[str, Any]:
     """CR, RP and speedups from the stages' recorded numbers (test metric at the selected
     steps, means over seeds), with per-seed values, standard deviations and bootstrap intervals.
 
     The students are `cls_successor` (compressed during MLM), `cls_compress` (compressed during
     downstream training), their distilled variants and the distilled truncated model
-    (`STUDENTS`); the unsuffixed keys describe the first present.
+    (`STUDENTS`); the unsuffixed keys describe the first present. The truncated baseline's CR, RP
+    and speedup carry `TRUNCATED_SUFFIX`, so its table row is as complete as the students'.
     RP is computed per seed and averaged; its interval resamples the test examples once for
     numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
     `seeds`: those the results cover (the configured ones by default; fewer while a
@@ -230,7 +257,6 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     test = lambda stage: results[stage]["test"].get(metric) if stage in results else None
     validation = lambda stage: results[stage]["validation"].get(metric) if stage in results else None
     time_to_best = lambda stage: results[stage]["time_until_best_s"] if stage in results else None
-    params = lambda stage: results[stage]["parameters"]["exported_model"] if stage in results else None
     baseline = "cls_predecessor"
     out: dict[str, Any] = {
         "metric": metric,
@@ -240,16 +266,7 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
         f"validation_{metric}_predecessor": validation(baseline),
     }
     for stage, suffix, model in _compressed(results):
-        out[f"compression_ratio{suffix}"] = _ratio(params(baseline), params(stage))
-        if baseline in results:
-            rp = summary.describe(summary.paired_by_seed(results[stage], results[baseline], metric, lambda a, b: _ratio(a, b)))
-            out[f"retained_performance{suffix}"] = rp["mean"]
-            out[f"retained_performance_std{suffix}"] = rp["std"]
-            out[f"retained_performance_per_seed{suffix}"] = rp["per_seed"]
-            out[f"retained_performance_ci95{suffix}"] = summary.seed_interval(
-                metric, [results[stage], results[baseline]], lambda a, b: (a / b).mean(0), cfg
-            )
-        out[f"finetuning_speedup{suffix}"] = _ratio(time_to_best(baseline), time_to_best(stage))
+        out.update(_versus_predecessor(results, stage, suffix, cfg))
         out[f"{metric}_{model}"] = test(stage)
         out[f"validation_{metric}_{model}"] = validation(stage)
         if "cls_truncated" in results:
@@ -268,6 +285,7 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     if "cls_truncated" in results:
         out[f"{metric}_truncated"] = test("cls_truncated")
         out[f"validation_{metric}_truncated"] = validation("cls_truncated")
+        out.update(_versus_predecessor(results, "cls_truncated", TRUNCATED_SUFFIX, cfg))
     collapsed = [s for s in results if results[s].get("collapsed")]
     if collapsed:
         out["collapsed_stages"] = collapsed
@@ -301,7 +319,7 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
         "minus truncated [interval]: verdict | fine-tuning speedup |",
         "|---|---|---|---|---|---|---|",
     ]
-    suffixes = {stage: suffix for stage, suffix, _ in _compressed(results)}
+    suffixes = {stage: suffix for stage, suffix, _ in _compressed(results)} | {"cls_truncated": TRUNCATED_SUFFIX}
     models = {stage: model for stage, _, model in _compressed(results)}
     for stage in [s for s in MODEL_TITLES if s in results]:
         r, suffix = results[stage], suffixes.get(stage)
@@ -315,8 +333,10 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
             rp = _with_interval(comparison, f"retained_performance{suffix}", f"retained_performance_std{suffix}",
                                 f"retained_performance_ci95{suffix}")
             speedup = _fmt(comparison.get(f"finetuning_speedup{suffix}"), 2)
-            model = models[stage]
-            if f"{model}_minus_truncated" in comparison:
+            model = models.get(stage)
+            if stage == "cls_truncated":
+                diff = "(the baseline)"
+            elif f"{model}_minus_truncated" in comparison:
                 positive = comparison[f"{model}_minus_truncated_positive_seeds"]
                 seeds = len(comparison[f"{model}_minus_truncated_per_seed"])
                 diff = (
@@ -354,20 +374,40 @@ def _with_interval(comparison: dict[str, Any], mean: str, std: str, ci95: str, s
     return f"{text} {_interval(comparison.get(ci95))}"
 
 
-def plot_series(workdir: Path, results: dict[str, Any], metric: str) -> list[str]:
+def series_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
+    """Per downstream stage (its first seed's run): the validation metric at each evaluated
+    training step, and the selected step with its value; what the series plot draws."""
+    points = {}
+    for stage, r in results.items():
+        if r["objective"] != "classification" or not r["history"]:
+            continue
+        history = r["history"]
+        selected = next((h for h in history if r["best"] and h["step"] == r["best"]["step"]), None)
+        points[stage] = {
+            "steps": [h["step"] for h in history],
+            "values": [h["validation"][metric] for h in history],
+            "selected": None if selected is None else (selected["step"], selected["validation"][metric]),
+        }
+    return points
+
+
+def plot_series(workdir: Path, points: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Each downstream model's validation metric over training steps, on one axis whatever its
+    epochs, step counts or early stop, its selected step starred."""
+    if not points:
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cls_stages = [s for s in results if results[s]["objective"] == "classification" and results[s]["history"]]
-    if not cls_stages:
-        return []
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for stage in cls_stages:
-        history = results[stage]["history"]
-        ax.plot([h["epoch"] + 1 for h in history], [h["validation"][metric] for h in history], marker="o", label=stage)
-    ax.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"downstream validation {metric} per epoch (first seed)")
+    for stage, p in points.items():
+        (line,) = ax.plot(p["steps"], p["values"], marker="o", ms=3, label=stage)
+        if p["selected"] is not None:
+            ax.plot(*p["selected"], "*", ms=12, color=line.get_color(), markeredgecolor="black")
+    ax.set(xlabel="training step", ylabel=f"validation {metric}",
+           title=f"downstream validation {metric} per step (first seed; star: selected step)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -425,7 +465,7 @@ def write_series_report(
     workdir: Path, results: dict[str, Any], comparison: dict[str, Any], cfg: ml_collections.ConfigDict
 ) -> None:
     workdir = Path(workdir)
-    plots = plot_series(workdir, results, comparison["metric"])
+    plots = plot_series(workdir, series_points(results, comparison["metric"]), comparison["metric"])
     plots += plot_seeds(workdir, seed_points(results, comparison["metric"]), comparison["metric"])
     atomic.write_text(
         workdir / "report.json",
