@@ -19,10 +19,11 @@ rates) is chosen on seed 0's validation split only (the screening), then run for
     python ../shared/tools/e5small_to_hf.py --out ~/.cache/theseus-jax/e5-small-hf
     nice python launch.py --config=configs/germeval_e5_recipe.py --workdir=~/.cache/theseus-jax/runs/e5_recipe
 
-Screening: the teacher once (seed 0), then each candidate as a single run from its best model
-(`--config.pipeline=cls_compress --config.cls_model=TEACHER/best`, or `cls_baseline` with
-`--config.cls_model=truncated`, each with `--config.distillation.teacher=TEACHER/best` when
-distilling); the table and commands are in BENCHMARKS.md.
+Screening (seed 0, validation only): the teacher once, then every candidate of `SCREEN` below
+as a single run from it, each at one learning rate, ranked on validation:
+
+    nice python -m theseus_jax.analysis.screen --config=configs/germeval_e5_recipe.py \
+        --root=~/.cache/theseus-jax/runs/e5_screen
 """
 
 from configs.germeval_e5 import get_config as germeval_e5_config
@@ -40,3 +41,29 @@ def get_config():
     config.distillation.alpha = 0.5
     config.distillation.temperature = 2.0
     return config
+
+
+_SEED0 = ["--config.seeds=0"]
+_COMPRESS = [*_SEED0, "--config.pipeline=cls_compress", "--config.cls_model={teacher}"]
+_TRUNCATED = [*_SEED0, "--config.pipeline=cls_baseline", "--config.cls_model=truncated"]
+_KD = ["--config.distillation.alpha=0.5", "--config.distillation.temperature=2.0", "--config.distillation.teacher={teacher}"]
+_CE = ["--config.distillation.alpha=0"]
+
+# The screening's candidates (theseus_jax.analysis.screen): one learning rate each, seed 0.
+SCREEN = {
+    "teacher": ["--config.series.stages=cls_predecessor", *_SEED0, "--config.cls.learning_rates=3e-5"],
+    **{
+        f"{name}_lr{rate}": [*base, *extra, f"--config.cls.learning_rates={rate}"]
+        for rate in ("3e-5", "1e-4")
+        for name, base, extra in (
+            ("truncated", _TRUNCATED, _CE),
+            ("truncated_kd", _TRUNCATED, _KD),
+            ("compress", _COMPRESS, _CE),
+            ("compress_kd", _COMPRESS, _KD),
+        )
+    },
+    # The published constant-rate example's shape: p = 0.5 for the first 2 epochs, then 1.
+    "compress_constant_lr1e-4": [*_COMPRESS, *_CE, "--config.compression.schedule=constant", "--config.cls.learning_rates=1e-4"],
+    # A later start of the curriculum (b = 0.3, the paper's other value).
+    "compress_b0.3_lr1e-4": [*_COMPRESS, *_CE, "--config.compression.starting_rate=0.3", "--config.cls.learning_rates=1e-4"],
+}

@@ -1,5 +1,6 @@
 """Analysis: CKA against the kernel (HSIC) formula, layer comparison on known cases."""
 
+import json
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,3 +152,36 @@ def test_grid_runs_every_point_once_and_resumes(tmp_path):
     assert table[2].startswith("| ") and best.name in table[4]
     assert (tmp_path / "summary.csv").read_text().count("\n") == 9
     assert (tmp_path / "grid_starting_rate.png").exists()
+
+
+def test_screen_runs_the_teacher_first_substitutes_it_and_ranks_on_validation(tmp_path):
+    from theseus_jax.analysis import screen
+
+    config = tmp_path / "study.py"
+    config.write_text(
+        "def get_config():\n    return None\n\n"
+        "SCREEN = {'student_a': ['--x={teacher}'], 'teacher': ['--t'], 'student_b': ['--config.distillation.teacher={teacher}']}\n"
+    )
+    candidates = screen.load_candidates(str(config))
+    # validation and test per candidate: b is best on validation though a is best on test.
+    scores = {"teacher": (0.80, 0.79), "student_a": (0.70, 0.75), "student_b": (0.72, 0.71)}
+    calls = []
+
+    def fake_launch(cfg, workdir, overrides):
+        calls.append((workdir.name, overrides))
+        workdir.mkdir(parents=True)
+        validation, test = scores[workdir.name]
+        record = {"name": "cls_compress", "metric": "macro_f1", "validation": {"macro_f1": validation},
+                  "test": {"macro_f1": test}, "learning_rate": 1e-4, "selected_step": 10, "collapsed": False,
+                  "best_model_dir": str(workdir / "best"), "time_until_best_s": 1.0, "total_time_s": 2.0}
+        report = {"stages": {"cls_predecessor": record}} if workdir.name == "teacher" else record
+        (workdir / "report.json").write_text(json.dumps(report))
+
+    assert screen.run_screen(str(config), tmp_path, candidates, launcher=fake_launch) == ["teacher", "student_a", "student_b"]
+    teacher_best = str(tmp_path / "teacher" / "best")
+    assert calls == [("teacher", ["--t"]), ("student_a", [f"--x={teacher_best}"]),
+                     ("student_b", [f"--config.distillation.teacher={teacher_best}"])]
+    assert screen.run_screen(str(config), tmp_path, candidates, launcher=fake_launch) == []  # finished: reused
+    rows = screen.summarise(tmp_path, list(candidates))
+    assert [r["name"] for r in rows] == ["teacher", "student_b", "student_a"]  # validation order, not test
+    assert "| student_b | cls_compress | macro_f1 | 0.72 | 0.71 |" in (tmp_path / "screen.md").read_text()
