@@ -45,6 +45,7 @@ def test_edge_rates_and_deterministic_module_are_exact():
     x = jax.random.normal(jax.random.key(0), (4, 8))
     np.testing.assert_array_equal(dropout(jax.random.key(0), x, 0.0), x)
     np.testing.assert_array_equal(dropout(jax.random.key(0), x, 1.0), np.zeros((4, 8)))
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, x, deterministic=False), x)  # needs no rng, as nn.Dropout
     module = Dropout(0.5)
     np.testing.assert_array_equal(module.apply({}, x, deterministic=True), x)
     trained = module.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})

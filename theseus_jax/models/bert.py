@@ -175,8 +175,8 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool | None = None) -> Array:
-        if nn.merge_param("deterministic", self.deterministic, deterministic):
-            return x
+        if nn.merge_param("deterministic", self.deterministic, deterministic) or dropout_rate(self.rate) == 0:
+            return x  # no key drawn: a model without dropout needs no "dropout" rng
         return dropout(self.make_rng("dropout"), x, self.rate)
 
 
