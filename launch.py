@@ -38,6 +38,7 @@ from theseus_jax.experiments.checkpoints import check_workdir, claim_workdir, un
 from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
 from theseus_jax.experiments.workdir_lock import WorkdirBusy, WorkdirLock
+from theseus_jax.memory import keep_freed_memory
 from theseus_jax.training import parallel
 
 PROG = "launch.py"
@@ -194,6 +195,7 @@ def main(argv: list[str]) -> int:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; overrides take the form --config.FIELD=VALUE")
         _setup_logging()
+        keep_freed_memory()
         _cache_compilations()
         workdir = Path(_WORKDIR.value)
         try:

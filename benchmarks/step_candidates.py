@@ -41,7 +41,7 @@ class FusedQKVSelfAttention(bert.BertSelfAttention):
         kernel = jnp.concatenate([k for k, _ in parts], axis=1).astype(dtype)
         qkv = jnp.dot(hidden.astype(dtype), kernel) + jnp.concatenate([b for _, b in parts]).astype(dtype)
         query, key, value = (x.reshape(x.shape[:-1] + (heads, head_dim)) for x in jnp.split(qkv, 3, axis=-1))
-        dropout = nn.Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
+        dropout = bert.Dropout(cfg.attention_probs_dropout_prob, deterministic=deterministic)
         return bert.scaled_dot_product_attention(query, key, value, bias, dropout)
 
 
@@ -64,9 +64,14 @@ class HeadMajorSelfAttention(bert.BertSelfAttention):
         scores = jnp.matmul(query, key.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32)
         scores = scores / jnp.sqrt(jnp.float32(head_dim)) + bias
         probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        probs = bert.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = jnp.matmul(probs.astype(value.dtype), value).transpose(0, 2, 1, 3)
         return context.reshape(context.shape[:2] + (cfg.hidden_size,))
+
+
+def _use_flax_dropout() -> None:
+    """The model's dropout before issue 22: `nn.Dropout` (a threefry float uniform per element)."""
+    bert.Dropout = nn.Dropout
 
 
 def _use_attention(cls: type[nn.Module]) -> Callable[[], None]:
@@ -79,6 +84,7 @@ def _use_attention(cls: type[nn.Module]) -> Callable[[], None]:
 CANDIDATES: dict[str, Callable[[], None]] = {
     "fused_qkv": _use_attention(FusedQKVSelfAttention),
     "head_major_attention": _use_attention(HeadMajorSelfAttention),
+    "flax_dropout": _use_flax_dropout,
 }
 
 

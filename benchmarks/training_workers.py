@@ -4,7 +4,8 @@ Hugging Face PyTorch, each served by a long-lived worker process (`benchmarks.pr
 A case is a dict: `kind` ("train" or "forward"), `objective` ("classification" or "mlm"),
 `model` (BertConfig fields), `batch`, `length`, `dtype`, and for Theseus
 `theseus = {"p": ..., "successors": n}` (successor layers trainable, everything else
-frozen, as in the original method); a forward case lists `layers` to time alternately.
+frozen, as in the original method), otherwise optionally `trainable` (an optimizer preset
+or regexes; default "all"); a forward case lists `layers` to time alternately.
 Both sides draw the same replacement masks: the JAX worker reports the masks its steps
 drew, the driver hands them to the PyTorch worker.
 
@@ -87,7 +88,7 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
         step = steps.make_train_step(model, tx, mask, objective, compression)
     else:
         model = HEADS[objective](config)
-        tx, mask = optimizer.make_optimizer(params, "all", 2e-5)
+        tx, mask = optimizer.make_optimizer(params, case.get("trainable", "all"), 2e-5)
         step = steps.make_train_step(model, tx, mask, objective)
     state = {"s": steps.create_train_state(params, tx), "step": 0}
     start = time.perf_counter()
@@ -278,6 +279,9 @@ def main() -> None:
         info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     else:
+        from theseus_jax.memory import keep_freed_memory
+
+        keep_freed_memory()  # as launch.py does, before JAX starts its threads
         import jax
 
         info = {"device": jax.devices()[0].device_kind, "versions": {"jax": jax.__version__}}

@@ -85,6 +85,7 @@ def test_trainable_presets():
         ("successor", lambda path: "/successor_" in path),
         ("successor_embeddings_heads", lambda path: "/predecessor_" not in path),
         ("all", lambda path: "/predecessor_" not in path),
+        ("all_but_word_embeddings", lambda path: "/predecessor_" not in path and "word_embeddings" not in path),
     ]:
         mask = flat(optimizer.trainable_mask(state.params, preset))
         assert all(train == expect(path) for path, train in mask.items()), preset

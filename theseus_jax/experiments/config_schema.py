@@ -125,6 +125,7 @@ _STAGE = {
     "max_grad_norm": Field(FLOAT, at_least(0)),
     "max_length": Field(INT, at_least(1)),
     "buckets": Field(SEQUENCE, buckets),
+    "trainable": Field(STR, one_of("all", "all_but_word_embeddings")),
     "data": Field(CONFIG),
     "data.format": Field(STR, one_of(*DATA_FORMATS)),
     "data.train_path": Field(STR),

@@ -289,8 +289,8 @@ def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] 
 def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     source = load_model(cfg, "mlm")
     loaders = datasets.mlm_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.lm.max_length))
-    job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, "all", loaders,
-               lambda p: (source.config, p), source.tokenizer_dir)
+    job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, cfg.lm.trainable,
+               loaders, lambda p: (source.config, p), source.tokenizer_dir)
     return _run(job, workdir, cfg, loaders, "lm_baseline")
 
 
@@ -360,8 +360,8 @@ def _cls_baseline_run(
         config, params = theseus.truncate_layers(source.config, source.params, cfg.compression.num_successor_layers)
         source = ModelSource(config, params, source.tokenizer_dir)
     loaders = datasets.classification_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.cls.max_length))
-    job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params, "all",
-               loaders, lambda p: (source.config, p), source.tokenizer_dir)
+    job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params,
+               cfg.cls.trainable, loaders, lambda p: (source.config, p), source.tokenizer_dir)
     return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, name)
 
 
