@@ -32,6 +32,7 @@ from absl import logging as absl_logging
 import ml_collections
 from ml_collections import config_flags
 
+from configs.base import get_base_config
 from theseus_jax.errors import UserError, one_line, run_cli, show_tracebacks
 from theseus_jax.experiments import datasets, preemption
 from theseus_jax.experiments.checkpoints import check_workdir, claim_workdir, unclaim_workdir
@@ -171,7 +172,7 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
             if writer:
                 workdir.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
-                resumed = claim_workdir(workdir, config.to_dict(), overwrite)
+                resumed = claim_workdir(workdir, config.to_dict(), overwrite, get_base_config().to_dict())
         except UserError as err:
             error = err
         if not parallel.agree(error is None):  # every process stops when process 0 must

@@ -1,5 +1,6 @@
 """Metrics against hand computations; report arithmetic from recorded numbers."""
 
+import json
 import math
 
 import ml_collections
@@ -283,6 +284,14 @@ def test_workdir_with_another_config_is_refused(tmp_path):
     (tmp_path / "run" / "old.txt").write_text("x")
     assert claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 3}}, overwrite=True) is False
     assert not (tmp_path / "run" / "old.txt").exists()
+    # A field added since the run was saved: the same run when it holds its default.
+    defaults = {"a": 0, "b": {"c": 0, "new": "all"}}
+    assert claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 3, "new": "all"}}, False, defaults) is True
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["b"]["new"] == "all"
+    with pytest.raises(WorkdirConflict, match=r"fields differ: b\.newer"):  # not its default
+        claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 3, "new": "all", "newer": 1}}, False, {"b": {"newer": 0}})
+    with pytest.raises(WorkdirConflict, match=r"fields differ: b\.c"):  # an old field changed
+        claim_workdir(tmp_path / "run", {"a": 1, "b": {"c": 4, "new": "all"}}, False, defaults)
 
 
 def test_series_plot_draws_each_models_validation_metric_per_training_step(tmp_path, monkeypatch):

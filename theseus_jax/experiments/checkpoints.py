@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,8 @@ import orbax.checkpoint as ocp
 from theseus_jax import atomic, faults
 from theseus_jax.errors import UserError
 from theseus_jax.experiments.workdir_lock import LOCK_FILES
+
+log = logging.getLogger("theseus_jax")
 
 
 @dataclasses.dataclass
@@ -99,12 +102,16 @@ def check_workdir(workdir: Path) -> None:
         raise WorkdirConflict(f"--workdir={workdir}: {existing} is not writable by this user; choose a writable --workdir")
 
 
-def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -> bool:
+def claim_workdir(
+    workdir: Path, config_json: dict[str, Any], overwrite: bool, defaults: dict[str, Any] | None = None
+) -> bool:
     """Records the run's config in `workdir/config.json`.
 
     Returns True when the workdir already holds this run (resume). A workdir holding a
     run of another config is refused unless `overwrite`, which clears it first (all but
-    the workdir lock of this run).
+    the workdir lock of this run). A run saved before a field existed is the same run when
+    the field holds its value in `defaults` (the base config): a long study survives an
+    upgrade that adds a field; its config.json then records the field.
     """
     workdir = Path(workdir)
     saved = workdir / "config.json"
@@ -112,9 +119,14 @@ def claim_workdir(workdir: Path, config_json: dict[str, Any], overwrite: bool) -
     if saved.exists():
         if saved.read_text() == text:
             return True
+        old, new = _flatten(json.loads(saved.read_text())), _flatten(json.loads(text))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        base = _flatten(json.loads(json.dumps(defaults or {}, default=str)))
+        if all(k not in old and k in base and base[k] == new[k] for k in changed):
+            log.info("%s: its config predates fields %s, which hold their defaults; resuming", workdir, ", ".join(changed))
+            atomic.write_text(saved, text)
+            return True
         if not overwrite:
-            old, new = _flatten(json.loads(saved.read_text())), _flatten(json.loads(text))
-            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise WorkdirConflict(
                 f"{workdir} holds a run with a different config (fields differ: {', '.join(changed)}); "
                 "pass --overwrite to replace it or choose another --workdir"
