@@ -240,3 +240,15 @@ def test_launch_keeps_compiled_steps_on_disk_unless_told_otherwise(tmp_path, env
     assert result.returncode == 0, result.stderr[-2000:]
     directory, size = expected
     assert result.stdout.split() == [directory.format(home=tmp_path), str(size)]
+
+
+@pytest.mark.parametrize("value, kept", [(None, "True"), ("0", "False")])
+def test_launch_keeps_freed_memory_unless_told_otherwise(value, kept):
+    """launch.py tunes glibc's malloc (faster steps, peak memory kept) unless THESEUS_KEEP_FREED_MEMORY=0."""
+    variables = {k: v for k, v in os.environ.items() if k != "THESEUS_KEEP_FREED_MEMORY"} | {"PYTHONPATH": str(REPO)}
+    if value is not None:
+        variables["THESEUS_KEEP_FREED_MEMORY"] = value
+    result = subprocess.run([sys.executable, "-c", "import launch; print(launch._keep_freed_memory())"], cwd=REPO,
+                            capture_output=True, text=True, env=variables, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == kept
