@@ -232,6 +232,52 @@ def _read_file(file: Path) -> dict[str, np.ndarray]:
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
 
 
+def _missing_shard(index: Path, shard: str) -> MissingCheckpoint:
+    return MissingCheckpoint(f"{index}: lists shard {shard!r}, which {index.parent} lacks; {DOWNLOAD_AGAIN}")
+
+
+def _check_shard(index: Path, shard: str, listed: set[str], held: set[str]) -> None:
+    """A shard holding fewer tensors than its index puts there came from another download."""
+    absent = sorted(listed - held)
+    if absent:
+        raise CheckpointError(
+            f"{index.parent / shard}: lacks {len(absent)} tensors its index {index.name} puts there "
+            f"(e.g. {absent[0]!r}); the shard and the index are from different downloads: {DOWNLOAD_AGAIN}"
+        )
+
+
+def check_weights(folder: str | Path) -> None:
+    """Reads only the headers of a folder's safetensors weights (one file or an index's
+    shards): a file cut short, a missing shard or a shard lacking its index's tensors is a
+    `CheckpointError` before any run starts, without loading the weights. (PyTorch `.bin`
+    files are checked when they are loaded.)"""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    index = folder / (SAFETENSORS_FILE + INDEX_SUFFIX)
+    if (folder / SAFETENSORS_FILE).is_file():
+        shards = {SAFETENSORS_FILE: set()}
+    elif index.is_file():
+        try:
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{index}: not a shard index (a JSON object with a 'weight_map')") from err
+        shards = {shard: {t for t, s in weight_map.items() if s == shard} for shard in set(weight_map.values())}
+    else:
+        return
+    for shard, listed in sorted(shards.items()):
+        if not (folder / shard).is_file():
+            raise _missing_shard(index, shard)
+        try:
+            with safe_open(str(folder / shard), "np") as f:
+                held = set(f.keys())
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(
+                f"{folder / shard}: damaged or incomplete safetensors file ({_first_sentence(err)}); {DOWNLOAD_AGAIN}"
+            ) from err
+        _check_shard(index, shard, listed, held)
+
+
 def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """The weights file (or shard index) and all its tensors; safetensors preferred."""
     for name in (SAFETENSORS_FILE, PYTORCH_FILE):
@@ -246,14 +292,9 @@ def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
             tensors: dict[str, np.ndarray] = {}
             for shard in sorted(set(weight_map.values())):
                 if not (folder / shard).is_file():
-                    raise MissingCheckpoint(f"{index}: lists shard {shard!r}, which {folder} lacks; {DOWNLOAD_AGAIN}")
+                    raise _missing_shard(index, shard)
                 held = _read_file(folder / shard)
-                absent = sorted(t for t, s in weight_map.items() if s == shard and t not in held)
-                if absent:
-                    raise CheckpointError(
-                        f"{folder / shard}: lacks {len(absent)} tensors its index {index.name} puts there "
-                        f"(e.g. {absent[0]!r}); the shard and the index are from different downloads: {DOWNLOAD_AGAIN}"
-                    )
+                _check_shard(index, shard, {t for t, s in weight_map.items() if s == shard}, set(held))
                 tensors.update(held)
             return index, tensors
     raise MissingCheckpoint(

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
+from theseus_jax.convert import check_weights
 from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
 from theseus_jax.experiments.pipelines import DISTILLING_STAGES, PIPELINES, SERIES_STAGES, STAGE_NEEDS
@@ -295,7 +296,13 @@ def _model_folder(path: str, name: str, problems: list[str]) -> Path | None:
 
 
 def _read_model_config(folder: Path, name: str, problems: list[str]) -> dict[str, Any] | None:
+    """The folder's config.json; a damaged safetensors weights file is a problem too (its
+    header read, not the weights), found before a workdir is taken."""
     config_file = folder / "config.json"
+    try:
+        check_weights(folder)
+    except UserError as err:
+        problems.append(_field(name, str(folder), str(err)))
     try:
         return json.loads(config_file.read_text())
     except FileNotFoundError:
