@@ -86,4 +86,4 @@ def test_ctrl_c_in_the_grid_lets_its_launch_save_before_the_grid_stops(tmp_path)
     assert saved.read_text() == "step"
     assert process.returncode == 2, stderr[-2000:]
     assert stderr.strip() == (f"grid: error: {tmp_path / 'point'}: launch.py stopped on a signal after saving its "
-                              "checkpoint; rerun the grid to resume")
+                              "checkpoint; rerun the same command to resume")

@@ -70,7 +70,7 @@ def my_points(points: list[GridPoint], index: int, count: int) -> list[GridPoint
 def launch_point(config: str, workdir: Path, overrides: list[str]) -> None:
     """Runs one point as its own process (a crash or kill loses nothing: rerun resumes).
 
-    Ctrl-C reaches launch.py too (one process group): the grid waits while it saves the
+    Ctrl-C reaches launch.py too (one process group): the grid (or screen) waits while it saves the
     step in flight, where `subprocess.run` would kill it a quarter second later.
     """
     process = subprocess.Popen([sys.executable, str(LAUNCH), f"--config={config}", f"--workdir={workdir}", *overrides])
@@ -81,9 +81,9 @@ def launch_point(config: str, workdir: Path, overrides: list[str]) -> None:
         except KeyboardInterrupt:
             continue  # launch.py got the same Ctrl-C; a second one stops it at once
     if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        raise UserError(f"{workdir}: launch.py stopped on a signal after saving its checkpoint; rerun the grid to resume")
+        raise UserError(f"{workdir}: launch.py stopped on a signal after saving its checkpoint; rerun the same command to resume")
     if status < 0:
-        raise UserError(f"{workdir}: launch.py was killed by {signal.Signals(-status).name}; rerun the grid to resume")
+        raise UserError(f"{workdir}: launch.py was killed by {signal.Signals(-status).name}; rerun the same command to resume")
     if status:
         raise UserError(f"{workdir}: launch.py ended with status {status} (its error is above); fix it and rerun to continue the grid")
 
