@@ -102,7 +102,9 @@ def test_teacher_logits_equal_transformers_and_are_reused(tmp_path, torch, make_
     loader = BatchLoader(Encoded(ids, np.array([len(x) for x in ids]), 16), np.zeros(5, np.int32), 2, buckets=(16,), seed=4)
     model = HEADS["classification"](config)
     run = tmp_path / "run"
-    logits = teacher.stored_or_computed(run, str(tmp_path / "teacher"), model, params, loader)
+    loads = []
+    load = lambda: loads.append(1) or (model, params)  # the teacher's weights, loaded only to compute
+    logits = teacher.stored_or_computed(run, str(tmp_path / "teacher"), load, loader)
     with torch.no_grad():
         expected = np.stack([hf(torch.tensor(x[None], dtype=torch.long)).logits[0].numpy() for x in ids])
     np.testing.assert_allclose(logits, expected, atol=2e-5)
@@ -113,9 +115,9 @@ def test_teacher_logits_equal_transformers_and_are_reused(tmp_path, torch, make_
     original = teacher.compute
     teacher.compute = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
-        np.testing.assert_array_equal(teacher.stored_or_computed(run, str(tmp_path / "teacher"), model, params, loader), logits)
-        assert calls == [] and (run / teacher.FILE).stat().st_mtime_ns == stamp
-        teacher.stored_or_computed(run, str(tmp_path / "other"), model, params, loader)
+        np.testing.assert_array_equal(teacher.stored_or_computed(run, str(tmp_path / "teacher"), load, loader), logits)
+        assert calls == [] and loads == [1] and (run / teacher.FILE).stat().st_mtime_ns == stamp
+        teacher.stored_or_computed(run, str(tmp_path / "other"), load, loader)
         assert calls == [1]
     finally:
         teacher.compute = original

@@ -229,10 +229,11 @@ def _distil(job: TrainingJob, cfg: ml_collections.ConfigDict, workdir: Path, tea
     temperature from `config.distillation`); unchanged without a teacher."""
     if not teacher_dir:
         return job
-    source = load_model(cfg, "classification", path=teacher_dir)
-    logits = teacher.stored_or_computed(
-        workdir, teacher_dir, HEADS["classification"](source.config), source.params, job.train_loader, cfg.num_devices
-    )
+    def load() -> tuple[Any, Params]:
+        source = load_model(cfg, "classification", path=teacher_dir)
+        return HEADS["classification"](source.config), source.params
+
+    logits = teacher.stored_or_computed(workdir, teacher_dir, load, job.train_loader, cfg.num_devices)
     log.info("%s: distilling from %s (alpha %g, temperature %g)", job.name, teacher_dir, cfg.distillation.alpha,
              cfg.distillation.temperature)
     return dataclasses.replace(

@@ -3,7 +3,7 @@
 The teacher (a fine-tuned classifier) runs without dropout, so its logits per training
 example are fixed. One forward pass over the training set writes them to
 `<run>/teacher_logits.npz` (atomically, with the teacher's path and the example count);
-a resumed run reads them back instead of running the teacher again. `with_teacher_logits`
+a resumed run reads them back without loading the teacher at all. `WithTeacherLogits`
 puts each batch's rows into the batch (`teacher_logits` [B, C]; padding rows get row 0,
 which their zero `example_mask` ignores).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -48,10 +48,12 @@ def compute(model: nn.Module, params: Any, loader: BatchLoader, num_devices: int
 
 
 def stored_or_computed(
-    workdir: Path, teacher_dir: str, model: nn.Module, params: Any, loader: BatchLoader, num_devices: int = 0
+    workdir: Path, teacher_dir: str, load: Callable[[], tuple[nn.Module, Any]], loader: BatchLoader,
+    num_devices: int = 0,
 ) -> np.ndarray:
     """The run's stored teacher logits when they are this teacher's for this training set,
-    else a fresh forward pass (stored by process 0)."""
+    else a fresh forward pass of the teacher `load()` returns (model, params), stored by
+    process 0: a resumed run never loads the teacher's weights."""
     path = Path(workdir) / FILE
     if path.exists():
         with np.load(path) as stored:
@@ -59,7 +61,7 @@ def stored_or_computed(
                 log.info("teacher logits: reusing %s", path)
                 return stored["logits"]
         log.info("teacher logits: %s belongs to another teacher or training set; computing them again", path)
-    logits = compute(model, params, loader, num_devices)
+    logits = compute(*load(), loader, num_devices)
     if parallel.is_writer():
         Path(workdir).mkdir(parents=True, exist_ok=True)
         with atomic.open_atomic(path, "wb") as f:

@@ -232,7 +232,8 @@ class _PendingMetrics:
             if self.bar is not None:
                 self.bar.update(1)
                 self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
-        now, previous, self.last_flush = time.perf_counter(), self.last_flush, time.perf_counter()
+        now = time.perf_counter()
+        previous, self.last_flush = self.last_flush, now
         if self.bar is not None and self.bar.disable:
             log.info(
                 "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step", self.name, self.epoch + 1, steps[-1],
