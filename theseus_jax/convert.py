@@ -232,6 +232,14 @@ def _read_file(file: Path) -> dict[str, np.ndarray]:
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """A shard index's tensor -> shard file map."""
+    try:
+        return json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index}: not a shard index (a JSON object with a 'weight_map')") from err
+
+
 def _missing_shard(index: Path, shard: str) -> MissingCheckpoint:
     return MissingCheckpoint(f"{index}: lists shard {shard!r}, which {index.parent} lacks; {DOWNLOAD_AGAIN}")
 
@@ -258,10 +266,7 @@ def check_weights(folder: str | Path) -> None:
     if (folder / SAFETENSORS_FILE).is_file():
         shards = {SAFETENSORS_FILE: set()}
     elif index.is_file():
-        try:
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{index}: not a shard index (a JSON object with a 'weight_map')") from err
+        weight_map = _weight_map(index)
         shards = {shard: {t for t, s in weight_map.items() if s == shard} for shard in set(weight_map.values())}
     else:
         return
@@ -285,10 +290,7 @@ def _read_tensors(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
             return folder / name, _read_file(folder / name)
         index = folder / (name + INDEX_SUFFIX)
         if index.is_file():
-            try:
-                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise CheckpointError(f"{index}: not a shard index (a JSON object with a 'weight_map')") from err
+            weight_map = _weight_map(index)
             tensors: dict[str, np.ndarray] = {}
             for shard in sorted(set(weight_map.values())):
                 if not (folder / shard).is_file():

@@ -22,7 +22,7 @@ import ml_collections
 from theseus_jax.convert import check_weights
 from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
-from theseus_jax.experiments.pipelines import DISTILLING_STAGES, PIPELINES, SERIES_STAGES, STAGE_NEEDS
+from theseus_jax.experiments.pipelines import DISTILLING_STAGES, PIPELINES, SERIES_STAGES, missing_needs
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.training.optimizer import TRAINABLE_PRESETS
@@ -366,7 +366,7 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
             stages = series_stages(config)
             problems += [
                 _field("series.stages", _value(config, "series.stages"), f"{stage} needs {need} before it")
-                for stage in stages for need in STAGE_NEEDS.get(stage, ()) if need not in stages[: stages.index(stage)]
+                for stage, need in missing_needs(stages)
             ]
             if set(stages) & set(DISTILLING_STAGES) and not _value(config, "distillation.alpha", 0.0):
                 problems.append(_field("distillation.alpha", _value(config, "distillation.alpha", 0.0),

@@ -372,10 +372,8 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     unknown = set(stages) - set(SERIES_STAGES)
     if unknown:
         raise ValueError(f"config.series.stages: unknown stages {sorted(unknown)}; known: {list(SERIES_STAGES)}")
-    for stage, needs in STAGE_NEEDS.items():
-        for need in needs:
-            if stage in stages and need not in stages[: stages.index(stage)]:
-                raise ValueError(f"config.series.stages: {stage} needs {need} before it")
+    for stage, need in missing_needs(stages):
+        raise ValueError(f"config.series.stages: {stage} needs {need} before it")
     seeds = summary.parse_seeds(cfg.seeds)
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
@@ -397,6 +395,11 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "cls_truncated_kd": ("cls_predecessor",),
 }
 DISTILLING_STAGES = ("cls_compress_kd", "cls_successor_kd", "cls_truncated_kd")
+
+
+def missing_needs(stages: list[str]) -> list[tuple[str, str]]:
+    """(stage, the stage it needs) for each need that does not run before it."""
+    return [(s, need) for i, s in enumerate(stages) for need in STAGE_NEEDS.get(s, ()) if need not in stages[:i]]
 
 
 def _outputs(results: dict[str, Any], stage: str) -> dict[int, str] | None:
