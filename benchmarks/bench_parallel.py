@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.protocol import encoder_gflops, matmul_ceiling_gflops
 from benchmarks.report import machine_description, write_section
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.errors import ArgumentParser
@@ -39,10 +40,7 @@ PEAK_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A10
 
 def layer_flops(config: BertConfig, seq_len: int) -> float:
     """Forward matmul FLOPs of one layer for one sequence."""
-    h, i = config.hidden_size, config.intermediate_size
-    projections = 2 * seq_len * (4 * h * h + 2 * h * i)
-    attention = 2 * 2 * seq_len * seq_len * h  # scores and context
-    return float(projections + attention)
+    return 1e9 * encoder_gflops(1, config.hidden_size, config.intermediate_size, seq_len)
 
 
 def expected_step_flops(config: BertConfig, n_successor: int, p: float, seq_len: int, batch: int) -> float:
@@ -58,19 +56,6 @@ def expected_step_flops(config: BertConfig, n_successor: int, p: float, seq_len:
         below = 1.0 - (1.0 - p) ** i  # some module below runs a trainable successor
         total += p * (2.0 + below) + (1.0 - p) * r * (1.0 + below)
     return total * layer_flops(config, seq_len) * batch
-
-
-def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a jitted square matmul on one device: the CPU's practical ceiling."""
-    a = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 def build_step(config: BertConfig, n_successor: int, p: float, batch: dict, mesh) -> Callable[[], None]:
@@ -128,7 +113,7 @@ def main() -> None:
         elif kind in PEAK_TFLOPS:
             peak, source = PEAK_TFLOPS[kind] * 1e12, f"{PEAK_TFLOPS[kind]:g} TFLOP/s bf16 spec"
         else:
-            peak = matmul_peak_flops(dtype)
+            peak = 1e9 * matmul_ceiling_gflops(dtype=dtype)
             source = f"{peak / 1e9:.0f} GFLOP/s measured {dtype} matmul"
         mean = sum(ts) / len(ts)  # the mean covers the mask draws that the FLOP count expects
         mfu = flops / mean / (peak * mesh.size)

@@ -1,17 +1,24 @@
-"""Training-step speed: JAX (ours) beside Hugging Face PyTorch, against the matmul ceiling.
+"""Training-step speed: JAX (ours) beside Hugging Face PyTorch, against the matmul ceiling;
+or, with --candidates, our step beside candidate changes of it.
 
-Cases (bert-base shape, random weights, float32, batch 16, length 128 unless --quick):
-full 12-layer fine-tuning (everything trainable, AdamW) and Theseus 12 -> 6 at p = 0.5
-and p = 1 (successor layers trainable), each for classification and MLM, plus the
-inference forward of 12 and 6 layers. Each case runs in two fresh long-lived worker
+Cases (bert-base shape unless --model, random weights, float32, batch 16, length 128
+unless --quick): full fine-tuning (everything trainable, AdamW) and Theseus n -> n/2 at
+p = 0.5 and p = 1 (successor layers trainable), each for classification and MLM, plus
+the inference forward of n and n/2 layers. Each case runs in two fresh long-lived worker
 processes (ours and HF's, `benchmarks.training_workers`), driven alternately round by
 round with the same replacement masks; reported: median seconds per step, model GFLOP/s,
 percent of the jitted 2048^3 float32 matmul rate measured by the JAX worker of the same
 case, the HF/ours ratio (median of paired rounds), compile time of the first step and
 peak RSS of each worker.
 
+With --candidates (training cases, default full-cls): a baseline JAX worker lives for the
+case and every candidate (an XLA flag, an environment variable or a case change, see
+CANDIDATES) runs in a JAX worker of its own, the two alternating step by step; reported:
+the median of paired baseline/candidate ratios (> 1: the candidate is faster).
+
     python -m benchmarks.bench_training --output BENCHMARKS.md
     python -m benchmarks.bench_training --quick          # small model, a sanity check
+    python -m benchmarks.bench_training --candidates no_dropout,xla_no_ynn --rounds 6 --output BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -34,14 +41,37 @@ E5_SMALL = {"vocab_size": 250037, "hidden_size": 384, "num_hidden_layers": 12, "
             "intermediate_size": 1536}  # multilingual-e5-small: XLM-R vocabulary, MiniLM-sized encoder
 QUICK_MODEL = {"vocab_size": 30522, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                "intermediate_size": 1024}
+MODELS = {"bert-base": BERT_BASE, "e5-small": E5_SMALL, "quick": QUICK_MODEL}
 CASES = ("full-cls", "theseus-0.5-cls", "theseus-1-cls", "full-mlm", "theseus-0.5-mlm", "theseus-1-mlm", "forward")
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# name -> (case changes, extra XLA flags, extra environment, what it is); measured so far:
+# BENCHMARKS.md (issue 22's section and the older candidate tables).
+CANDIDATES: dict[str, tuple[dict[str, Any], str, dict[str, str], str]] = {
+    "bfloat16": ({"dtype": "bfloat16"}, "", {}, "bfloat16 matmuls, float32 weights, LayerNorm/softmax/loss (`BertConfig.dtype`)"),
+    "no_donation": ({"donate": False}, "", {}, "train state not donated (the trainer donates it)"),
+    "no_dropout": ({"dropout": False}, "", {}, "diagnostic only: dropout off (deterministic step)"),
+    "frozen_word_embeddings": ({"trainable": "all_but_word_embeddings"}, "", {}, "word embeddings frozen (optimizer preset `all_but_word_embeddings`: no table gradient, no AdamW over the table)"),
+    "rbg_prng": ({}, "", {"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "every PRNG key (dropout, replacement masks, init) from XLA's RngBitGenerator (`jax_default_prng_impl=rbg`) instead of threefry"),
+    "xla_xnnpack": ({}, "--xla_cpu_use_xnnpack=true", {}, "XLA flag"),
+    "xla_onednn": ({}, "--xla_cpu_use_onednn=true", {}, "XLA flag"),
+    "xla_vector_width_512": ({}, "--xla_cpu_prefer_vector_width=512", {}, "XLA flag"),
+    "xla_no_ynn": ({}, NO_YNN, {}, "XLA flag: dots left to XLA's own (Eigen) kernels instead of YNNPACK fusions"),
+    "xla_no_ynn_onednn": ({}, f"{NO_YNN} --xla_cpu_use_onednn=true", {}, "XLA flags: no YNNPACK fusions, oneDNN on"),
+    "xla_ynn_dot_only": ({}, "--xla_cpu_experimental_ynn_fusion_type=dot", {}, "XLA flag: YNNPACK fusions for dots only (no elementwise or reduce fusions)"),
+    "xla_onednn_custom_call": ({}, "--xla_cpu_experimental_onednn_custom_call=true", {}, "XLA flag: oneDNN custom-call thunks"),
+    "xla_xnn_graph_greedy": ({}, "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}, "XLA flag: greedy XNNPACK subgraph fusion"),
+    "xla_serial_scheduler": ({}, "--xla_cpu_enable_concurrency_optimized_scheduler=false", {}, "XLA flag: no concurrent thunks"),
+}
 Row = dict[str, Any]
 
 
-def make_case(name: str, args: argparse.Namespace, model: dict[str, int] | None = None) -> Case:
-    """The case `name` (one of CASES) with args' batch, length and dtype; the model defaults
-    to bert-base (or the quick model under --quick)."""
-    model = model or (QUICK_MODEL if args.quick else BERT_BASE)
+def model_shape(name: str, layers: int | None = None) -> dict[str, int]:
+    """The BertConfig fields of MODELS[name], with `layers` encoder layers if given."""
+    return MODELS[name] | ({"num_hidden_layers": layers} if layers else {})
+
+
+def make_case(name: str, args: argparse.Namespace, model: dict[str, int]) -> Case:
+    """The case `name` (one of CASES) of `model` with args' batch, length and dtype."""
     case: Case = {"name": name, "model": model, "batch": args.batch, "length": args.length, "dtype": args.dtype,
                   "objective": "mlm" if name.endswith("mlm") else "classification"}
     layers = model["num_hidden_layers"]
@@ -74,11 +104,16 @@ def step_gflop(case: Case, mask: list[bool] | None) -> float:
     return total + head * below
 
 
+def training_worker(args: argparse.Namespace, framework: str = "jax", flags: str = "",
+                    extra_env: dict[str, str] | None = None) -> Worker:
+    """A `training_workers` process pinned to args.threads, with extra XLA flags and environment."""
+    env = thread_env(args.threads) | (extra_env or {})
+    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {flags}".strip()
+    return Worker("benchmarks.training_workers", [framework, "--threads", str(args.threads)], env)
+
+
 def run_case(case: Case, args: argparse.Namespace) -> list[Row]:
-    env = thread_env(args.threads)
-    worker_args = ["--threads", str(args.threads)]
-    with Worker("benchmarks.training_workers", ["jax", *worker_args], env) as ours, \
-            Worker("benchmarks.training_workers", ["torch", *worker_args], env) as hf:
+    with training_worker(args) as ours, training_worker(args, "torch") as hf:
         ceilings = [ours.request(op="ceiling")["gflops"]]
         setup = {"jax": ours.request(op="setup", case=case)}
         setup["torch"] = hf.request(op="setup", case=case, mask=setup["jax"].get("first_mask"))
@@ -127,15 +162,52 @@ def run_case(case: Case, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-def markdown(rows: list[Row], args: argparse.Namespace, machine: str, load: tuple[float, float]) -> str:
-    shape = "quick model (4 layers, hidden 256)" if args.quick else "bert-base shape (12 layers, hidden 768), random weights"
+def run_candidates(case: Case, args: argparse.Namespace) -> list[str]:
+    """Table rows: each candidate in its own worker, alternating step by step with one
+    baseline worker that lives for the whole case."""
+    rows = []
+    with training_worker(args) as base:
+        base.request(op="setup", case=case)
+        for name in args.candidates:
+            changes, flags, extra_env, what = CANDIDATES[name]
+            with training_worker(args, flags=flags, extra_env=extra_env) as candidate:
+                setup = candidate.request(op="setup", case=case | changes)
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    ours.append(base.request(op="steps", count=1)["times"][0])
+                    theirs.append(candidate.request(op="steps", count=1)["times"][0])
+            applied = " ".join([flags, *(f"{k}={v}" for k, v in extra_env.items())]).strip()
+            row = (f"| {case['name']} | {name} | {what}{' `' + applied + '`' if applied else ''} | {statistics.median(ours):.3f} | "
+                   f"{statistics.median(theirs):.3f} | **{paired_ratio(ours, theirs):.2f}** | {setup['compile_s']:.1f} |")
+            print(row, f"(baseline s {[round(t, 3) for t in ours]}, candidate s {[round(t, 3) for t in theirs]})", flush=True)
+            rows.append(row)
+    return rows
+
+
+def setting(args: argparse.Namespace, model: dict[str, int]) -> str:
+    """The model, batch and length the cases ran with."""
+    return (f"{args.model} shape ({model['num_hidden_layers']} layers, hidden {model['hidden_size']}, FFN "
+            f"{model['intermediate_size']}, vocab {model['vocab_size']}), random weights, batch {args.batch}, length {args.length}")
+
+
+def candidates_markdown(rows: list[str], args: argparse.Namespace, model: dict[str, int], machine: str,
+                        load: tuple[float, float]) -> str:
+    return "\n".join([
+        f"Machine: {machine}; {args.threads} threads; 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after. "
+        f"{setting(args, model)}, {args.dtype} unless stated, {args.rounds} rounds of one baseline and one candidate step.",
+        "", "| case | candidate | what | baseline s | candidate s | speedup (median of paired ratios) | candidate compile s |",
+        "|---|---|---|---|---|---|---|", *rows,
+    ])
+
+
+def markdown(rows: list[Row], args: argparse.Namespace, model: dict[str, int], machine: str, load: tuple[float, float]) -> str:
     versions = rows[0]["versions"]
     optimizers = sorted({r["hf_optimizer"] for r in rows if r["hf_optimizer"]})
     ceilings = [r["ceiling_gflops"] for r in rows]
     lines = [
         f"Machine: {machine}; {args.threads} threads per framework; {args.dtype}; 1-minute load average "
         f"{load[0]:.1f} before, {load[1]:.1f} after. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
-        f"{shape}, batch {args.batch}, length {args.length}, all positions attended, dropout on in training. "
+        f"{setting(args, model)}, all positions attended, dropout on in training. "
         f"Per case: a fresh JAX worker and a fresh HF worker, first step (JAX: compile + step), then {args.rounds} "
         f"alternating rounds of {args.steps} step(s) each, the same replacement masks on both sides. "
         f"Matmul ceiling: jitted 2048^3 float32 matmul in each case's JAX worker before each round, medians "
@@ -166,8 +238,13 @@ def markdown(rows: list[Row], args: argparse.Namespace, machine: str, load: tupl
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4-layer hidden-256 model, batch 8, length 64, 2 rounds")
-    parser.add_argument("--cases", type=comma_choices(CASES), default=list(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--quick", action="store_true", help="the quick model (4 layers, hidden 256), batch 8, length 64, 2 rounds")
+    parser.add_argument("--model", choices=sorted(MODELS), help="model shape, random weights (default bert-base; quick with --quick)")
+    parser.add_argument("--layers", type=int, help="encoder layers (default: the model's)")
+    parser.add_argument("--cases", type=comma_choices(CASES), help=f"comma-separated subset of {','.join(CASES)} "
+                        "(default all; full-cls with --candidates)")
+    parser.add_argument("--candidates", type=comma_choices(CANDIDATES),
+                        help=f"time these against our own step instead of HF's, comma-separated of {','.join(CANDIDATES)}")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per case (default 3, quick 2)")
     parser.add_argument("--steps", type=int, default=1, help="steps (or forwards) per framework and round")
     parser.add_argument("--batch", type=int, default=None)
@@ -178,6 +255,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")
     args = parser.parse_args(argv)
+    args.model = args.model or ("quick" if args.quick else "bert-base")
+    args.cases = args.cases or (["full-cls"] if args.candidates else list(CASES))
+    if args.candidates and "forward" in args.cases:
+        parser.error("--candidates times training steps: leave forward out of --cases")
+    if any(c.startswith("theseus") for c in args.cases) and model_shape(args.model, args.layers)["num_hidden_layers"] < 2:
+        parser.error("a Theseus case needs at least 2 layers")
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.batch = args.batch or (8 if args.quick else 16)
     args.length = args.length or (64 if args.quick else 128)
@@ -188,14 +271,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from benchmarks.report import machine_description, publish
 
+    model = model_shape(args.model, args.layers)
     load_before = os.getloadavg()[0]
-    rows = [row for name in args.cases for row in run_case(make_case(name, args), args)]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    title = "Training step on CPU: JAX vs PyTorch and the matmul ceiling" + (" (--quick)" if args.quick else "")
-    publish(markdown(rows, args, machine_description(), (load_before, os.getloadavg()[0])), title,
-            "benchmarks.bench_training", argv, args.output, args.notes)
+    if args.candidates:
+        lines = [row for name in args.cases for row in run_candidates(make_case(name, args, model), args)]
+        body = candidates_markdown(lines, args, model, machine_description(), (load_before, os.getloadavg()[0]))
+        title = "Training step: candidate changes against the current step"
+    else:
+        rows = [row for name in args.cases for row in run_case(make_case(name, args, model), args)]
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        body = markdown(rows, args, model, machine_description(), (load_before, os.getloadavg()[0]))
+        title = "Training step on CPU: JAX vs PyTorch and the matmul ceiling"
+    publish(body, title + (" (--quick)" if args.quick else ""), "benchmarks.bench_training", argv, args.output, args.notes)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.bench_training import BERT_BASE, CASES, E5_SMALL, QUICK_MODEL, make_case
-from benchmarks.protocol import Worker, thread_env
+from benchmarks.arguments import existing_file
+from benchmarks.bench_training import CASES, MODELS, make_case, model_shape, training_worker
 from benchmarks.xla_profile import Row, StepProfile, parse_hlo, step_profile, trace_op_times
 from theseus_jax.errors import ArgumentParser
 
-MODELS = {"bert-base": BERT_BASE, "e5-small": E5_SMALL, "quick": QUICK_MODEL}
 CAVEAT = ("Caveat: XLA's plain `dot` thunks (Eigen kernels, kernel `dot` above; with the default flags mostly the "
           "weight-gradient dots) return before their "
           "work is done, so their busy time is far too small and their busy GFLOP/s meaningless; their "
@@ -37,11 +36,9 @@ CAVEAT = ("Caveat: XLA's plain `dot` thunks (Eigen kernels, kernel `dot` above; 
 
 def run_profile(args: argparse.Namespace, trace_dir: Path) -> tuple[StepProfile, dict[str, Any]]:
     """Runs the case in a fresh worker; (profile per step, wall times and setup reply)."""
-    model = MODELS[args.model] | ({"num_hidden_layers": args.layers} if args.layers else {})
+    model = model_shape(args.model, args.layers)
     case = make_case(args.case, args, model)
-    env = thread_env(args.threads)
-    env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {args.xla_flags}".strip()
-    with Worker("benchmarks.training_workers", ["jax", "--threads", str(args.threads)], env) as worker:
+    with training_worker(args, flags=args.xla_flags) as worker:
         setup = worker.request(op="setup", case=case)
         worker.request(op="steps", count=args.warmup)
         wall = worker.request(op="steps", count=args.measure)["times"]
@@ -111,11 +108,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2, help="steps traced")
     parser.add_argument("--trace-dir", type=Path, help="keep the trace and HLO here (default: a temporary folder)")
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
-    parser.add_argument("--notes", type=Path, help="Markdown appended to the section")
+    parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")
     args = parser.parse_args(argv)
     if args.trace_dir and args.trace_dir.exists() and any(args.trace_dir.iterdir()):
         parser.error(f"--trace-dir {args.trace_dir} is not empty")
-    if args.case.startswith("theseus") and (args.layers or MODELS[args.model]["num_hidden_layers"]) < 2:
+    if args.case.startswith("theseus") and model_shape(args.model, args.layers)["num_hidden_layers"] < 2:
         parser.error("a Theseus case needs at least 2 layers")
     return args
 

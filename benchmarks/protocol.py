@@ -55,13 +55,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_ceiling_gflops(size: int = 2048, reps: int = 5) -> float:
-    """Median GFLOP/s of a jitted size^3 float32 matmul: what XLA's dot reaches on this machine."""
+def matmul_ceiling_gflops(size: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
+    """Median GFLOP/s of a jitted size^3 matmul (float32 unless `dtype`): what XLA's dot
+    reaches on this machine's default device."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(jnp.matmul)
     matmul(a, b).block_until_ready()
     times = time_calls(lambda: matmul(a, b).block_until_ready(), 0.0, reps, reps)

@@ -5,7 +5,9 @@ A case is a dict: `kind` ("train" or "forward"), `objective` ("classification" o
 `model` (BertConfig fields), `batch`, `length`, `dtype`, and for Theseus
 `theseus = {"p": ..., "successors": n}` (successor layers trainable, everything else
 frozen, as in the original method), otherwise optionally `trainable` (an optimizer preset
-or regexes; default "all"); a forward case lists `layers` to time alternately.
+or regexes; default "all"); a forward case lists `layers` to time alternately. Candidate
+changes (`bench_training --candidates`) may add `dropout: false` (dropout off) and
+`donate: false` (the train state not donated).
 Both sides draw the same replacement masks: the JAX worker reports the masks its steps
 drew, the driver hands them to the PyTorch worker.
 
@@ -59,10 +61,6 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
     from theseus_jax.compression import schedules, theseus
     from theseus_jax.models.bert import HEADS, BertConfig
     from theseus_jax.training import optimizer, steps
-
-    from benchmarks import step_candidates
-
-    step_candidates.apply(case.get("variant"))
     no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0} if case.get("dropout") is False else {}
     config = BertConfig(**case["model"] | no_dropout, dtype=case["dtype"])
     objective = case["objective"]
@@ -109,37 +107,6 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
         replace_rng, _ = jax.random.split(jax.random.fold_in(rng, k))
         return [bool(x) for x in schedules.sample_replace_mask(replace_rng, spec["p"], spec["successors"])]
 
-    def phases() -> dict[str, Callable[[], float]]:
-        """Forward (loss), forward + backward (gradient) and the optimizer update alone,
-        each jitted on its own, for a full (everything trainable) case."""
-        loss_of = steps.LOSSES[objective]
-
-        def loss(p):
-            logits = steps._forward(model, p, batch, deterministic=False, rngs={"dropout": rng})
-            return loss_of(logits, batch)[0]
-
-        def update(s, grads):
-            updates, opt_state = tx.update(grads, s.opt_state, s.params)
-            return optimizer.apply_trainable_updates(s.params, updates, mask), opt_state
-
-        forward, gradient, apply_update = jax.jit(loss), jax.jit(jax.grad(loss)), jax.jit(update)
-        grads = gradient(state["s"].params)
-
-        def timed(fn: Callable[[], Any]) -> Callable[[], float]:
-            fn()  # compile
-
-            def run() -> float:
-                start = time.perf_counter()
-                jax.block_until_ready(fn())
-                return time.perf_counter() - start
-
-            return run
-
-        return {"forward": timed(lambda: forward(state["s"].params)),
-                "forward+backward": timed(lambda: gradient(state["s"].params)),
-                "optimizer update": timed(lambda: apply_update(state["s"], grads))}
-
-    run.phases = phases  # type: ignore[attr-defined]
     run.hlo_text = compiled.as_text  # type: ignore[attr-defined]  # the optimized HLO the step runs
     return run, lambda: mask_of(state["step"]), compile_s
 
@@ -327,14 +294,6 @@ def main() -> None:
             for _ in range(request["count"]):
                 for layers, run in held["forwards"].items():
                     times[layers].append(run())
-            return {"times": times}
-        if op == "phases":  # JAX: the step's parts, each `count` times, interleaved with whole steps
-            parts = held.setdefault("phases", held["run"].phases())
-            times = {name: [] for name in ["step", *parts]}
-            for _ in range(request["count"]):
-                times["step"].append(held["run"]())
-                for name, run in parts.items():
-                    times[name].append(run())
             return {"times": times}
         if op == "ceiling":
             return {"gflops": matmul_ceiling_gflops()}

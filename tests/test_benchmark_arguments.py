@@ -1,8 +1,9 @@
-"""The benchmarks' comma-separated choices: a subset is kept in order, a typo is refused."""
+"""The training benchmark's command line: a subset of cases or candidates is kept in order,
+a typo is refused in one line, candidates time training steps only."""
 
 import pytest
 
-from benchmarks import bench_dots, bench_training
+from benchmarks import bench_training
 
 
 def test_a_subset_of_cases_is_kept_in_the_given_order():
@@ -12,7 +13,32 @@ def test_a_subset_of_cases_is_kept_in_the_given_order():
 
 def test_an_unknown_choice_exits_2_with_one_line_naming_it_and_the_choices(capsys):
     with pytest.raises(SystemExit) as exit_:
-        bench_dots.parse_args(["--variants", "default,ynn-off"])
+        bench_training.parse_args(["--candidates", "no_dropout,fused_qkv"])
     assert exit_.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--variants: unknown ynn-off; choose from default,no-ynn,onednn" in line
+    assert f"--candidates: unknown fused_qkv; choose from {','.join(bench_training.CANDIDATES)}" in line
+
+
+def test_candidates_default_to_the_full_classification_step_and_refuse_the_forward(capsys):
+    args = bench_training.parse_args(["--candidates", "no_dropout", "--model", "e5-small", "--layers", "4"])
+    assert (args.cases, args.candidates, args.rounds, args.batch) == (["full-cls"], ["no_dropout"], 3, 16)
+    assert bench_training.model_shape(args.model, args.layers) == bench_training.E5_SMALL | {"num_hidden_layers": 4}
+    with pytest.raises(SystemExit) as exit_:
+        bench_training.parse_args(["--candidates", "no_dropout", "--cases", "forward"])
+    assert exit_.value.code == 2 and "leave forward out of --cases" in capsys.readouterr().err
+
+
+def test_quick_is_the_small_model_unless_another_is_named():
+    assert bench_training.parse_args(["--quick"]).model == "quick"
+    assert bench_training.parse_args(["--quick", "--model", "bert-base"]).model == "bert-base"
+    assert bench_training.parse_args([]).model == "bert-base"
+
+
+@pytest.mark.slow  # two JAX workers compile a 1-layer step: about 30 s
+def test_candidates_write_their_section(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    bench_training.main(["--quick", "--layers", "1", "--batch", "2", "--length", "16", "--rounds", "1",
+                         "--candidates", "no_dropout,xla_no_ynn", "--output", str(output)])
+    text = output.read_text()
+    assert "## Training step: candidate changes against the current step (--quick)" in text
+    assert "| full-cls | no_dropout | diagnostic only" in text and f"`{bench_training.NO_YNN}`" in text

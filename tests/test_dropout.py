@@ -1,4 +1,4 @@
-"""The model's dropout (`models.bert.dropout`): rate rounded to k/256, kept fraction and
+"""The model's dropout (`models.dropout`): rate rounded to k/256, kept fraction and
 scaling checked against hand-computed binomial bounds."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from theseus_jax.models.bert import Dropout, dropout, dropout_rate
+from theseus_jax.models.dropout import Dropout, dropout, dropout_rate
 
 
 def test_rate_rounds_to_multiples_of_1_256():

@@ -314,7 +314,7 @@ def test_real_process_config_and_data_errors(data, workdir):
         ("theseus_jax.inference", ["--model", "/no/such/model", "--text", "hi"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
         ("theseus_jax.convert", ["--check", "/no/such/model"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
         ("theseus_jax.analysis.errors", ["--tally", "/no/such/errors.csv"], "/no/such/errors.csv: no such file"),
-        ("benchmarks.bench_mlm_positions", ["--model", "/no/such/model", "--config", "configs/demo.py"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
+        ("benchmarks.bench_inference", ["--predecessor", "/no/such/model", "--successor", "2"], "/no/such/model: no such checkpoint folder (a model is a local folder or a Hub ID org/name[@revision])"),
     ],
 )
 def test_other_command_lines_end_user_errors_in_one_line(module, argv, fragment):
@@ -447,7 +447,7 @@ def test_damaged_weights_in_real_processes(data, tiny_checkpoint, tmp_path):
         ("theseus_jax.inference", ["--text", "hi"], "the following arguments are required: --model"),
         ("theseus_jax.convert", ["--check", "m", "--tolerance", "small"], "argument --tolerance: invalid float value: 'small'"),
         ("theseus_jax.analysis.layers", ["--predecessor", "p"], "the following arguments are required: --successor, --texts, --out"),
-        ("benchmarks.bench_dots", ["--variants", "default,ynn-off"], "argument --variants: unknown ynn-off; choose from default,no-ynn,onednn"),
+        ("benchmarks.bench_training", ["--cases", "full-cls,fwd"], "argument --cases: unknown fwd; choose from full-cls,theseus-0.5-cls,theseus-1-cls,full-mlm,theseus-0.5-mlm,theseus-1-mlm,forward"),
     ],
 )
 def test_argument_errors_are_one_line(module, argv, message):

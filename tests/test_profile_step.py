@@ -1,5 +1,5 @@
-"""Op-level profiling (`benchmarks.xla_profile`, `profile_step`) and the GEMM table of
-`bench_dots`: FLOPs against hand counts, trace totals against hand-made events."""
+"""Op-level profiling (`benchmarks.xla_profile`, `profile_step`): FLOPs against hand
+counts, trace totals against hand-made events."""
 
 import gzip
 import json
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import bench_dots, profile_step, xla_profile
+from benchmarks import profile_step, xla_profile
 
 M, K, N = 64, 48, 32  # distinct, so a swapped operand shows in the shapes
 
@@ -118,26 +118,6 @@ def test_categories(opcodes, names, expected):
     assert xla_profile.category(frozenset(opcodes), names) == expected
 
 
-def test_bert_base_layer_gemms_have_hand_counted_flops():
-    gemms = {(g.name, g.role): g for g in bench_dots.layer_gemms(768, 3072, 2048, 2048)}
-    for role in ("forward", "dX", "dW"):
-        assert gemms[[k for k in gemms if k[1] == role and "768x3072" in k[0]][0]].gflop == 2 * 2048 * 768 * 3072 / 1e9
-        assert gemms[[k for k in gemms if k[1] == role and "768x768" in k[0]][0]].gflop == 2 * 2048 * 768 * 768 / 1e9
-    assert gemms[("2048^3 matmul", "ceiling")].gflop == 2 * 2048**3 / 1e9
-    per_layer = sum(g.per_layer * g.gflop for g in gemms.values())
-    assert per_layer == pytest.approx(3 * 2 * 2048 * (4 * 768 * 768 + 2 * 768 * 3072) / 1e9)
-
-
-@pytest.mark.parametrize("build", ["jax_gemm", "torch_gemm"])
-def test_gemm_runners_compute_the_declared_product_shape(build, request):
-    if build == "torch_gemm":
-        request.getfixturevalue("torch")
-    for gemm in bench_dots.layer_gemms(4, 6, 5, 3):
-        rows = gemm.lhs[1 - gemm.contracting[0]]
-        cols = gemm.rhs[1 - gemm.contracting[1]]
-        assert tuple(getattr(bench_dots, build)(gemm)().shape) == (rows, cols), gemm.name
-
-
 @pytest.mark.slow  # compiles a 1-layer training step in a worker and traces it: about 30 s
 def test_profile_step_writes_its_section(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
@@ -146,12 +126,3 @@ def test_profile_step_writes_its_section(tmp_path):
     text = output.read_text()
     assert "## Training step profile: where the time goes (op level), quick 1 layers full-cls" in text
     assert "| matmul x.W (forward) |" in text and profile_step.CAVEAT in text
-
-
-@pytest.mark.slow  # four workers (three JAX variants, torch): about 25 s
-def test_bench_dots_writes_its_section(tmp_path):
-    output = tmp_path / "BENCHMARKS.md"
-    bench_dots.main(["--hidden", "16", "--ffn", "32", "--tokens", "24", "--square", "16", "--rounds", "2",
-                     "--reps", "2", "--output", str(output)])
-    text = output.read_text()
-    assert "## GEMMs of a BERT layer: XLA vs PyTorch" in text and "| one layer's products | all |" in text

@@ -39,15 +39,10 @@ def module_size(num_predecessor_layers: int, num_successor_layers: int) -> int:
 
 
 class TheseusEncoder(nn.Module):
-    """Predecessor layers grouped into modules, each with a successor layer.
-
-    `branch="select"` computes both branches and selects with `jnp.where`: it exists only
-    to measure what the conditional saves (benchmarks), never for training.
-    """
+    """Predecessor layers grouped into modules, each with a successor layer."""
 
     config: BertConfig
     num_successor_layers: int
-    branch: Literal["cond", "select"] = "cond"
 
     def setup(self) -> None:
         n_pred = self.config.num_hidden_layers
@@ -85,7 +80,7 @@ class TheseusEncoder(nn.Module):
         for i in range(self.num_successor_layers):
             if replace_mask is None:
                 hidden = self.run_successor(i, hidden, bias, deterministic)
-            elif self.branch == "cond":
+            else:
                 hidden = nn.cond(
                     replace_mask[i],
                     lambda mdl, h, b, i=i: mdl.run_successor(i, h, b, deterministic),
@@ -94,26 +89,17 @@ class TheseusEncoder(nn.Module):
                     hidden,
                     bias,
                 )
-            else:
-                successor = self.run_successor(i, hidden, bias, deterministic)
-                predecessor = self.run_predecessor(i, hidden, bias, deterministic)
-                hidden = jnp.where(replace_mask[i], successor, predecessor)
             states += (hidden,)
         return hidden, states if output_hidden_states else ()
 
 
-def theseus_model(
-    config: BertConfig,
-    head: str,
-    num_successor_layers: int,
-    branch: Literal["cond", "select"] = "cond",
-) -> nn.Module:
+def theseus_model(config: BertConfig, head: str, num_successor_layers: int) -> nn.Module:
     """The predecessor's head model (`mlm`, `classification` or `none`) with a Theseus encoder.
 
     Called like the plain model, plus `replace_mask=` (see `TheseusEncoder`).
     """
     module_size(config.num_hidden_layers, num_successor_layers)
-    factory = functools.partial(TheseusEncoder, config, num_successor_layers, branch)
+    factory = functools.partial(TheseusEncoder, config, num_successor_layers)
     if head == "none":
         return BertModel(config, encoder_factory=factory)
     return HEADS[head](config, encoder_factory=factory)
