@@ -149,6 +149,26 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv, reference
     assert report["compression_ratio"] > 1
 
 
+def test_a_run_killed_after_its_first_best_resumes_to_the_same_test_result(tmp_path, germeval_tsv, reference):
+    """SIGKILL after step 14: past epoch 1's evaluation (the first best, whose test evaluation
+    waits for the run's end) and the step-11 and step-12 checkpoints. The killed run has
+    evaluated nothing on test; the rerun restores the kept parameters with its checkpoint and
+    ends with the uninterrupted run's history, test at the selected step included."""
+    workdir = tmp_path / "killed"
+    command = _command(workdir, germeval_tsv, *RESUMED_RUN)
+    killed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, THESEUS_KILL_AT="train_step:14"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (workdir / "report.json").exists() and not (workdir / "test_predictions.npz").exists()
+    resumed = _ok(subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600))
+    assert "resuming at step 1" in resumed.stderr
+    assert _history(workdir) == _history(reference)
+    selected = json.loads((reference / "report.json").read_text())["selected_step"]
+    assert [h["step"] for h in _history(workdir) if "test" in h] == [selected]
+    with np.load(workdir / "test_predictions.npz") as got, np.load(reference / "test_predictions.npz") as expected:
+        assert all(np.array_equal(got[k], expected[k]) for k in expected.files)
+
+
 @pytest.mark.parametrize("signame, status", [("TERM", 143), pytest.param("INT", 130, marks=pytest.mark.slow)])
 def test_a_signal_saves_the_step_in_flight_and_the_rerun_resumes_to_the_same_result(
     tmp_path, germeval_tsv, reference, signame, status

@@ -54,7 +54,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     losses, state, _ = check.train(1)
     ckpt = Checkpoints(root / "ckpt_one")
-    ckpt.save(int(state.step), state, Progress(epoch=3))
+    ckpt.save(int(state.step), state, Progress(epoch=3), state.params)
     ckpt.close()
     one = {"loss_curve": losses, "params": check.host_leaves(state.params)}
 
@@ -106,18 +106,23 @@ def test_gradient_accumulation_matches_one_big_batch(runs):
 
 @pytest.mark.parametrize("mode", ["devices", "hosts"])
 def test_one_device_checkpoint_restores_on_several(runs, mode):
+    """The state and the kept parameters (the selected step's, awaiting their test
+    evaluation) restore onto every device of the mesh, where the copy kept its shardings."""
     result = runs[mode]
-    assert result["restored_devices"] == result["devices"]
+    assert result["restored_devices"] == result["restored_kept_devices"] == result["devices"]
+    assert result["kept_copy_shardings_equal"]
     assert result["restored_epoch"] == 3 and result["restored_step"] == 4
-    restored = np.load(runs["root"] / f"restored_{mode}.npz")
-    assert check.max_diff(runs["one"]["params"], [restored[f"arr_{i}"] for i in range(len(restored.files))]) == 0.0
+    for name in ("restored", "restored_kept"):
+        restored = np.load(runs["root"] / f"{name}_{mode}.npz")
+        assert check.max_diff(runs["one"]["params"], [restored[f"arr_{i}"] for i in range(len(restored.files))]) == 0.0
 
 
 @pytest.mark.parametrize("mode", ["devices", "hosts"])
 def test_several_device_checkpoint_restores_on_one(runs, mode):
-    restored, progress = check.restore_on_this_mesh(runs["root"] / f"ckpt_{mode}")
+    restored, progress, kept = check.restore_on_this_mesh(runs["root"] / f"ckpt_{mode}")
     saved = np.load(runs["root"] / f"params_{mode}.npz")
-    assert check.max_diff(check.host_leaves(restored.params), [saved[f"arr_{i}"] for i in range(len(saved.files))]) == 0.0
+    for params in (restored.params, kept):
+        assert check.max_diff(check.host_leaves(params), [saved[f"arr_{i}"] for i in range(len(saved.files))]) == 0.0
     assert progress.epoch == 1 and int(restored.step) == 4
     assert jax.tree.leaves(restored.params)[0].sharding.device_set == set(jax.devices()[:1])
 

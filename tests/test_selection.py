@@ -1,16 +1,21 @@
-"""Model selection on validation data: best step, learning rate per seed, seeds."""
+"""Model selection on validation data: best step, test once at the selected step (also
+after a crash and from checkpoints older than that rule), learning rate per seed, seeds."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from theseus_jax.data.batching import BatchLoader
 from theseus_jax.data.encoding import Encoded
 from theseus_jax.experiments import summary
+from theseus_jax.experiments.checkpoints import Checkpoints
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import BertForSequenceClassification
 from theseus_jax.training import optimizer
@@ -32,16 +37,38 @@ def _token_data(n, seed):
     return Encoded(ids, np.full(n, 10, np.int32), 16), labels
 
 
-def _job(selection, validation_labels, test_labels, encoded):
+class Killed(Exception):
+    """A simulated kill: the run stops where it is, its checkpoints as they were written."""
+
+
+class _Watched:
+    """A loader that counts its passes and fails at batch `kill_at` = (epoch, batch)."""
+
+    def __init__(self, loader, kill_at=None):
+        self.loader, self.kill_at, self.passes = loader, kill_at, 0
+
+    def num_batches(self, epoch):
+        return self.loader.num_batches(epoch)
+
+    def batches(self, epoch, start_batch=0):
+        self.passes += 1
+        for i, batch in enumerate(self.loader.batches(epoch, start_batch), start_batch):
+            if (epoch, i) == self.kill_at:
+                raise Killed(f"killed at epoch {epoch}, batch {i}")
+            yield batch
+
+
+def _job(selection, validation_labels, test_labels, encoded, schedule=None, kill_train_at=None, kill_test=False):
     params = BertForSequenceClassification(TINY).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    tx, mask = optimizer.make_optimizer(params, "all", optimizer.learning_rate_schedule(3e-3, 48))
+    tx, mask = optimizer.make_optimizer(params, "all", schedule or optimizer.learning_rate_schedule(3e-3, 48))
     loader = lambda labels, shuffle: BatchLoader(encoded, labels, 8, buckets=(16,), shuffle=shuffle, seed=0)
     return TrainingJob(
         name="selection", objective="classification", model=BertForSequenceClassification(TINY), params=params,
-        tx=tx, trainable=mask, train_loader=loader(validation_labels, True), validation_loader=loader(validation_labels, False),
-        test_loader=loader(test_labels, False), epochs=6, metric="accuracy", export=lambda p: (TINY, p),
-        test_texts=[f"text {i}" for i in range(len(test_labels))], selection=selection, eval_every_steps=2,
-        checkpoint_every_steps=1000,
+        tx=tx, trainable=mask, train_loader=_Watched(loader(validation_labels, True), kill_train_at),
+        validation_loader=loader(validation_labels, False),
+        test_loader=_Watched(loader(test_labels, False), (0, 0) if kill_test else None), epochs=6, metric="accuracy",
+        export=lambda p: (TINY, p), test_texts=[f"text {i}" for i in range(len(test_labels))], selection=selection,
+        eval_every_steps=2, checkpoint_every_steps=1000,
     )
 
 
@@ -54,19 +81,130 @@ def test_the_best_step_is_chosen_on_validation_not_on_test(tmp_path):
     assert max(validation) > min(validation)  # the run learned, so the splits disagree on the best step
     assert progress.best["step"] == progress.history[int(np.argmax(validation))]["step"]  # first maximum
     assert progress.best["test"]["accuracy"] == pytest.approx(1 - max(validation))
-    # Test is evaluated exactly at the steps that improved on validation, never elsewhere.
-    improved = [h["step"] for i, h in enumerate(progress.history) if validation[i] > max(validation[:i], default=-1)]
-    assert [h["step"] for h in progress.history if "test" in h] == improved
+    # Test is evaluated once, at the selected step, never elsewhere.
+    assert [h["step"] for h in progress.history if "test" in h] == [progress.best["step"]]
     # The saved test predictions are those of the selected step.
     with np.load(tmp_path / "validation" / "test_predictions.npz") as saved:
         assert np.mean(saved["probabilities"].argmax(1) == saved["labels"]) == pytest.approx(progress.best["test"]["accuracy"])
 
     # The source study's protocol, asked for explicitly: the same run, chosen on test.
-    on_test = train(_job("test", labels, 1 - labels, encoded), tmp_path / "test")
+    job = _job("test", labels, 1 - labels, encoded)
+    on_test = train(job, tmp_path / "test")
     assert [h["validation"] for h in on_test.history] == [h["validation"] for h in progress.history]
-    tested = [h["test"]["accuracy"] for h in on_test.history]
+    tested = [h["test"]["accuracy"] for h in on_test.history]  # test at every evaluation
+    assert job.test_loader.passes == len(on_test.history)
     assert on_test.best["step"] == on_test.history[int(np.argmax(tested))]["step"]
     assert on_test.best["step"] != progress.best["step"]
+
+
+FROZEN_AFTER = 12  # steps with a learning rate; 4 steps an epoch, 24 in all
+
+
+def _frozen_job(encoded, labels, **kwargs):
+    """Learns for 12 steps, then keeps its parameters (learning rate 0): the best validation
+    step is step 12 or earlier, and no later evaluation improves on it."""
+    schedule = optax.piecewise_constant_schedule(3e-3, {FROZEN_AFTER: 0.0})
+    return _job("validation", labels, 1 - labels, encoded, schedule=schedule, **kwargs)
+
+
+def _without_times(history):
+    return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    encoded, labels = _token_data(32, seed=0)
+    job = _frozen_job(encoded, labels)
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return job, train(job, workdir), workdir
+
+
+def test_test_is_evaluated_once_at_the_end_on_the_selected_step(uninterrupted):
+    """One pass over the test split, at the step chosen on validation; its metrics are those
+    of the exported best/ model, run here directly on the test texts."""
+    from theseus_jax.convert import load_hf_checkpoint
+
+    job, progress, workdir = uninterrupted
+    encoded, labels = _token_data(32, seed=0)
+    validation = [h["validation"]["accuracy"] for h in progress.history]
+    assert job.test_loader.passes == 1
+    assert progress.best["step"] == progress.history[int(np.argmax(validation))]["step"] <= FROZEN_AFTER
+    assert [h["step"] for h in progress.history if "test" in h] == [progress.best["step"]]
+    config, params = load_hf_checkpoint(workdir / "best", head="classification")
+    ids = np.stack(encoded.ids).astype(np.int32)
+    logits = BertForSequenceClassification(config).apply({"params": params}, ids, np.ones_like(ids), np.zeros_like(ids))
+    probabilities = np.asarray(jax.nn.softmax(logits))
+    assert progress.best["test"]["accuracy"] == np.mean(probabilities.argmax(1) == 1 - labels)
+    assert progress.best["test"]["accuracy"] == pytest.approx(1 - max(validation))  # same texts, labels inverted
+    with np.load(workdir / "test_predictions.npz") as saved:
+        np.testing.assert_allclose(saved["probabilities"], probabilities, atol=1e-5)
+    assert progress.elapsed_s > progress.history[-1]["elapsed_s"] >= progress.best["elapsed_s"]
+
+
+def _checkpointed_steps(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_a_run_killed_after_its_best_tests_the_kept_parameters_at_its_end(tmp_path, uninterrupted):
+    """Killed in epoch 5, after the step-16 checkpoint and the best (step 12 or before): the
+    rerun restores the selected step's parameters from the checkpoint, trains on and tests
+    them once at its end, as the uninterrupted run did."""
+    _, reference, reference_dir = uninterrupted
+    encoded, labels = _token_data(32, seed=0)
+    killed = _frozen_job(encoded, labels, kill_train_at=(4, 2))
+    with pytest.raises(Killed):
+        train(killed, tmp_path)
+    assert killed.test_loader.passes == 0 and _checkpointed_steps(tmp_path)[-1] == 16 >= reference.best["step"]
+    resumed = _frozen_job(encoded, labels)
+    progress = train(resumed, tmp_path)
+    assert resumed.test_loader.passes == 1
+    assert _without_times(progress.history) == _without_times(reference.history)
+    assert _without_times([progress.best]) == _without_times([reference.best])
+    saved = lambda workdir: dict(np.load(workdir / "test_predictions.npz"))
+    assert all(np.array_equal(saved(tmp_path)[k], saved(reference_dir)[k]) for k in saved(reference_dir))
+
+
+def test_a_run_killed_during_its_end_test_evaluation_tests_on_rerun_without_training(tmp_path, uninterrupted):
+    _, reference, _ = uninterrupted
+    encoded, labels = _token_data(32, seed=0)
+    with pytest.raises(Killed):
+        train(_frozen_job(encoded, labels, kill_test=True), tmp_path)
+    assert not (tmp_path / "test_predictions.npz").exists()
+    rerun = _frozen_job(encoded, labels)
+    progress = train(rerun, tmp_path)
+    assert rerun.train_loader.passes == 0 and rerun.test_loader.passes == 1
+    assert _without_times(progress.history) == _without_times(reference.history)
+    assert (tmp_path / "test_predictions.npz").exists()
+
+
+def test_a_checkpoint_without_kept_parameters_resumes(tmp_path, uninterrupted):
+    """A checkpoint of the earlier format (items state and progress; the test split evaluated
+    at every new best, so the best entry holds test metrics) resumes; with no newer best,
+    the run evaluates nothing on test again and keeps the recorded test metrics."""
+    from theseus_jax.training import steps
+
+    _, reference, _ = uninterrupted
+    encoded, labels = _token_data(32, seed=0)
+    with pytest.raises(Killed):
+        train(_frozen_job(encoded, labels, kill_train_at=(4, 2)), tmp_path)
+    target = _frozen_job(encoded, labels)
+    state, progress = Checkpoints(tmp_path / "checkpoints").restore(steps.create_train_state(target.params, target.tx))
+    recorded = {"accuracy": -1.0}  # what the earlier code measured, marked
+    progress.best["test"] = recorded
+    next(h for h in progress.history if h["step"] == progress.best["step"])["test"] = recorded
+    shutil.rmtree(tmp_path / "checkpoints")
+    old = ocp.CheckpointManager(
+        (tmp_path / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(create=True), item_names=("state", "progress")
+    )  # as the earlier Checkpoints.save wrote it
+    items = ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress.to_json()))
+    old.save(16, args=items)
+    old.close()
+
+    resumed = _frozen_job(encoded, labels)
+    progress = train(resumed, tmp_path)
+    assert resumed.test_loader.passes == 0
+    assert progress.best["step"] == reference.best["step"] and progress.best["test"] == recorded
+    assert [h["validation"] for h in progress.history] == [h["validation"] for h in reference.history]
 
 
 def _run_candidate(seed, lr, value):

@@ -1,11 +1,13 @@
 """Resumable runs: orbax checkpoints of the train state plus the loop's position.
 
-A checkpoint holds the `TrainState` (step, parameters, optimizer state) and a JSON
-`progress` record: data position (epoch, batch within the epoch), evaluation history,
-best metric and the wall-clock time spent so far. The PRNG needs no saving: every step
-folds its number into the run's seed key. Orbax writes each checkpoint into a temporary
-directory and renames it when complete, so a kill at any moment leaves the previous
-checkpoint intact.
+A checkpoint holds the `TrainState` (step, parameters, optimizer state), a JSON
+`progress` record (data position: epoch, batch within the epoch; evaluation history, best
+metric, the wall-clock time spent so far) and, while the selected step still awaits its
+test evaluation, that step's parameters (`best`), so a run killed after its best can
+evaluate them at its end; checkpoints written before that item existed restore without
+it. The PRNG needs no saving: every step folds its number into the run's seed key. Orbax
+writes each checkpoint into a temporary directory and renames it when complete, so a kill
+at any moment leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -54,20 +56,18 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
-            item_names=("state", "progress"),
+            item_names=("state", "progress", "best"),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, progress: Progress) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress.to_json())
-            ),
-            force=True,
-        )
+    def save(self, step: int, state: Any, progress: Progress, best: Any = None) -> None:
+        """Saves `state` and `progress`, and the selected step's parameters `best` if given."""
+        items = {"state": ocp.args.StandardSave(state), "progress": ocp.args.JsonSave(progress.to_json())}
+        if best is not None:
+            items["best"] = ocp.args.StandardSave(best)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         faults.point("checkpoint")  # crash tests: a kill while the checkpoint is written
 
     def restore(self, target_state: Any) -> tuple[Any, Progress]:
@@ -78,6 +78,12 @@ class Checkpoints:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target_state), progress=ocp.args.JsonRestore()),
         )
         return restored["state"], Progress.from_json(restored["progress"])
+
+    def restore_best(self, target_params: Any) -> Any:
+        """The latest checkpoint's `best` parameters, in the structure (and shardings) of
+        `target_params`; only a checkpoint saved with `best` holds them (KeyError otherwise)."""
+        step = self.manager.latest_step()
+        return self.manager.restore(step, args=ocp.args.Composite(best=ocp.args.StandardRestore(target_params)))["best"]
 
     def close(self) -> None:
         """Waits for asynchronous writes to finish."""

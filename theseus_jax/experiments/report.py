@@ -59,7 +59,9 @@ def read_steps(workdir: Path) -> list[dict[str, float]]:
 
 
 def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
-    """Metric per evaluation, loss per step, and (Theseus runs) replacement rate per step."""
+    """Metric per evaluation (validation at each, test where evaluated: at the selected step,
+    or at each with `selection="test"`), loss per step, and (Theseus runs) replacement rate
+    per step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +74,8 @@ def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
         metric = result["metric"]
         ax.plot([h["epoch"] + 1 for h in history], [h["validation"][metric] for h in history], marker="o", label="validation")
         tested = [h for h in history if "test" in h]
-        ax.plot([h["epoch"] + 1 for h in tested], [h["test"][metric] for h in tested], "s", label="test (at new bests)")
+        label = "test (the selection split)" if result["selection"] == "test" else "test (at the selected step)"
+        ax.plot([h["epoch"] + 1 for h in tested], [h["test"][metric] for h in tested], "s", label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=f"{result['name']}: {metric} per evaluation")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -2,11 +2,14 @@
 
 One loop serves every pipeline (MLM or classification, plain or Theseus). It evaluates
 the validation split after every epoch (and every K steps if asked); a new best on the
-selection split exports the model as a Hugging Face checkpoint and evaluates the test
-split right then, so test numbers exist exactly at the selected checkpoints and never
-steer a choice (unless `selection="test"`, the source study's protocol, asks for it).
-It writes resumable orbax checkpoints, logs scalars for every step and stops with a clear
-message on a non-finite loss. The step loop never waits on the device: metrics stay there
+selection split exports the model as a Hugging Face checkpoint and keeps a device copy of
+its parameters. The test split is evaluated once, on that copy, when training ends (one
+test pass per run, not one per improvement), so a test number exists at the selected
+step only and never steers a choice (unless `selection="test"`, the source study's
+protocol, asks for test at every evaluation). It writes resumable orbax checkpoints
+(holding the kept copy until its test evaluation, so a run killed after its best still
+tests it at its end), logs scalars for every step and stops with a clear message on a
+non-finite loss. The step loop never waits on the device: metrics stay there
 and reach the host every `log_every_steps` steps (and before every evaluation and
 checkpoint), while the next batches are already being transferred.
 """
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -143,6 +147,27 @@ def write_predictions(workdir: Path, texts: list[str], predictions: dict[str, np
         np.savez(f, **predictions)
 
 
+def kept_copy(params: Params) -> Params:
+    """A device copy of `params` with their shardings, which the train step's donation of
+    the state leaves intact."""
+    return jax.tree.map(jnp.copy, params)
+
+
+def awaits_test(progress: Progress) -> bool:
+    """Whether the selected entry still lacks its test metrics (validation selection, before
+    the run's end evaluation): its parameters must be kept, in memory and in checkpoints."""
+    return progress.best is not None and "test" not in progress.best
+
+
+def record_test(progress: Progress, metrics: dict[str, Any]) -> None:
+    """Puts `metrics` on the selected entry and on its history entry (separate dicts once
+    restored from JSON)."""
+    progress.best["test"] = metrics
+    for entry in progress.history:
+        if entry["step"] == progress.best["step"]:
+            entry["test"] = metrics
+
+
 class _StepLog:
     """Per-step scalars to `steps.jsonl` (plots, resume-safe) and TensorBoard; written by
     process 0 only (`enabled`)."""
@@ -247,8 +272,11 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     Leaves `workdir/best/` (the best model as an HF checkpoint), `workdir/checkpoints/` and,
     for classification, the best model's test predictions. Each history entry holds the
-    `validation` metrics and, where evaluated, the `test` metrics; `progress.best` is the
-    entry with the best `job.metric` on `job.selection`.
+    `validation` metrics and, where evaluated, the `test` metrics (the selected entry only,
+    unless `job.selection == "test"`); `progress.best` is the entry with the best
+    `job.metric` on `job.selection`. A stop signal ends the run before the test evaluation;
+    a rerun evaluates it (a finished run's last checkpoint still holds the parameters to
+    test: orbax writes each step once, so the result is not checkpointed).
     """
     from theseus_jax.convert import save_hf_checkpoint
 
@@ -268,8 +296,11 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     state = parallel.replicate(steps.create_train_state(job.params, job.tx), mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=job.keep_checkpoints)
     progress = Progress()
+    best_params: Params | None = None  # the selected step's parameters while awaits_test(progress)
     if checkpoints.latest_step() is not None:
         state, progress = checkpoints.restore(state)
+        if awaits_test(progress):
+            best_params = checkpoints.restore_best(state.params)
         log.info("%s: resuming at step %d (epoch %d, batch %d)", job.name, int(state.step), progress.epoch, progress.batch)
     writer = parallel.is_writer()  # process 0 writes the files; every process trains
     step_log = _StepLog(workdir, int(state.step), enabled=writer)
@@ -278,31 +309,39 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     def elapsed() -> float:
         return time.perf_counter() - session_start
 
+    def evaluate_split(
+        params: Params, loader: Loader, split: str, at_step: int
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """`evaluate` over the mesh, its metrics logged at `at_step` (the step `params` come from)."""
+        metrics, predictions = evaluate(
+            lambda p, b: eval_step(p, parallel.shard_batch(b, mesh)), params, loader, job.objective, f"{job.name} {split}"
+        )
+        step_log.write_eval(at_step, metrics, split)
+        return metrics, predictions
+
+    def publish_test(predictions: dict[str, np.ndarray]) -> None:
+        if writer and predictions and job.test_texts is not None:
+            write_predictions(workdir, job.test_texts, predictions)
+
     def run_evaluation(epoch: int) -> bool:
-        """Evaluates, exports a new best model; returns True if training should stop early."""
-
-        def on(loader: Loader, split: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-            metrics, predictions = evaluate(
-                lambda p, b: eval_step(p, parallel.shard_batch(b, mesh)), state.params, loader, job.objective, f"{job.name} {split}"
-            )
-            step_log.write_eval(int(state.step), metrics, split)
-            return metrics, predictions
-
+        """Evaluates, exports a new best model and keeps its parameters for the test
+        evaluation at the end; returns True if training should stop early."""
+        nonlocal best_params
         entry: dict[str, Any] = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed()}
-        entry["validation"], _ = on(job.validation_loader, "validation")
+        entry["validation"], _ = evaluate_split(state.params, job.validation_loader, "validation", entry["step"])
         if job.selection == "test":  # the source study's protocol: choose on test, said in every report
-            entry["test"], test_predictions = on(job.test_loader, "test")
+            entry["test"], test_predictions = evaluate_split(state.params, job.test_loader, "test", entry["step"])
         value = entry[job.selection][job.metric]
         previous_best = None if progress.best is None else progress.best[job.selection][job.metric]
         if previous_best is None or better(job.metric, value, previous_best):
-            if "test" not in entry:  # test at the selected checkpoint only
-                entry["test"], test_predictions = on(job.test_loader, "test")
             progress.best = entry
             if writer:
                 config, params = job.export(jax.device_get(state.params))
                 save_hf_checkpoint(config, params, workdir / "best", tokenizer_dir=job.tokenizer_dir)
-            if writer and test_predictions and job.test_texts is not None:
-                write_predictions(workdir, job.test_texts, test_predictions)
+            if job.selection == "test":
+                publish_test(test_predictions)
+            else:
+                best_params = kept_copy(state.params)
         progress.history.append(entry)
         log.info(
             "%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, int(state.step), job.selection, job.metric,
@@ -314,6 +353,19 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         patience = job.early_stopping_patience
         progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience
         return progress.stopped_early
+
+    def test_at_best() -> None:
+        """The test split, once, on the selected step's parameters (validation selection)."""
+        nonlocal best_params
+        metrics, predictions = evaluate_split(best_params, job.test_loader, "test", progress.best["step"])
+        record_test(progress, metrics)
+        publish_test(predictions)
+        best_params = None
+        progress.elapsed_s = elapsed()
+        log.info(
+            "%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"], job.metric,
+            progress.best["validation"][job.metric], job.metric, metrics[job.metric],
+        )
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
     total_steps = sum(job.train_loader.num_batches(e) for e in range(job.epochs))
@@ -353,7 +405,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                     pending.last_flush = time.perf_counter()
                 if save_now:
                     progress.elapsed_s = elapsed()
-                    checkpoints.save(step, state, progress)
+                    checkpoints.save(step, state, progress, best_params)
                 if stop_now:
                     raise stopped(stop, saved=True)
             pending.flush()
@@ -362,9 +414,11 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 run_evaluation(epoch)
             progress.epoch, progress.batch = epoch + 1, 0
             progress.elapsed_s = elapsed()
-            checkpoints.save(step, state, progress)
+            checkpoints.save(step, state, progress, best_params)
             if stop:
                 raise stopped(stop, saved=True)
+        if awaits_test(progress):  # trained to the end or stopped early, now or before a rerun
+            test_at_best()
     finally:
         checkpoints.close()
         step_log.close()
