@@ -130,6 +130,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Step metrics reach the host in chunks of this many steps (the loop never waits per step).
     config.log_every_steps = 50
     config.keep_checkpoints = 2
+    # A finished run (its report.json written) needs no checkpoints: best/ holds the selected
+    # model. They are removed (1-3 GB per e5-small run) unless this is True.
+    config.keep_final_checkpoints = False
     config.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0})
     # Task distillation, loss (1 - alpha) CE + alpha T^2 KL(teacher || student) at temperature
     # T: the series' *_kd stages learn from the same seed's cls_predecessor; a single

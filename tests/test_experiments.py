@@ -241,8 +241,12 @@ def test_seeds_and_learning_rates_each_run_and_are_chosen_on_validation(tmp_path
     assert _run_history(workdir / "seed_0" / "lr_0.003") != _run_history(workdir / "seed_1" / "lr_0.003")
     # ...each reproducible on its own (one seed, one learning rate: the run is the stage folder).
     alone = tmp_path / "alone"
-    _ok(_launch(alone, germeval_tsv, *common, "--config.seeds=1", "--config.cls.learning_rate=3e-3"))
+    _ok(_launch(alone, germeval_tsv, *common, "--config.seeds=1", "--config.cls.learning_rate=3e-3",
+                "--config.keep_final_checkpoints=true"))
     assert _run_history(alone) == _run_history(workdir / "seed_1" / "lr_0.003")
+    # Finished runs drop their checkpoints (best/ holds the model) unless told to keep them.
+    assert not list(workdir.rglob("checkpoints")) and all((workdir / f"seed_{s}" / "lr_0.003" / "best").is_dir() for s in (0, 1))
+    assert any(p.name.isdigit() for p in (alone / "checkpoints").iterdir())
 
 
 @pytest.mark.parametrize("env, expected", [

@@ -15,7 +15,7 @@ stage's workdir (a part appears only when there are several seeds / learning rat
     <stage>/lr_<lr>/              one seed, several learning rates
     <stage>/seed_<s>/lr_<lr>/     several of both
 
-A run folder holds best/, checkpoints/, steps.jsonl, report.json, report.md and, for
+A run folder holds best/, steps.jsonl, report.json, report.md and, for
 classification, predictions.csv and test_predictions.npz. Finished runs are not redone.
 
 A series with several seeds runs seed-major: every stage of the first seed, then every
@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -199,7 +200,18 @@ def _run(
         report.write_run_report(workdir, result, cfg)
         _write_card(result, workdir, cfg)
     parallel.barrier(f"{job.name}: report")
+    if parallel.is_writer() and not cfg.keep_final_checkpoints:
+        _remove_checkpoints(workdir / "checkpoints", job.name)
     return result
+
+
+def _remove_checkpoints(folder: Path, name: str) -> None:
+    """A finished run's checkpoints: never resumed again (its report.json marks it finished),
+    so they only fill the disk (a 3-seed study keeps 30 runs)."""
+    if folder.is_dir():
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        shutil.rmtree(folder)
+        log.info("%s: finished; removed its checkpoints (%.2f GB; keep_final_checkpoints=True keeps them)", name, size / 1e9)
 
 
 def _write_card(result: dict[str, Any], workdir: Path, cfg: ml_collections.ConfigDict) -> None:
