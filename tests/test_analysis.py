@@ -173,7 +173,10 @@ def test_screen_runs_the_teacher_first_substitutes_it_and_ranks_on_validation(tm
         validation, test = scores[workdir.name]
         record = {"name": "cls_compress", "metric": "macro_f1", "validation": {"macro_f1": validation},
                   "test": {"macro_f1": test}, "learning_rate": 1e-4, "selected_step": 10, "collapsed": False,
-                  "best_model_dir": str(workdir / "best"), "time_until_best_s": 1.0, "total_time_s": 2.0}
+                  "best_model_dir": str(workdir / "best"), "time_until_best_s": 1.0, "total_time_s": 2.0,
+                  "objective": "classification", "best": {"step": 10},
+                  "history": [{"step": 5, "validation": {"macro_f1": validation - 0.1}},
+                              {"step": 10, "validation": {"macro_f1": validation}}]}
         report = {"stages": {"cls_predecessor": record}} if workdir.name == "teacher" else record
         (workdir / "report.json").write_text(json.dumps(report))
 
@@ -185,3 +188,6 @@ def test_screen_runs_the_teacher_first_substitutes_it_and_ranks_on_validation(tm
     rows = screen.summarise(tmp_path, list(candidates))
     assert [r["name"] for r in rows] == ["teacher", "student_b", "student_a"]  # validation order, not test
     assert "| student_b | cls_compress | macro_f1 | 0.72 | 0.71 |" in (tmp_path / "screen.md").read_text()
+    # Every candidate's validation curve in one figure, linked from screen.md.
+    assert (tmp_path / "screen_metric.png").stat().st_size > 0
+    assert "![screen_metric.png](screen_metric.png)" in (tmp_path / "screen.md").read_text()

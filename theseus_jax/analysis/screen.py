@@ -5,7 +5,8 @@ candidate runs once in `<root>/<name>` (finished ones are reused, an interrupted
 resumes); `{teacher}` in an override stands for the selected model of the candidate named
 `teacher`, which runs first (the fine-tuned predecessor that students are compressed from
 or distilled from). `screen.md` / `screen.csv` rank the candidates by the validation metric;
-the test metric at the validation-selected step is shown beside it, never used to rank.
+the test metric at the validation-selected step is shown beside it, never used to rank;
+`screen_metric.png` draws every candidate's validation metric per training step.
 
     python -m theseus_jax.analysis.screen --config=configs/germeval_e5_recipe.py --root=runs/e5_screen
 """
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 from theseus_jax import atomic
 from theseus_jax.analysis.grid import launch_point
 from theseus_jax.errors import ArgumentParser, UserError, run_cli
+from theseus_jax.experiments import report
 
 TEACHER = "teacher"
 
@@ -112,11 +114,16 @@ def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    records = {r["name"]: _record(json.loads((root / r["name"] / "report.json").read_text())) for r in rows}
+    figure = report.plot_series(
+        root, report.series_points(records, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
+        title="screening: validation {metric} per step (star: selected step)",
+    )
     atomic.write_text(
         root / "screen.md",
         f"# Screening: {len(rows)} of {len(candidates)} candidates finished, best validation {rows[0]['metric']} first\n\n"
         "validation: the metric at the selected step (what ranks); test: at that step, shown, never used to choose.\n\n"
-        + "\n".join(lines) + "\n",
+        + "\n".join(lines) + "\n" + "".join(f"\n![{f}]({f})\n" for f in figure),
     )
     return rows
 

@@ -394,9 +394,13 @@ def series_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, A
     return points
 
 
-def plot_series(workdir: Path, points: dict[str, dict[str, Any]], metric: str) -> list[str]:
+def plot_series(
+    workdir: Path, points: dict[str, dict[str, Any]], metric: str, name: str = "series_metric.png",
+    title: str = "downstream validation {metric} per step (first seed; star: selected step)",
+) -> list[str]:
     """Each downstream model's validation metric over training steps, on one axis whatever its
-    epochs, step counts or early stop, its selected step starred."""
+    epochs, step counts or early stop, its selected step starred (the series' plot and the
+    screening's)."""
     if not points:
         return []
     import matplotlib
@@ -409,14 +413,13 @@ def plot_series(workdir: Path, points: dict[str, dict[str, Any]], metric: str) -
         (line,) = ax.plot(p["steps"], p["values"], marker="o", ms=3, label=stage)
         if p["selected"] is not None:
             ax.plot(*p["selected"], "*", ms=12, color=line.get_color(), markeredgecolor="black")
-    ax.set(xlabel="training step", ylabel=f"validation {metric}",
-           title=f"downstream validation {metric} per step (first seed; star: selected step)")
+    ax.set(xlabel="training step", ylabel=f"validation {metric}", title=title.format(metric=metric))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7 if len(points) > 6 else 8)
     fig.tight_layout()
-    atomic.save_figure(fig, workdir / "series_metric.png", dpi=110)
+    atomic.save_figure(fig, workdir / name, dpi=110)
     plt.close(fig)
-    return ["series_metric.png"]
+    return [name]
 
 
 def seed_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
