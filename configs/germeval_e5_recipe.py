@@ -70,4 +70,11 @@ SCREEN = {
     "compress_constant_lr1e-4": [*_COMPRESS, *_CE, "--config.compression.schedule=constant", "--config.cls.learning_rates=1e-4"],
     # A later start of the curriculum (b = 0.3, the paper's other value).
     "compress_b0.3_lr1e-4": [*_COMPRESS, *_CE, "--config.compression.starting_rate=0.3", "--config.cls.learning_rates=1e-4"],
+    # Diagnosis (issue 21 item 4), to run with --only if the final table misses its goal:
+    # successor i from the upper layer of its module instead of the lower one...
+    "compress_offset1_lr1e-4": [*_COMPRESS, *_CE, "--config.compression.init_offset=1", "--config.cls.learning_rates=1e-4"],
+    # ...and the embeddings, pooler and classifier training beside the successor.
+    "compress_heads_lr1e-4": [
+        *_COMPRESS, *_CE, "--config.compression.trainable=successor_embeddings_heads", "--config.cls.learning_rates=1e-4",
+    ],
 }
