@@ -191,3 +191,6 @@ def test_screen_runs_the_teacher_first_substitutes_it_and_ranks_on_validation(tm
     # Every candidate's validation curve in one figure, linked from screen.md.
     assert (tmp_path / "screen_metric.png").stat().st_size > 0
     assert "![screen_metric.png](screen_metric.png)" in (tmp_path / "screen.md").read_text()
+    assert "Not finished" not in (tmp_path / "screen.md").read_text()
+    screen.summarise(tmp_path, [*candidates, "student_c"])  # in SCREEN, never run
+    assert "Not finished (not run or interrupted): student_c." in (tmp_path / "screen.md").read_text()

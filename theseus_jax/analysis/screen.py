@@ -114,6 +114,7 @@ def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    missing = [n for n in candidates if n not in {r["name"] for r in rows}]
     records = {r["name"]: _record(json.loads((root / r["name"] / "report.json").read_text())) for r in rows}
     figure = report.plot_series(
         root, report.series_points(records, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
@@ -123,7 +124,8 @@ def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
         root / "screen.md",
         f"# Screening: {len(rows)} of {len(candidates)} candidates finished, best validation {rows[0]['metric']} first\n\n"
         "validation: the metric at the selected step (what ranks); test: at that step, shown, never used to choose.\n\n"
-        + "\n".join(lines) + "\n" + "".join(f"\n![{f}]({f})\n" for f in figure),
+        + "\n".join(lines) + "\n" + "".join(f"\n![{f}]({f})\n" for f in figure)
+        + (f"\nNot finished (not run or interrupted): {', '.join(missing)}.\n" if missing else ""),
     )
     return rows
 
