@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from theseus_jax.evaluation import bootstrap
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
-from theseus_jax.experiments import report, summary
+from theseus_jax.experiments import plots, report, summary
 from theseus_jax.experiments.checkpoints import WorkdirConflict, claim_workdir
 
 
@@ -154,14 +154,14 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     results["cls_truncated"]["per_seed"][1]["collapsed"] = True
     assert report.compare(results, cfg)["successor_vs_truncated"] == "not comparable: the baseline collapsed in seeds [1]"
     # The seeds plot draws every downstream seed's test metric, collapsed ones marked.
-    points = report.seed_points(results, "macro_f1")
+    points = plots.seed_points(results, "macro_f1")
     assert list(points) == ["cls_predecessor", "cls_successor", "cls_truncated"]
     assert points["cls_successor"]["values"] == pytest.approx(f1["cls_successor"])
     assert points["cls_truncated"]["collapsed"] == [False, True, False]
-    assert report.plot_seeds(tmp_path, points, "macro_f1") == ["series_seeds.png"]
+    assert plots.plot_seeds(tmp_path, points, "macro_f1") == ["series_seeds.png"]
     assert (tmp_path / "series_seeds.png").read_bytes()[:4] == b"\x89PNG"
     one_seed = {stage: {**p, "seeds": p["seeds"][:1], "values": p["values"][:1]} for stage, p in points.items()}
-    assert report.plot_seeds(tmp_path / "one", one_seed, "macro_f1") == []  # nothing to show beyond the table
+    assert plots.plot_seeds(tmp_path / "one", one_seed, "macro_f1") == []  # nothing to show beyond the table
 
 
 @pytest.mark.parametrize(
@@ -311,7 +311,7 @@ def test_series_plot_draws_each_models_validation_metric_per_training_step(tmp_p
         path=path, xlabel=fig.axes[0].get_xlabel(), legend=[t.get_text() for t in fig.axes[0].get_legend().get_texts()],
         lines=[(list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines],
     ))
-    assert report.plot_series(tmp_path, report.series_points(results, "macro_f1"), "macro_f1") == ["series_metric.png"]
+    assert plots.plot_series(tmp_path, plots.series_points(results, "macro_f1"), "macro_f1") == ["series_metric.png"]
     assert drawn["path"] == tmp_path / "series_metric.png" and drawn["xlabel"] == "training step"
     assert drawn["legend"] == ["cls_predecessor", "cls_successor"]
     assert drawn["lines"] == [  # each model's (step, validation) pairs, then its selected point

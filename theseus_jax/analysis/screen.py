@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from theseus_jax import atomic
 from theseus_jax.analysis.grid import launch_point
 from theseus_jax.errors import ArgumentParser, UserError, run_cli
-from theseus_jax.experiments import report
+from theseus_jax.experiments import plots
 
 TEACHER = "teacher"
 
@@ -116,8 +116,8 @@ def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     missing = [n for n in candidates if n not in {r["name"] for r in rows}]
     records = {r["name"]: _record(json.loads((root / r["name"] / "report.json").read_text())) for r in rows}
-    figure = report.plot_series(
-        root, report.series_points(records, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
+    figure = plots.plot_series(
+        root, plots.series_points(records, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
         title="screening: validation {metric} per step (star: selected step)",
     )
     atomic.write_text(

@@ -1,0 +1,154 @@
+"""Plots beside the reports: a run's metric, loss and replacement rate; a series' (or a
+screening's) validation metric per training step; a series' test metric per seed. Pure
+point extraction (`series_points`, `seed_points`) is kept apart from drawing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from theseus_jax import atomic
+
+
+def read_steps(workdir: Path) -> list[dict[str, float]]:
+    path = Path(workdir) / "steps.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def plot_run(workdir: Path, result: dict[str, Any]) -> list[str]:
+    """Metric per evaluation (validation at each, test where evaluated: at the selected step,
+    or at each with `selection="test"`), loss per step, and (Theseus runs) replacement rate
+    per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    history = result["history"]
+    if history:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        metric = result["metric"]
+        ax.plot([h["epoch"] + 1 for h in history], [h["validation"][metric] for h in history], marker="o", label="validation")
+        tested = [h for h in history if "test" in h]
+        label = "test (the selection split)" if result["selection"] == "test" else "test (at the selected step)"
+        ax.plot([h["epoch"] + 1 for h in tested], [h["test"][metric] for h in tested], "s", label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{result['name']}: {metric} per evaluation")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic.save_figure(fig, workdir / "metric.png", dpi=110)
+        plt.close(fig)
+        files.append("metric.png")
+    logged = read_steps(workdir)
+    if logged:
+        has_rate = "replace_rate" in logged[0]
+        fig, axes = plt.subplots(1, 2 if has_rate else 1, figsize=(9 if has_rate else 5, 3.2), squeeze=False)
+        axes[0, 0].plot([s["step"] for s in logged], [s["loss"] for s in logged], lw=0.8)
+        axes[0, 0].set(xlabel="step", ylabel="training loss", title="loss per step")
+        if has_rate:
+            axes[0, 1].plot([s["step"] for s in logged], [s["replace_rate"] for s in logged], label="p")
+            axes[0, 1].plot(
+                [s["step"] for s in logged], [s["modules_replaced"] for s in logged], ".", ms=2, alpha=0.4, label="modules replaced"
+            )
+            axes[0, 1].set(xlabel="step", title="replacement rate p per step")
+            axes[0, 1].legend(fontsize=8)
+        for ax in axes.ravel():
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        atomic.save_figure(fig, workdir / "steps.png", dpi=110)
+        plt.close(fig)
+        files.append("steps.png")
+    return files
+
+
+def series_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
+    """Per downstream stage (its first seed's run): the validation metric at each evaluated
+    training step, and the selected step with its value; what the series plot draws."""
+    points = {}
+    for stage, r in results.items():
+        if r["objective"] != "classification" or not r["history"]:
+            continue
+        history = r["history"]
+        selected = next((h for h in history if r["best"] and h["step"] == r["best"]["step"]), None)
+        points[stage] = {
+            "steps": [h["step"] for h in history],
+            "values": [h["validation"][metric] for h in history],
+            "selected": None if selected is None else (selected["step"], selected["validation"][metric]),
+        }
+    return points
+
+
+def plot_series(
+    workdir: Path, points: dict[str, dict[str, Any]], metric: str, name: str = "series_metric.png",
+    title: str = "downstream validation {metric} per step (first seed; star: selected step)",
+) -> list[str]:
+    """Each downstream model's validation metric over training steps, on one axis whatever its
+    epochs, step counts or early stop, its selected step starred (the series' plot and the
+    screening's)."""
+    if not points:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage, p in points.items():
+        (line,) = ax.plot(p["steps"], p["values"], marker="o", ms=3, label=stage)
+        if p["selected"] is not None:
+            ax.plot(*p["selected"], "*", ms=12, color=line.get_color(), markeredgecolor="black")
+    ax.set(xlabel="training step", ylabel=f"validation {metric}", title=title.format(metric=metric))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7 if len(points) > 6 else 8)
+    fig.tight_layout()
+    atomic.save_figure(fig, workdir / name, dpi=110)
+    plt.close(fig)
+    return [name]
+
+
+def seed_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
+    """Per downstream stage: the test metric of every seed, which seeds collapsed, the mean and
+    its interval: what the seeds plot draws."""
+    return {
+        stage: {
+            "seeds": [e["seed"] for e in r["per_seed"]],
+            "values": [e["test"][metric] for e in r["per_seed"]],
+            "collapsed": [bool(e["collapsed"]) for e in r["per_seed"]],
+            "mean": r["test"][metric],
+            "ci95": r.get("test_ci95"),
+        }
+        for stage, r in results.items()
+        if r["objective"] == "classification" and r["per_seed"] and metric in r["test"]
+    }
+
+
+def plot_seeds(workdir: Path, points: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Each stage's test metric per seed (collapsed seeds in red) beside its mean and interval:
+    one look shows whether a gap is the models or one bad seed."""
+    if not any(len(p["values"]) > 1 for p in points.values()):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(points) + 1.6))
+    for row, (stage, p) in enumerate(points.items()):
+        colours = ["tab:red" if c else "tab:blue" for c in p["collapsed"]]
+        ax.scatter(p["values"], [row] * len(p["values"]), c=colours, s=28, zorder=3)
+        for value, seed in zip(p["values"], p["seeds"]):
+            ax.annotate(str(seed), (value, row), xytext=(0, 5), textcoords="offset points", fontsize=7, ha="center")
+        low, high = p["ci95"] or (p["mean"], p["mean"])
+        ax.errorbar(p["mean"], row - 0.25, xerr=[[p["mean"] - low], [high - p["mean"]]], fmt="D", color="black", ms=4, capsize=3)
+    ax.set_yticks(range(len(points)), list(points))
+    ax.invert_yaxis()
+    ax.set_xlabel(f"test {metric}")
+    ax.set_title("dots: seeds (red: collapsed); diamond: mean, 95% interval", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    atomic.save_figure(fig, workdir / "series_seeds.png", dpi=110)
+    plt.close(fig)
+    return ["series_seeds.png"]
+
