@@ -79,8 +79,8 @@ def run_screen(
     return ran
 
 
-def row(name: str, report: dict[str, Any]) -> dict[str, Any]:
-    r = _record(report)
+def row(name: str, r: dict[str, Any]) -> dict[str, Any]:
+    """One candidate's line of the ranking, from its trained stage's record (`_record`)."""
     metric = r["metric"]
     distillation = r.get("distillation") or {}
     return {
@@ -101,7 +101,8 @@ def row(name: str, report: dict[str, Any]) -> dict[str, Any]:
 def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
     """`screen.csv` and `screen.md` over the finished candidates, best validation first."""
     root = Path(root)
-    rows = [row(n, json.loads((root / n / "report.json").read_text())) for n in candidates if (root / n / "report.json").exists()]
+    records = {n: _record(json.loads((root / n / "report.json").read_text())) for n in candidates if (root / n / "report.json").exists()}
+    rows = [row(n, record) for n, record in records.items()]
     if not rows:
         return rows
     higher_better = rows[0]["metric"] != "perplexity"
@@ -114,10 +115,10 @@ def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
-    missing = [n for n in candidates if n not in {r["name"] for r in rows}]
-    records = {r["name"]: _record(json.loads((root / r["name"] / "report.json").read_text())) for r in rows}
+    missing = [n for n in candidates if n not in records]
+    ranked = {r["name"]: records[r["name"]] for r in rows}
     figure = plots.plot_series(
-        root, plots.series_points(records, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
+        root, plots.series_points(ranked, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
         title="screening: validation {metric} per step (star: selected step)",
     )
     atomic.write_text(
