@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.arguments import existing_file
-from benchmarks.bench_training import CASES, MODELS, make_case, model_shape, training_worker
+from benchmarks.bench_training import CANDIDATES, CASES, MODELS, make_case, model_shape, training_worker
 from benchmarks.xla_profile import Row, StepProfile, parse_hlo, step_profile, trace_op_times
 from theseus_jax.errors import ArgumentParser
 
@@ -37,8 +37,9 @@ CAVEAT = ("Caveat: XLA's plain `dot` thunks (Eigen kernels, kernel `dot` above; 
 def run_profile(args: argparse.Namespace, trace_dir: Path) -> tuple[StepProfile, dict[str, Any]]:
     """Runs the case in a fresh worker; (profile per step, wall times and setup reply)."""
     model = model_shape(args.model, args.layers)
-    case = make_case(args.case, args, model)
-    with training_worker(args, flags=args.xla_flags) as worker:
+    changes, flags, extra_env, _ = CANDIDATES[args.candidate] if args.candidate else ({}, "", {}, "")
+    case = make_case(args.case, args, model) | changes
+    with training_worker(args, flags=f"{flags} {args.xla_flags}".strip(), extra_env=extra_env) as worker:
         setup = worker.request(op="setup", case=case)
         worker.request(op="steps", count=args.warmup)
         wall = worker.request(op="steps", count=args.measure)["times"]
@@ -102,6 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the worker")
+    parser.add_argument("--candidate", choices=sorted(CANDIDATES), help="profile this candidate of bench_training --candidates")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the compiling one")
     parser.add_argument("--measure", type=int, default=3, help="steps timed without the profiler")
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         profile, run = run_profile(args, trace_dir)
     layers = run["model"]["num_hidden_layers"]
     title = (f"Training step profile: where the time goes (op level), {args.model} {layers} layers {args.case}, "
-             f"batch {args.batch} x length {args.length}" + (f", XLA flags {args.xla_flags}" if args.xla_flags else ""))
+             f"batch {args.batch} x length {args.length}" + (f", XLA flags {args.xla_flags}" if args.xla_flags else "")
+             + (f", candidate {args.candidate}" if args.candidate else ""))
     publish(markdown(profile, run, args, machine_description(), (load_before, os.getloadavg()[0])), title,
             "benchmarks.profile_step", argv, args.output, args.notes)
 

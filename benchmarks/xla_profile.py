@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from theseus_jax.models.dense import WEIGHT_GRADIENT_SCOPE
+
 # Ops whose bodies are traced thunk by thunk: counting the op itself too would count twice.
 CONTROL_FLOW = frozenset({"while", "conditional", "call"})
 # Opcodes that only move or rearrange data (a fusion made of these alone is a copy).
@@ -187,7 +189,10 @@ def _parse_instructions(text: str) -> dict[str, _Instruction]:
 
 
 def _role(dot: _Instruction, lhs_rank: int, rhs_rank: int) -> str:
-    """Which Dense-layer product a dot is, read off its contracting dimensions."""
+    """Which Dense-layer product a dot is: the model's weight gradients by their name scope
+    (they take the forward's layout, see models.dense), the others by contracting dimensions."""
+    if any(re.search(rf"\b{WEIGHT_GRADIENT_SCOPE}\b", name) for name in dot.op_names):
+        return "X^T.dY (dW)"
     if _dim_list(dot.attributes, "lhs_batch_dims"):
         return "batched (attention)"
     lhs, rhs = _dim_list(dot.attributes, "lhs_contracting_dims"), _dim_list(dot.attributes, "rhs_contracting_dims")

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from theseus_jax.models.dense import dense_dot_general
 from theseus_jax.models.dropout import Dropout
 from theseus_jax.models.families import Family, family
 
@@ -138,6 +139,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
     return nn.Dense(
         features,
+        dot_general=dense_dot_general,
         dtype=config.compute_dtype,
         param_dtype=jnp.float32,
         kernel_init=nn.initializers.normal(config.initializer_range),
