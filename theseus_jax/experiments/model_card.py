@@ -50,8 +50,10 @@ def _source_metadata(folder: Path | None) -> dict[str, Any]:
     if folder is None:
         return {}
     found: dict[str, Any] = {}
-    if (folder / CARD_FILE).is_file():
-        data = ModelCard.load(folder / CARD_FILE).data
+    card = folder / CARD_FILE
+    # huggingface_hub warns of a card without a metadata block; such a card has nothing to read.
+    if card.is_file() and card.read_text(encoding="utf-8").startswith("---"):
+        data = ModelCard.load(card).data
         found = {key: getattr(data, key, None) for key in ("language", "license")}
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
