@@ -40,7 +40,6 @@ def test_profiled_gradient_has_hand_counted_dots_and_rng(tmp_path):
     assert any(name.startswith(xla_profile.RNG) for name in profile.categories)
 
 
-
 def test_model_weight_gradients_are_named_dw_though_laid_out_as_forward_products():
     """models.dense computes x^T . dY as a plain [in, tokens] x [tokens, out] product; its name
     scope, not its layout, marks it as the weight gradient."""
@@ -51,6 +50,7 @@ def test_model_weight_gradients_are_named_dw_though_laid_out_as_forward_products
     step = jax.jit(jax.grad(loss)).lower(jnp.ones((K, N)), jnp.ones((M, K))).compile()
     dots = {(d.output, d.role) for op in xla_profile.parse_hlo(step.as_text()).values() for d in op.dots}
     assert sorted(dots) == [(f"f32[{K},{N}]", "X^T.dY (dW)"), (f"f32[{M},{N}]", "x.W (forward)")]
+
 
 def test_trace_totals_pair_completion_events_and_count_runs():
     """Hand-made events: busy sums durations, issue-to-done runs to the "end:" event (or the
