@@ -40,16 +40,19 @@ def test_profiled_gradient_has_hand_counted_dots_and_rng(tmp_path):
     assert any(name.startswith(xla_profile.RNG) for name in profile.categories)
 
 
-def test_model_weight_gradients_are_named_dw_though_laid_out_as_forward_products():
-    """models.dense computes x^T . dY as a plain [in, tokens] x [tokens, out] product; its name
-    scope, not its layout, marks it as the weight gradient."""
+@pytest.mark.parametrize("fan_in, fan_out", [(N, K), (K, N)])
+def test_model_weight_gradients_are_named_dw_though_laid_out_as_forward_products(fan_in, fan_out):
+    """models.dense computes the weight gradient as a plain product, x^T . dY ([in, out]) or,
+    x being the wider, (dY^T . x)^T ([out, in], then transposed): either way its name scope,
+    not its layout, marks it as the weight gradient."""
     from theseus_jax.models.dense import dense_dot_general
 
     dims = (((1,), (0,)), ((), ()))
     loss = lambda w, x: jnp.sum(jnp.tanh(dense_dot_general(x, w, dims)))
-    step = jax.jit(jax.grad(loss)).lower(jnp.ones((K, N)), jnp.ones((M, K))).compile()
+    step = jax.jit(jax.grad(loss)).lower(jnp.ones((fan_in, fan_out)), jnp.ones((M, fan_in))).compile()
     dots = {(d.output, d.role) for op in xla_profile.parse_hlo(step.as_text()).values() for d in op.dots}
-    assert sorted(dots) == [(f"f32[{K},{N}]", "X^T.dY (dW)"), (f"f32[{M},{N}]", "x.W (forward)")]
+    narrow, wide = sorted((fan_in, fan_out))
+    assert sorted(dots) == sorted([(f"f32[{narrow},{wide}]", "X^T.dY (dW)"), (f"f32[{M},{fan_out}]", "x.W (forward)")])
 
 
 def test_trace_totals_pair_completion_events_and_count_runs():
