@@ -51,9 +51,10 @@ def _source_metadata(folder: Path | None) -> dict[str, Any]:
         return {}
     found: dict[str, Any] = {}
     card = folder / CARD_FILE
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
     # huggingface_hub warns of a card without a metadata block; such a card has nothing to read.
-    if card.is_file() and card.read_text(encoding="utf-8").startswith("---"):
-        data = ModelCard.load(card).data
+    if text.startswith("---"):
+        data = ModelCard(text).data
         found = {key: getattr(data, key, None) for key in ("language", "license")}
     if (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
