@@ -119,7 +119,7 @@ def summarise(root: Path, candidates: Sequence[str]) -> list[dict[str, Any]]:
     ranked = {r["name"]: records[r["name"]] for r in rows}
     figure = plots.plot_series(
         root, plots.series_points(ranked, rows[0]["metric"]), rows[0]["metric"], name="screen_metric.png",
-        title="screening: validation {metric} per step (star: selected step)",
+        title="screening: validation {metric} per step\n(star: selected step)",
     )
     atomic.write_text(
         root / "screen.md",

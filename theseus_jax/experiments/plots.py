@@ -82,7 +82,7 @@ def series_points(results: dict[str, Any], metric: str) -> dict[str, dict[str, A
 
 def plot_series(
     workdir: Path, points: dict[str, dict[str, Any]], metric: str, name: str = "series_metric.png",
-    title: str = "downstream validation {metric} per step (first seed; star: selected step)",
+    title: str = "downstream validation {metric} per step\n(first seed; star: selected step)",
 ) -> list[str]:
     """Each downstream model's validation metric over training steps, on one axis whatever its
     epochs, step counts or early stop, its selected step starred (the series' plot and the
@@ -99,7 +99,8 @@ def plot_series(
         (line,) = ax.plot(p["steps"], p["values"], marker="o", ms=3, label=stage)
         if p["selected"] is not None:
             ax.plot(*p["selected"], "*", ms=12, color=line.get_color(), markeredgecolor="black")
-    ax.set(xlabel="training step", ylabel=f"validation {metric}", title=title.format(metric=metric))
+    ax.set(xlabel="training step", ylabel=f"validation {metric}")
+    ax.set_title(title.format(metric=metric), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7 if len(points) > 6 else 8)
     fig.tight_layout()
