@@ -17,7 +17,7 @@ import pytest
 from theseus_jax.data.batching import BatchLoader
 from theseus_jax.data.encoding import Encoded
 from theseus_jax.experiments import pipelines, teacher
-from theseus_jax.experiments.trainer import plateau_count
+from theseus_jax.experiments.trainer import plateau_count, replacing_at
 from theseus_jax.models.bert import HEADS
 from theseus_jax.training import optimizer, steps
 from theseus_jax.training.distillation import Distillation
@@ -140,6 +140,23 @@ def test_early_stopping_counts_evaluations_without_improvement():
     assert stops == [False, False, False, True, False, False, True, True]
     # Perplexity: lower is better.
     assert plateau_count(3, "perplexity", 9.0, 10.0, 0.5) == 0 and plateau_count(0, "perplexity", 9.8, 10.0, 0.5) == 1
+
+
+def test_early_stopping_waits_for_the_end_of_the_replacement_phase():
+    """A Theseus run whose p reaches 1 at step 40 (of 100), evaluated every 10 steps with a flat
+    validation metric: patience 2 counts only the evaluations from step 40 on."""
+    compression = steps.Compression(pipelines._schedule(_compression(replacing_steps=40), 100), 2)
+    values = [0.5, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]  # at steps 10, 20, ..., 70
+    count, best, stops = 0, None, []
+    for step, value in zip(range(10, 80, 10), values):
+        count = plateau_count(count, "macro_f1", value, best, 0.0, replacing=replacing_at(compression, step))
+        best = value if best is None or value > best else best
+        stops.append(count >= 2)
+    # A plain run would stop at step 40 (no gain at steps 30 and 40 over the 0.7 of step 20);
+    # here step 30 (p < 1) does not count and step 40 (p = 1) does: the second is step 50.
+    assert [replacing_at(compression, s) for s in (39, 40)] == [True, False]
+    assert stops == [False, False, False, False, True, True, True]
+    assert not replacing_at(None, 0)
 
 
 def _compression(**fields):

@@ -97,10 +97,19 @@ def better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool:
     return new > old + min_delta
 
 
-def plateau_count(count: int, metric: str, value: float, previous_best: float | None, min_delta: float) -> int:
+def replacing_at(compression: steps.Compression | None, step: int) -> bool:
+    """Whether Theseus still swaps modules from `step` on (p < 1)."""
+    return compression is not None and float(compression.schedule(step)) < 1.0
+
+
+def plateau_count(
+    count: int, metric: str, value: float, previous_best: float | None, min_delta: float, replacing: bool = False
+) -> int:
     """Evaluations in a row that did not beat the best before them by more than `min_delta`
-    (early stopping ends a run when this reaches the patience)."""
-    if previous_best is not None and not better(metric, value, previous_best, min_delta):
+    (early stopping ends a run when this reaches the patience). None count while Theseus is
+    `replacing`: validation scores the successor alone, which trains alone only after the
+    replacement phase, so a plateau before then says nothing about the end of training."""
+    if not replacing and previous_best is not None and not better(metric, value, previous_best, min_delta):
         return count + 1
     return 0
 
@@ -348,7 +357,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             value, progress.best[job.selection][job.metric],
         )
         progress.evals_without_improvement = plateau_count(
-            progress.evals_without_improvement, job.metric, value, previous_best, job.early_stopping_min_delta
+            progress.evals_without_improvement, job.metric, value, previous_best, job.early_stopping_min_delta,
+            replacing=replacing_at(job.compression, entry["step"]),
         )
         patience = job.early_stopping_patience
         progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience
@@ -369,6 +379,9 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
     total_steps = sum(job.train_loader.num_batches(e) for e in range(job.epochs))
+    if job.early_stopping_patience and replacing_at(job.compression, total_steps - 1):
+        log.warning("%s: early stopping is off: it counts evaluations after the replacement phase, and p stays "
+                    "below 1 here (compression.replacing_steps ends the phase)", job.name)
     pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, total_steps)
 
     def stopped(signum: int, saved: bool) -> preemption.Stopped:
