@@ -5,7 +5,10 @@ so thread pinning and `--xla-flags` are in place before JAX starts. After the co
 step and warm-up steps, steps without the profiler give the wall time; then `--steps` steps
 run under `jax.profiler.trace`, and the worker saves the step's optimized HLO beside the
 trace (`compiled.as_text()`: what `--xla_dump_to` would write, without a dump folder). `benchmarks.xla_profile` joins the two: time per category (matmul by role, RNG,
-LayerNorm, optimizer, ...) and per dot shape with its GFLOP/s.
+LayerNorm, optimizer, ...) and per dot shape with its GFLOP/s. Then the worker runs each dot
+shape alone (`lax.dot_general` with the step's dimension numbers) and measures the matmul
+ceiling: what the step's dots would take at their lone rates, against its wall time, says
+how much of the step is matmul kernels and how much is everything around them.
 
     python -m benchmarks.profile_step --case full-cls --model bert-base --output BENCHMARKS.md
     python -m benchmarks.profile_step --model quick --layers 1 --batch 2 --length 16   # a smoke run
@@ -44,12 +47,16 @@ def run_profile(args: argparse.Namespace, trace_dir: Path) -> tuple[StepProfile,
         worker.request(op="steps", count=args.warmup)
         wall = worker.request(op="steps", count=args.measure)["times"]
         traced = worker.request(op="trace", count=args.steps, dir=str(trace_dir))["times"]
-    (trace,) = trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz")
-    with gzip.open(trace) as f:
-        events = json.load(f)["traceEvents"]
-    module, runs, times = trace_op_times(events)
-    profile = step_profile(times, parse_hlo((trace_dir / "step.hlo.txt").read_text()), runs)
-    return profile, {"model": model, "module": module, "wall_s": wall, "traced_s": traced, "setup": setup}
+        (trace,) = trace_dir.glob("plugins/profile/*/perfetto_trace.json.gz")
+        with gzip.open(trace) as f:
+            events = json.load(f)["traceEvents"]
+        module, runs, times = trace_op_times(events)
+        profile = step_profile(times, parse_hlo((trace_dir / "step.hlo.txt").read_text()), runs)
+        keys = list(profile.dot_specs)
+        lone = worker.request(op="lone_dots", dots=[
+            {"lhs": d.lhs, "rhs": d.rhs, "dimension_numbers": d.dimension_numbers} for d in profile.dot_specs.values()])
+    return profile, {"model": model, "module": module, "wall_s": wall, "traced_s": traced, "setup": setup,
+                     "lone_s": dict(zip(keys, lone["seconds"])), "ceiling_gflops": lone["ceiling_gflops"]}
 
 
 def _rate(gflop: float, ms: float) -> str:
@@ -84,13 +91,24 @@ def markdown(profile: StepProfile, run: dict[str, Any], args: argparse.Namespace
     for name, row in sorted(profile.categories.items(), key=lambda kv: -kv[1].busy_ms):
         lines.append(f"| {name} | {row.count:.0f} | {row.busy_ms:.1f} | {100 * row.busy_ms / profile.busy_ms:.1f}% | "
                      f"{row.span_ms:.1f} | {f'{row.gflop:.1f}' if row.gflop else ''} | {', '.join(sorted(row.kernels))} |")
-    lines += ["", "Dots by shape (output <- operands) and role (read off the contracting dimensions):", "",
+    lone_ms = {key: 1e3 * s * profile.dots[key].count for key, s in run["lone_s"].items()}  # per step
+    dot_gflop = sum(row.gflop for row in profile.dots.values())
+    alone = sum(lone_ms.values())
+    ceiling = run["ceiling_gflops"]
+    lines += ["", "Dots by shape (output <- operands) and role (read off the contracting dimensions); alone: the same "
+              "`lax.dot_general` run by itself in the worker, its time per step (calls x median time per call):", "",
               "| dot | role | kernel | count/step | busy ms | issue-to-done ms | GFLOP | GFLOP/s by busy | "
-              "GFLOP/s by issue-to-done |", "|---|---|---|---|---|---|---|---|---|"]
+              "GFLOP/s by issue-to-done | alone ms | GFLOP/s alone |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     dots: list[tuple[tuple[str, str], Row]] = sorted(profile.dots.items(), key=lambda kv: -kv[1].span_ms)
-    for (shape, role), row in dots:
-        lines.append(f"| {shape} | {role} | {', '.join(sorted(row.kernels))} | {row.count:.0f} | {row.busy_ms:.1f} | "
-                     f"{row.span_ms:.1f} | {row.gflop:.2f} | {_rate(row.gflop, row.busy_ms)} | {_rate(row.gflop, row.span_ms)} |")
+    for key, row in dots:
+        lines.append(f"| {key[0]} | {key[1]} | {', '.join(sorted(row.kernels))} | {row.count:.0f} | {row.busy_ms:.1f} | "
+                     f"{row.span_ms:.1f} | {row.gflop:.2f} | {_rate(row.gflop, row.busy_ms)} | {_rate(row.gflop, row.span_ms)} | "
+                     f"{lone_ms[key]:.1f} | {_rate(row.gflop, lone_ms[key])} |")
+    lines += ["", f"Alone, the step's dots take {alone:.0f} ms per step ({_rate(dot_gflop, alone)} GFLOP/s; the jitted "
+              f"2048^3 float32 matmul in the same worker: {ceiling:.0f} GFLOP/s), {100 * alone / wall_ms:.0f}% of the "
+              f"step's {wall_ms:.0f} ms wall time; at the ceiling the step's {dot_gflop:.3g} GFLOP would take "
+              f"{dot_gflop / ceiling * 1e3:.0f} ms ({100 * dot_gflop / ceiling * 1e3 / wall_ms:.0f}% of the ceiling for the "
+              "step as a whole)."]
     return "\n".join([*lines, "", CAVEAT])
 
 

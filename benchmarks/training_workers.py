@@ -17,13 +17,15 @@ drew, the driver hands them to the PyTorch worker.
 from __future__ import annotations
 
 import copy
+import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.protocol import matmul_ceiling_gflops, peak_rss_mib, serve
+from benchmarks.protocol import matmul_ceiling_gflops, peak_rss_mib, serve, time_calls
 from theseus_jax.errors import ArgumentParser
 
 Case = dict[str, Any]
@@ -135,6 +137,33 @@ def jax_forwards(case: Case) -> tuple[dict[int, Callable[[], float]], float]:
 
         runs[layers] = run
     return runs, compile_s
+
+
+HLO_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
+
+
+def lone_dot(lhs: str, rhs: str, dimension_numbers: Any) -> Callable[[], Any]:
+    """A jitted `lax.dot_general` on random operands of HLO shapes ("f32[768,2048]"), ready
+    to call: a dot of the step, run alone."""
+    import jax
+    from jax import lax
+
+    def operand(shape: str, index: int) -> Any:
+        dtype, dims = re.fullmatch(r"(\w+)\[([\d,]*)\]", shape).groups()
+        size = tuple(int(d) for d in dims.split(",") if d)
+        return jax.random.normal(jax.random.key(index), size, HLO_DTYPES[dtype])
+
+    (lc, rc), (lb, rb) = dimension_numbers
+    product = jax.jit(lambda a, b: lax.dot_general(a, b, ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))))
+    a, b = operand(lhs, 0), operand(rhs, 1)
+    return lambda: product(a, b).block_until_ready()
+
+
+def lone_dot_seconds(lhs: str, rhs: str, dimension_numbers: Any) -> float:
+    """Median seconds per call of `lone_dot` after a compiling call (at least 5 calls, up to 0.5 s)."""
+    run = lone_dot(lhs, rhs, dimension_numbers)
+    run()
+    return statistics.median(time_calls(run, budget_s=0.5, min_reps=5, max_reps=50))
 
 
 # --- PyTorch -------------------------------------------------------------------------------
@@ -297,6 +326,8 @@ def main() -> None:
             return {"times": times}
         if op == "ceiling":
             return {"gflops": matmul_ceiling_gflops()}
+        if op == "lone_dots":  # JAX: each dot of `dots` ({lhs, rhs, dimension_numbers}) alone
+            return {"seconds": [lone_dot_seconds(**d) for d in request["dots"]], "ceiling_gflops": matmul_ceiling_gflops()}
         if op == "memory":
             return {"peak_rss_mib": peak_rss_mib()}
         raise ValueError(f"unknown op {op!r}")

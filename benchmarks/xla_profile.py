@@ -47,13 +47,16 @@ _CALLEE_LIST = re.compile(r"\b(?:calls|branch_computations|called_computations)=
 
 @dataclass(frozen=True)
 class Dot:
-    """One dot instruction: shapes without layouts, role by operand layout, GFLOP per run."""
+    """One dot instruction: shapes without layouts, role by operand layout, GFLOP per run, and
+    `lax.dot_general`'s dimension numbers ((lhs, rhs contracting), (lhs, rhs batch)) to rerun it."""
 
     output: str
     lhs: str
     rhs: str
     role: str
     gflop: float
+    dimension_numbers: tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]] = (
+        ((), ()), ((), ()))
 
 
 @dataclass(frozen=True)
@@ -295,9 +298,13 @@ def parse_hlo(text: str) -> dict[str, Op]:
 
     def dot(ins: _Instruction) -> Dot:
         lhs, rhs = (_plain_shape(operand_shape(o)) for o in ins.operands[:2])
-        k = math.prod(_dims(lhs)[i] for i in _dim_list(ins.attributes, "lhs_contracting_dims"))
+        dims = {key: tuple(_dim_list(ins.attributes, key)) for key in (
+            "lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")}
+        k = math.prod(_dims(lhs)[i] for i in dims["lhs_contracting_dims"])
         return Dot(_plain_shape(ins.shape), lhs, rhs, _role(ins, len(_dims(lhs)), len(_dims(rhs))),
-                   2 * math.prod(_dims(ins.shape)) * k / 1e9)
+                   2 * math.prod(_dims(ins.shape)) * k / 1e9,
+                   ((dims["lhs_contracting_dims"], dims["rhs_contracting_dims"]),
+                    (dims["lhs_batch_dims"], dims["rhs_batch_dims"])))
 
     ops = {}
     for ins in instructions.values():
@@ -337,6 +344,7 @@ class StepProfile:
     dots: dict[tuple[str, str], Row]
     busy_ms: float
     unmatched_ms: float
+    dot_specs: dict[tuple[str, str], Dot] = field(default_factory=dict)  # one Dot per `dots` key
 
 
 def step_profile(times: dict[str, OpTime], ops: dict[str, Op], executions: int) -> StepProfile:
@@ -345,6 +353,7 @@ def step_profile(times: dict[str, OpTime], ops: dict[str, Op], executions: int) 
     with several dots splits its time between them by FLOPs."""
     categories: dict[str, Row] = collections.defaultdict(Row)
     dots: dict[tuple[str, str], Row] = collections.defaultdict(Row)
+    specs: dict[tuple[str, str], Dot] = {}
     busy = unmatched = 0.0
     for name, t in times.items():
         count, busy_ms, span_ms = t.count / executions, t.busy_us / 1e3 / executions, t.span_us / 1e3 / executions
@@ -364,10 +373,12 @@ def step_profile(times: dict[str, OpTime], ops: dict[str, Op], executions: int) 
         for d in op.dots:
             share = d.gflop / total if total else 1 / len(op.dots)
             row.gflop += d.gflop * count
-            drow = dots[(f"{d.output} <- {d.lhs} x {d.rhs}", d.role)]
+            key = (f"{d.output} <- {d.lhs} x {d.rhs}", d.role)
+            specs.setdefault(key, d)
+            drow = dots[key]
             drow.count += count
             drow.busy_ms += busy_ms * share
             drow.span_ms += span_ms * share
             drow.gflop += d.gflop * count
             drow.kernels.add(op.kernel)
-    return StepProfile(dict(categories), dict(dots), busy, unmatched)
+    return StepProfile(dict(categories), dict(dots), busy, unmatched, specs)

@@ -6,6 +6,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import profile_step, xla_profile
@@ -38,6 +39,29 @@ def test_profiled_gradient_has_hand_counted_dots_and_rng(tmp_path):
     assert sum(row.gflop for row in profile.dots.values()) == pytest.approx(2 * hand)
     assert {role for _, role in profile.dots} == {"x.W (forward)", "X^T.dY (dW)"}
     assert any(name.startswith(xla_profile.RNG) for name in profile.categories)
+
+
+def test_a_dot_rerun_alone_has_the_steps_shapes_and_flops():
+    """Every dot of a compiled step (a Dense gradient and attention's batched products), rerun
+    alone from its HLO shapes and dimension numbers, gives the output shape the HLO names and
+    the FLOPs counted by hand."""
+    from benchmarks.training_workers import lone_dot
+
+    def loss(w, x):
+        q = x @ w  # [B, L, K] @ [K, N]
+        scores = jnp.einsum("bqn,bkn->bqk", q, q)  # batched over b
+        return jnp.sum(jnp.tanh(scores))
+
+    b, length = 3, 7
+    step = jax.jit(jax.grad(loss)).lower(jnp.ones((K, N)), jnp.ones((b, length, K))).compile()
+    dots = [d for op in xla_profile.parse_hlo(step.as_text()).values() for d in op.dots]
+    assert any(d.dimension_numbers[1] != ((), ()) for d in dots)  # batch dimensions were read
+    for d in dots:
+        out = lone_dot(d.lhs, d.rhs, d.dimension_numbers)()
+        assert f"f32[{','.join(map(str, out.shape))}]" == d.output
+        (lc, _), _ = d.dimension_numbers
+        lhs_dims = [int(n) for n in d.lhs[4:-1].split(",")]
+        assert d.gflop == pytest.approx(2 * np.prod(out.shape) * np.prod([lhs_dims[i] for i in lc]) / 1e9)
 
 
 @pytest.mark.parametrize("fan_in, fan_out", [(N, K), (K, N)])
@@ -108,9 +132,11 @@ ENTRY %main (x: f32[8,5], w: f32[3,5], dy: f32[8,3], init: (s32[], u32[8])) -> f
 
 def test_parse_hlo_reads_fused_and_printed_operand_shapes_and_loop_bodies():
     ops = xla_profile.parse_hlo(HLO)
-    assert ops["ynn_fusion"].dots == (xla_profile.Dot("f32[8,3]", "f32[8,5]", "f32[3,5]", "dY.W^T (dX)", 2 * 8 * 5 * 3 / 1e9),)
+    assert ops["ynn_fusion"].dots == (xla_profile.Dot(
+        "f32[8,3]", "f32[8,5]", "f32[3,5]", "dY.W^T (dX)", 2 * 8 * 5 * 3 / 1e9, (((1,), (1,)), ((), ()))),)
     assert ops["ynn_fusion"].kernel == "fusion __ynn_fusion"
-    assert ops["dot.1"].dots == (xla_profile.Dot("f32[5,3]", "f32[8,5]", "f32[8,3]", "X^T.dY (dW)", 2 * 5 * 3 * 8 / 1e9),)
+    assert ops["dot.1"].dots == (xla_profile.Dot(
+        "f32[5,3]", "f32[8,5]", "f32[8,3]", "X^T.dY (dW)", 2 * 5 * 3 * 8 / 1e9, (((0,), (0,)), ((), ()))),)
     assert ops["bits"].category == ops["mixed"].category == xla_profile.RNG  # inside the bits loop
 
     times = {"ynn_fusion": xla_profile.OpTime(2, 4000.0, 4000.0), "while.1": xla_profile.OpTime(2, 900.0, 900.0),
@@ -141,3 +167,4 @@ def test_profile_step_writes_its_section(tmp_path):
     text = output.read_text()
     assert "## Training step profile: where the time goes (op level), quick 1 layers full-cls" in text
     assert "| matmul x.W (forward) |" in text and profile_step.CAVEAT in text
+    assert "GFLOP/s alone |" in text and "Alone, the step's dots take" in text
