@@ -147,6 +147,10 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     assert table["cls_truncated"][4] == f"{rp_truncated.mean():.4f} ± {rp_truncated.std(ddof=1):.4f} [{low:.4f}, {high:.4f}]"
     assert table["cls_truncated"][6] == "3.00 |"
     assert table["cls_truncated"][2] == "600 (1.67)"
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in report.per_seed_table(results, out)[2:]]
+    per_seed = {c[0].strip("`"): c[1:] for c in cells}
+    assert per_seed["cls_successor"] == [f"{v:.4f} ({d:+.4f})" for v, d in zip(f1["cls_successor"], diff)]
+    assert per_seed["cls_truncated"] == [f"{v:.4f}" for v in f1["cls_truncated"]]  # the baseline itself
     # Every seed favours the successor here, but the paired interval reaches below 0.
     assert (diff > 0).all() and out["successor_minus_truncated_ci95"][0] < 0
     assert out["successor_vs_truncated"] == "not separated"

@@ -317,6 +317,25 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
     return rows + notes
 
 
+def per_seed_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+    """Each downstream model's test metric in every seed (collapsed seeds marked), with its
+    paired difference to the truncated predecessor in that seed: what the comparison's
+    mean ± std sums up."""
+    metric, seeds = comparison["metric"], comparison["seeds"]
+    models = {stage: model for stage, _, model in _compressed(results)}
+    rows = [f"| model | {' | '.join(f'seed {s}' for s in seeds)} |", "|---|" + "---|" * len(seeds)]
+    for stage in [s for s in MODEL_TITLES if s in results]:
+        by_seed = {e["seed"]: e for e in results[stage]["per_seed"]}
+        diffs = {d["seed"]: d["value"] for d in comparison.get(f"{models.get(stage)}_minus_truncated_per_seed", [])}
+        cells = [
+            "" if s not in by_seed else _fmt(by_seed[s]["test"].get(metric))
+            + (f" ({diffs[s]:+.4f})" if s in diffs else "") + (" **collapsed**" if by_seed[s]["collapsed"] else "")
+            for s in seeds
+        ]
+        rows.append(f"| `{stage}` | {' | '.join(cells)} |")
+    return rows
+
+
 def _with_interval(comparison: dict[str, Any], mean: str, std: str, ci95: str, signed: bool = False) -> str:
     """`mean ± std [low, high]` of comparison keys (`+` shown on differences)."""
     value = comparison.get(mean)
@@ -363,5 +382,8 @@ def write_series_report(
         lines += ["", f"**WARNING**: `{stage}` collapsed: {COLLAPSED} "
                   f"(seeds {summary.collapsed_seeds(results[stage])})."]
     lines += ["", "## Comparison", "", *comparison_table(results, comparison), ""]
+    if len(seeds) > 1:
+        lines += [f"Test {metric} per seed (in brackets: minus the truncated predecessor's in that seed):", "",
+                  *per_seed_table(results, comparison), ""]
     lines += [f"![{p}]({p})" for p in figures]
     atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
