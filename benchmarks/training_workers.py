@@ -17,7 +17,6 @@ drew, the driver hands them to the PyTorch worker.
 from __future__ import annotations
 
 import copy
-import re
 import statistics
 import time
 from pathlib import Path
@@ -148,10 +147,11 @@ def lone_dot(lhs: str, rhs: str, dimension_numbers: Any) -> Callable[[], Any]:
     import jax
     from jax import lax
 
+    from benchmarks.xla_profile import element_type_and_dims  # imports jax: not in the PyTorch worker
+
     def operand(shape: str, index: int) -> Any:
-        dtype, dims = re.fullmatch(r"(\w+)\[([\d,]*)\]", shape).groups()
-        size = tuple(int(d) for d in dims.split(",") if d)
-        return jax.random.normal(jax.random.key(index), size, HLO_DTYPES[dtype])
+        dtype, dims = element_type_and_dims(shape)
+        return jax.random.normal(jax.random.key(index), tuple(dims), HLO_DTYPES[dtype])
 
     (lc, rc), (lb, rb) = dimension_numbers
     product = jax.jit(lambda a, b: lax.dot_general(a, b, ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))))

@@ -55,8 +55,7 @@ class Dot:
     rhs: str
     role: str
     gflop: float
-    dimension_numbers: tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]] = (
-        ((), ()), ((), ()))
+    dimension_numbers: tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
 
 
 @dataclass(frozen=True)
@@ -156,6 +155,11 @@ def _plain_shape(shape: str) -> str:
 def _dims(shape: str) -> list[int]:
     match = re.search(r"\[([\d,]*)\]", shape)
     return [int(d) for d in match.group(1).split(",") if d] if match else []
+
+
+def element_type_and_dims(shape: str) -> tuple[str, list[int]]:
+    """("f32", [768, 2048]) of an HLO array shape "f32[768,2048]"."""
+    return shape.split("[", 1)[0], _dims(shape)
 
 
 def _dim_list(attributes: str, key: str) -> list[int]:
@@ -344,7 +348,7 @@ class StepProfile:
     dots: dict[tuple[str, str], Row]
     busy_ms: float
     unmatched_ms: float
-    dot_specs: dict[tuple[str, str], Dot] = field(default_factory=dict)  # one Dot per `dots` key
+    dot_specs: dict[tuple[str, str], Dot]  # one Dot per `dots` key
 
 
 def step_profile(times: dict[str, OpTime], ops: dict[str, Op], executions: int) -> StepProfile:
