@@ -95,6 +95,9 @@ def get_base_config() -> ml_collections.ConfigDict:
         {
             "num_successor_layers": 6,
             "init_offset": "0",  # "0".."r-1" (lower..upper layer of each module) or "original"
+            # Where those layers come from: the predecessor being compressed, or (diagnosis) the
+            # pretrained model.path it was fine-tuned from, when compressing a fine-tuned checkpoint.
+            "successor_init": "predecessor",  # predecessor | pretrained
             "schedule": "curriculum",  # curriculum | constant
             "starting_rate": 0.1,  # b
             "ratio_replacement_changes": 0.85,  # p reaches 1 after this share of the steps

@@ -73,6 +73,10 @@ SCREEN = {
     # Diagnosis (issue 21 item 4), to run with --only if the final table misses its goal:
     # successor i from the upper layer of its module instead of the lower one...
     "compress_offset1_lr1e-4": [*_COMPRESS, *_CE, "--config.compression.init_offset=1", "--config.cls.learning_rates=1e-4"],
+    # ...the successor copied from the pretrained e5 layers instead of the fine-tuned teacher's...
+    "compress_pretrained_init_lr1e-4": [
+        *_COMPRESS, *_CE, "--config.compression.successor_init=pretrained", "--config.cls.learning_rates=1e-4",
+    ],
     # ...and the embeddings, pooler and classifier training beside the successor.
     "compress_heads_lr1e-4": [
         *_COMPRESS, *_CE, "--config.compression.trainable=successor_embeddings_heads", "--config.cls.learning_rates=1e-4",

@@ -163,6 +163,31 @@ def test_successor_copies_its_source_layer():
             np.testing.assert_array_equal(a, b)
 
 
+def test_successor_copies_its_source_layer_from_other_params():
+    """successor_params (e.g. the pretrained checkpoint) feed the successor; the predecessor,
+    embeddings and heads stay those of the model being compressed."""
+    pred, other = _predecessor(BertForSequenceClassification, 0), _predecessor(BertForSequenceClassification, 1)
+    params = theseus.init_theseus_params(pred, CFG, 2, init_offset=1, successor_params=other)
+    encoder = params["bert"]["encoder"]
+    for i, source in enumerate([1, 3]):
+        for a, b in zip(jax.tree.leaves(encoder[f"successor_{i}"]), jax.tree.leaves(other["bert"]["encoder"][f"layer_{source}"])):
+            np.testing.assert_array_equal(a, b)
+    for j in range(CFG.num_hidden_layers):
+        for a, b in zip(jax.tree.leaves(encoder[f"predecessor_{j}"]), jax.tree.leaves(pred["bert"]["encoder"][f"layer_{j}"])):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(params["classifier"]["kernel"], pred["classifier"]["kernel"])
+    # A plain BertModel's parameters (no `bert` scope) serve as well.
+    plain = BertModel(CFG).init(jax.random.key(2), _inputs()[0])["params"]
+    params = theseus.init_theseus_params(pred, CFG, 2, successor_params=plain)
+    np.testing.assert_array_equal(params["bert"]["encoder"]["successor_1"]["output"]["dense"]["kernel"], plain["encoder"]["layer_2"]["output"]["dense"]["kernel"])
+
+
+def test_successor_params_of_another_shape_are_refused():
+    wider = BertModel(CFG.replace(intermediate_size=CFG.intermediate_size + 1)).init(jax.random.key(2), _inputs()[0])["params"]
+    with pytest.raises(ValueError, match="differ in shape"):
+        theseus.init_theseus_params(_predecessor(BertForSequenceClassification), CFG, 2, successor_params=wider)
+
+
 def test_truncated_baseline_keeps_the_bottom_layers():
     pred = _predecessor(BertForSequenceClassification)
     cfg, params = theseus.truncate_layers(CFG, pred, 2)
@@ -251,3 +276,56 @@ def test_bad_schedule_arguments():
         schedules.curriculum_schedule(0.1)
     with pytest.raises(ValueError, match="ratio_replacement_changes"):
         schedules.curriculum_schedule(0.1, total_steps=10, ratio_replacement_changes=0.0)
+
+
+class _Stop(Exception):
+    """Ends a pipeline once it has built its Theseus parameters."""
+
+
+@pytest.mark.parametrize("successor_init", ["predecessor", "pretrained"])
+def test_cls_compress_takes_successor_layers_from_the_configured_source(tmp_path, monkeypatch, germeval_tsv, successor_init):
+    """Compressing a fine-tuned checkpoint: `compression.successor_init=pretrained` copies the
+    successor from model.path (what the checkpoint was fine-tuned from), the default from the
+    checkpoint itself."""
+    from theseus_jax.convert import save_hf_checkpoint
+    from theseus_jax.experiments import pipelines
+    from tiny_config import get_config
+
+    cfg = get_config()
+    cfg.cls.data.train_path = str(germeval_tsv)
+    cfg.compression.successor_init = successor_init
+    fine_tuned = pipelines.load_model(cfg, "classification")
+    save_hf_checkpoint(fine_tuned.config, _perturbed(fine_tuned.params, 3), tmp_path / "fine_tuned")
+    seen = {}
+
+    def capture(params, config, n, offset, successor_params=None):
+        seen.update(params=params, successor_params=successor_params)
+        raise _Stop
+
+    monkeypatch.setattr(theseus, "init_theseus_params", capture)
+    with pytest.raises(_Stop):
+        pipelines._compress(cfg, tmp_path / "run", "classification", "cls_compress", str(tmp_path / "fine_tuned"))
+    predecessor_layer = seen["params"]["bert"]["encoder"]["layer_0"]["output"]["dense"]["kernel"]
+    pretrained_layer = pipelines.load_model(cfg, "none").params["encoder"]["layer_0"]["output"]["dense"]["kernel"]
+    assert np.abs(predecessor_layer - pretrained_layer).max() > 0.01  # the fine-tuned checkpoint was loaded
+    if successor_init == "predecessor":
+        assert seen["successor_params"] is None
+    else:
+        np.testing.assert_array_equal(seen["successor_params"]["encoder"]["layer_0"]["output"]["dense"]["kernel"], pretrained_layer)
+
+
+def test_a_pretrained_source_of_another_shape_is_a_user_error(tmp_path, germeval_tsv):
+    from theseus_jax.convert import save_hf_checkpoint
+    from theseus_jax.errors import UserError
+    from theseus_jax.experiments import pipelines
+    from tiny_config import get_config
+
+    cfg = get_config()
+    cfg.cls.data.train_path = str(germeval_tsv)
+    cfg.compression.successor_init = "pretrained"
+    other = cfg.model.random_config.intermediate_size + 8
+    wider = CFG.replace(hidden_size=cfg.model.random_config.hidden_size, intermediate_size=other, num_hidden_layers=4)
+    params = BertForSequenceClassification(wider).init(jax.random.key(0), _inputs()[0] % wider.vocab_size)["params"]
+    save_hf_checkpoint(wider, params, tmp_path / "fine_tuned")
+    with pytest.raises(UserError, match="successor_init='pretrained'.*differs in shape"):
+        pipelines._compress(cfg, tmp_path / "run", "classification", "cls_compress", str(tmp_path / "fine_tuned"))

@@ -103,6 +103,9 @@ CONFIG_CASES = {
         ["config.compression.num_successor_layers=3", "does not divide the predecessor's 4 layers", "[1, 2, 4]"],
     ),
     "init offset beyond a module": (["--config.pipeline=cls_compress", "--config.compression.init_offset=2"], ["config.compression.init_offset='2'", "0..1"]),
+    "unknown successor source": (
+        ["--config.compression.successor_init=fine_tuned"], ["config.compression.successor_init='fine_tuned'", "predecessor, pretrained"]
+    ),
     "shares leave no training data": (
         ["--config.cls.data.test_share=0.6", "--config.cls.data.validation_share=0.5"],
         ["config.cls.data.validation_share=0.5", "< 1"],

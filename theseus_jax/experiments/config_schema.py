@@ -166,6 +166,7 @@ SCHEMA: dict[str, Field] = {
     "compression.constant_rate": Field(FLOAT, interval(0, 1, True, True)),
     "compression.replacing_steps": Field(INT, at_least(0)),
     "compression.trainable": Field(STR, one_of(*TRAINABLE_PRESETS)),
+    "compression.successor_init": Field(STR, one_of("predecessor", "pretrained")),
     "lm": Field(CONFIG),
     "lm.mlm_probability": Field(FLOAT, interval(0, 1, False, False)),
     "cls": Field(CONFIG),

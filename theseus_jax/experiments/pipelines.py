@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from theseus_jax.compression import schedules, theseus
+from theseus_jax.errors import UserError
 from theseus_jax.experiments import datasets, model_card, report, summary, teacher
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
@@ -307,6 +308,20 @@ def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str,
     return _run(job, workdir, cfg, loaders, "lm_baseline")
 
 
+def _successor_source(cfg: ml_collections.ConfigDict, source: ModelSource) -> dict | None:
+    """The pretrained model.path's parameters when the successor starts from them
+    (`compression.successor_init=pretrained`), else None: it copies the predecessor's."""
+    if cfg.compression.successor_init != "pretrained":
+        return None
+    pretrained = load_model(cfg, "none")
+    if jax.tree.map(jnp.shape, pretrained.params["encoder"]) != jax.tree.map(jnp.shape, theseus.encoder_params(source.params)):
+        raise UserError(
+            f"config.compression.successor_init='pretrained': model.path's encoder ({cfg.model.path}) differs in shape "
+            "from the checkpoint being compressed; point model.path at the model it was fine-tuned from, or use 'predecessor'"
+        )
+    return pretrained.params
+
+
 def _compress(
     cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None,
     teacher_dir: str | None = None,
@@ -317,7 +332,9 @@ def _compress(
     tokenizer = load_tokenizer(source.tokenizer_dir, (cfg.lm if objective == "mlm" else cfg.cls).max_length)
     loaders = datasets.mlm_loaders(cfg, tokenizer) if objective == "mlm" else datasets.classification_loaders(cfg, tokenizer)
     n = cfg.compression.num_successor_layers
-    params = theseus.init_theseus_params(source.params, source.config, n, _init_offset(cfg.compression.init_offset))
+    params = theseus.init_theseus_params(
+        source.params, source.config, n, _init_offset(cfg.compression.init_offset), _successor_source(cfg, source)
+    )
     model = theseus.theseus_model(source.config, head, n)
     stage = cfg.lm if objective == "mlm" else cfg.cls
     job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
