@@ -1,6 +1,7 @@
 """Model selection on validation data: best step, test once at the selected step (also
 after a crash and from checkpoints older than that rule), learning rate per seed, seeds."""
 
+import dataclasses
 import json
 import shutil
 
@@ -95,6 +96,20 @@ def test_the_best_step_is_chosen_on_validation_not_on_test(tmp_path):
     assert job.test_loader.passes == len(on_test.history)
     assert on_test.best["step"] == on_test.history[int(np.argmax(tested))]["step"]
     assert on_test.best["step"] != progress.best["step"]
+
+
+@pytest.mark.parametrize("patience, stopped_early, last_step", [(10, True, 22), (11, False, 24)])
+def test_early_stopping_stops_on_a_plateau_and_says_so_only_when_steps_were_left(tmp_path, patience, stopped_early, last_step):
+    """Learning rate 0: every evaluation (steps 2, 4, ..., 24) scores the same, so the k-th one
+    after the first is the k-th without a gain. Patience 11 is reached at the last evaluation,
+    which stops nothing; patience 10 stops at step 22."""
+    encoded, labels = _token_data(32, seed=0)
+    job = dataclasses.replace(_job("validation", labels, labels, encoded, schedule=optax.constant_schedule(0.0)),
+                              early_stopping_patience=patience)
+    progress = train(job, tmp_path)
+    assert [h["step"] for h in progress.history] == list(range(2, last_step + 1, 2))
+    assert progress.stopped_early is stopped_early
+    assert progress.best["step"] == 2 and progress.evals_without_improvement == patience
 
 
 FROZEN_AFTER = 12  # steps with a learning rate; 4 steps an epoch, 24 in all

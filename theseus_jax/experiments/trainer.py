@@ -361,7 +361,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             replacing=replacing_at(job.compression, entry["step"]),
         )
         patience = job.early_stopping_patience
-        progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience
+        # A plateau at the last evaluation stops nothing: the run trained to its end.
+        progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience and entry["step"] < total_steps
         return progress.stopped_early
 
     def test_at_best() -> None:
