@@ -184,7 +184,7 @@ def test_successor_copies_its_source_layer_from_other_params():
 
 def test_successor_params_of_another_shape_are_refused():
     wider = BertModel(CFG.replace(intermediate_size=CFG.intermediate_size + 1)).init(jax.random.key(2), _inputs()[0])["params"]
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match="differ in shape from the predecessor's"):
         theseus.init_theseus_params(_predecessor(BertForSequenceClassification), CFG, 2, successor_params=wider)
 
 
@@ -327,5 +327,5 @@ def test_a_pretrained_source_of_another_shape_is_a_user_error(tmp_path, germeval
     wider = CFG.replace(hidden_size=cfg.model.random_config.hidden_size, intermediate_size=other, num_hidden_layers=4)
     params = BertForSequenceClassification(wider).init(jax.random.key(0), _inputs()[0] % wider.vocab_size)["params"]
     save_hf_checkpoint(wider, params, tmp_path / "fine_tuned")
-    with pytest.raises(UserError, match="successor_init='pretrained'.*differs in shape"):
+    with pytest.raises(UserError, match="successor_init='pretrained'.*differ in shape.*use 'predecessor'"):
         pipelines._compress(cfg, tmp_path / "run", "classification", "cls_compress", str(tmp_path / "fine_tuned"))

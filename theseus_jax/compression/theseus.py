@@ -140,13 +140,13 @@ def _with_encoder(params: Params, encoder: Params) -> Params:
     return {**params, "encoder": encoder}
 
 
-def encoder_params(params: Params) -> Params:
+def _encoder_params(params: Params) -> Params:
     """The encoder's parameters of a plain BERT, with or without a head."""
     return _get(params, _encoder_scope(params))
 
 
 def _encoder_layers(params: Params, num_layers: int) -> Params:
-    layers = encoder_params(params)
+    layers = _encoder_params(params)
     if sorted(layers) != sorted(f"layer_{j}" for j in range(num_layers)):
         raise ValueError(f"expected encoder layers layer_0..layer_{num_layers - 1}, found {sorted(layers)}")
     return layers
@@ -170,7 +170,7 @@ def init_theseus_params(
     layers = _encoder_layers(predecessor_params, n_pred)
     sources = layers if successor_params is None else _encoder_layers(successor_params, n_pred)
     if jax.tree.map(jnp.shape, sources) != jax.tree.map(jnp.shape, layers):
-        raise ValueError("successor_params' encoder layers differ in shape from the predecessor's")
+        raise ValueError("its encoder layers differ in shape from the predecessor's")
     encoder = {f"predecessor_{j}": layers[f"layer_{j}"] for j in range(n_pred)}
     for i, source in enumerate(successor_sources(n_pred, num_successor_layers, init_offset)):
         # A real copy: the successor trains while the predecessor stays as it was.
@@ -191,18 +191,18 @@ def _numbered(encoder: Params, prefix: str) -> list[Params]:
 def extract_successor(config: BertConfig, params: Params) -> tuple[BertConfig, Params]:
     """The compressed model as a plain n-layer BERT (same embeddings, pooler and heads),
     ready for `theseus_jax.convert.save_hf_checkpoint`; the predecessor is dropped."""
-    return _plain_model(config, params, _numbered(encoder_params(params), "successor"))
+    return _plain_model(config, params, _numbered(_encoder_params(params), "successor"))
 
 
 def extract_predecessor(config: BertConfig, params: Params) -> tuple[BertConfig, Params]:
     """The predecessor as a plain N-layer BERT (to evaluate or export the teacher)."""
-    return _plain_model(config, params, _numbered(encoder_params(params), "predecessor"))
+    return _plain_model(config, params, _numbered(_encoder_params(params), "predecessor"))
 
 
 def truncate_layers(config: BertConfig, params: Params, num_layers: int) -> tuple[BertConfig, Params]:
     """Keeps the bottom `num_layers` layers: the "truncated fine-tuning" baseline that
     BERT-of-Theseus compares against (same size as the successor, no compression)."""
-    layers = _numbered(encoder_params(params), "layer")
+    layers = _numbered(_encoder_params(params), "layer")
     if not 0 < num_layers <= len(layers):
         raise ValueError(f"cannot keep {num_layers} of {len(layers)} layers")
     return _plain_model(config, params, layers[:num_layers])

@@ -308,18 +308,19 @@ def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str,
     return _run(job, workdir, cfg, loaders, "lm_baseline")
 
 
-def _successor_source(cfg: ml_collections.ConfigDict, source: ModelSource) -> dict | None:
-    """The pretrained model.path's parameters when the successor starts from them
-    (`compression.successor_init=pretrained`), else None: it copies the predecessor's."""
+def _theseus_params(cfg: ml_collections.ConfigDict, source: ModelSource) -> dict:
+    """The predecessor's layers plus the successor's copies: of its own layers, or with
+    `compression.successor_init=pretrained` of the pretrained model.path's."""
+    n, offset = cfg.compression.num_successor_layers, _init_offset(cfg.compression.init_offset)
     if cfg.compression.successor_init != "pretrained":
-        return None
-    pretrained = load_model(cfg, "none")
-    if jax.tree.map(jnp.shape, pretrained.params["encoder"]) != jax.tree.map(jnp.shape, theseus.encoder_params(source.params)):
+        return theseus.init_theseus_params(source.params, source.config, n, offset)
+    try:
+        return theseus.init_theseus_params(source.params, source.config, n, offset, load_model(cfg, "none").params)
+    except ValueError as err:
         raise UserError(
-            f"config.compression.successor_init='pretrained': model.path's encoder ({cfg.model.path}) differs in shape "
-            "from the checkpoint being compressed; point model.path at the model it was fine-tuned from, or use 'predecessor'"
-        )
-    return pretrained.params
+            f"config.compression.successor_init='pretrained': model.path {cfg.model.path} cannot start the successor of "
+            f"the checkpoint being compressed ({err}); point model.path at the model it was fine-tuned from, or use 'predecessor'"
+        ) from err
 
 
 def _compress(
@@ -332,9 +333,7 @@ def _compress(
     tokenizer = load_tokenizer(source.tokenizer_dir, (cfg.lm if objective == "mlm" else cfg.cls).max_length)
     loaders = datasets.mlm_loaders(cfg, tokenizer) if objective == "mlm" else datasets.classification_loaders(cfg, tokenizer)
     n = cfg.compression.num_successor_layers
-    params = theseus.init_theseus_params(
-        source.params, source.config, n, _init_offset(cfg.compression.init_offset), _successor_source(cfg, source)
-    )
+    params = _theseus_params(cfg, source)
     model = theseus.theseus_model(source.config, head, n)
     stage = cfg.lm if objective == "mlm" else cfg.cls
     job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
