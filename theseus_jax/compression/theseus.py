@@ -167,10 +167,11 @@ def init_theseus_params(
     predecessor itself.
     """
     n_pred = config.num_hidden_layers
-    layers = _encoder_layers(predecessor_params, n_pred)
-    sources = layers if successor_params is None else _encoder_layers(successor_params, n_pred)
-    if jax.tree.map(jnp.shape, sources) != jax.tree.map(jnp.shape, layers):
-        raise ValueError("its encoder layers differ in shape from the predecessor's")
+    layers = sources = _encoder_layers(predecessor_params, n_pred)
+    if successor_params is not None:
+        sources = _encoder_layers(successor_params, n_pred)
+        if jax.tree.map(jnp.shape, sources) != jax.tree.map(jnp.shape, layers):
+            raise ValueError("its encoder layers differ in shape from the predecessor's")
     encoder = {f"predecessor_{j}": layers[f"layer_{j}"] for j in range(n_pred)}
     for i, source in enumerate(successor_sources(n_pred, num_successor_layers, init_offset)):
         # A real copy: the successor trains while the predecessor stays as it was.

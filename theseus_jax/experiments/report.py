@@ -326,7 +326,8 @@ def per_seed_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[
     rows = [f"| model | {' | '.join(f'seed {s}' for s in seeds)} |", "|---|" + "---|" * len(seeds)]
     for stage in [s for s in MODEL_TITLES if s in results]:
         by_seed = {e["seed"]: e for e in results[stage]["per_seed"]}
-        diffs = {d["seed"]: d["value"] for d in comparison.get(f"{models.get(stage)}_minus_truncated_per_seed", [])}
+        paired = comparison.get(f"{models[stage]}_minus_truncated_per_seed", []) if stage in models else []
+        diffs = {d["seed"]: d["value"] for d in paired}
         cells = [
             "" if s not in by_seed else _fmt(by_seed[s]["test"].get(metric))
             + (f" ({diffs[s]:+.4f})" if s in diffs else "") + (" **collapsed**" if by_seed[s]["collapsed"] else "")
