@@ -39,3 +39,15 @@ def test_freed_block_stays_in_the_process():
     pages = SIZE // 4096
     assert _faults_of_second_block("default") >= 0.9 * pages  # glibc unmapped it: every page again
     assert _faults_of_second_block("keep") < 0.01 * pages
+
+
+def test_peak_rss_counts_a_touched_block():
+    """peak_rss_bytes against the kernel's own VmHWM for the same process (an independent reader)."""
+    from theseus_jax.memory import peak_rss_bytes
+
+    block = bytearray(SIZE)  # zero-filled: every page touched
+    with open("/proc/self/status") as status:
+        hwm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    assert len(block) == SIZE
+    assert peak_rss_bytes() >= SIZE
+    assert abs(peak_rss_bytes() - hwm_kib * 1024) <= 16 << 20

@@ -29,3 +29,10 @@ def keep_freed_memory() -> bool:
         return False
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
     return all(mallopt(param, value) == 1 for param, value in settings)
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
