@@ -1,8 +1,7 @@
 """Defaults shared by every experiment: the source study's hyperparameters, with the
 fine-tuning settings that held up in our studies (Mosbach et al. 2021): 10% warm-up for
-downstream training and early stopping on validation (issue 21: no collapse in the 18
-e5-small runs with warm-up, 6 epochs and early stopping, against 3 of 6 truncated runs
-collapsed with 2 epochs; BENCHMARKS.md).
+downstream training and early stopping on validation (why: docs/benchmarks-studies.md,
+"Defaults after the screening and seed 0").
 
 Experiment configs import `get_base_config()` and override what differs. Every field
 can be overridden on the command line: `--config.compression.starting_rate=0.3`.
@@ -54,7 +53,7 @@ def stage_config(**kwargs) -> ml_collections.ConfigDict:
             "buckets": (32, 64, 128, 256, 512),
             "max_steps": 0,  # 0 = epochs * batches per epoch
             # What a plain (non-Theseus) model trains: all | all_but_word_embeddings (the
-            # table frozen: e5-small's steps 8-17% faster; quality not yet measured).
+            # table frozen; measured in docs/benchmarks-training-step.md, C and K).
             # Theseus runs follow compression.trainable.
             "trainable": "all",
         }
