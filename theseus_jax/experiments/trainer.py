@@ -263,7 +263,7 @@ class _StepLog:
         self.tensorboard.close()
 
 
-def prefetch(batches: Iterable[Batch], transfer: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:
+def prefetch(batches: Iterable[Any], transfer: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:
     """`transfer(batch)` for each batch, started `size` batches ahead: while one step runs
     on the device, the next batches are prepared and already on their way to it."""
     queue: collections.deque = collections.deque()
@@ -393,17 +393,13 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             else:
                 best_params = kept_copy(state.params)
         progress.history.append(entry)
-        log.info(
-            "%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, int(state.step), job.selection, job.metric,
-            value, progress.best[job.selection][job.metric],
-        )
-        progress.evals_without_improvement = plateau_count(
+        log.info("%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, entry["step"], job.selection,
+                 job.metric, value, progress.best[job.selection][job.metric])
+        count = progress.evals_without_improvement = plateau_count(
             progress.evals_without_improvement, job.metric, value, previous_best, job.early_stopping_min_delta,
             replacing=replacing_at(job.compression, entry["step"]),
         )
-        progress.stopped_early = stops_early(
-            progress.evals_without_improvement, job.early_stopping_patience, entry["step"], total_steps
-        )
+        progress.stopped_early = stops_early(count, job.early_stopping_patience, entry["step"], total_steps)
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
     total_steps = run_steps(job.train_loader, job.epochs, job.max_steps)
@@ -455,10 +451,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             record_test(progress, metrics)
             publish_test(predictions)
             best_params, progress.elapsed_s = None, elapsed()
-            log.info(
-                "%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"], job.metric,
-                progress.best["validation"][job.metric], job.metric, metrics[job.metric],
-            )
+            log.info("%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"],
+                     job.metric, progress.best["validation"][job.metric], job.metric, metrics[job.metric])
     finally:
         checkpoints.close()
         step_log.close()
