@@ -51,7 +51,7 @@ def stage_config(**kwargs) -> ml_collections.ConfigDict:
             "max_grad_norm": 1.0,
             "max_length": 512,
             "buckets": (32, 64, 128, 256, 512),
-            "max_steps": 0,  # 0 = epochs * batches per epoch
+            "max_steps": 0,  # > 0: training (and its schedules) ends after this many steps, if the epochs hold more
             # What a plain (non-Theseus) model trains: all | all_but_word_embeddings (the
             # table frozen; measured in docs/benchmarks-training-step.md, C and K).
             # Theseus runs follow compression.trainable.

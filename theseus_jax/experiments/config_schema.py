@@ -316,8 +316,8 @@ def _read_model_config(folder: Path, name: str, problems: list[str]) -> dict[str
 
 def _stage_rules(config: ml_collections.ConfigDict, stage: str, labelled: bool, problems: list[str]) -> None:
     value = lambda key: _value(config, f"{stage}.{key}")
-    if (value("epochs") or 0) < 1 and (value("max_steps") or 0) < 1:
-        problems.append(_field(f"{stage}.epochs", value("epochs"), f"nothing to train: set it >= 1 (or {stage}.max_steps >= 1)"))
+    if (value("epochs") or 0) < 1:
+        problems.append(_field(f"{stage}.epochs", value("epochs"), f"nothing to train: set it >= 1 ({stage}.max_steps only cuts the epochs short)"))
     shares = (value("data.test_share") or 0.0, value("data.validation_share") or 0.0)
     if shares[0] + shares[1] >= 1:
         problems.append(_field(f"{stage}.data.validation_share", shares[1], f"test_share + validation_share = {sum(shares):g} leaves no training data; keep the sum < 1"))

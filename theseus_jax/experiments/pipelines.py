@@ -39,7 +39,7 @@ import ml_collections
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.errors import UserError
 from theseus_jax.experiments import datasets, model_card, report, summary, teacher
-from theseus_jax.experiments.trainer import TrainingJob, train
+from theseus_jax.experiments.trainer import TrainingJob, run_steps, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
 from theseus_jax.tokenization import TOKENIZER_SOURCES, load_tokenizer, packaged_model_dir
@@ -118,7 +118,7 @@ def _job(
     tokenizer_dir: Path,
     compression_of: Callable[[int], steps.Compression] | None = None,
 ) -> TrainingJob:
-    total_steps = stage.max_steps or stage.epochs * loaders.train.num_batches(0)
+    total_steps = run_steps(loaders.train, stage.epochs, stage.max_steps)
     lr = optimizer.learning_rate_schedule(stage.learning_rate, total_steps, int(stage.warmup_ratio * total_steps))
     tx, mask = optimizer.make_optimizer(params, trainable, lr, stage.weight_decay, stage.max_grad_norm or None)
     return TrainingJob(
@@ -133,6 +133,7 @@ def _job(
         test_loader=loaders.test,
         selection=cfg.selection,
         epochs=stage.epochs,
+        max_steps=stage.max_steps,
         metric="perplexity" if objective == "mlm" else cfg.cls.metric,
         export=export,
         tokenizer_dir=tokenizer_dir,
