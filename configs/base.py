@@ -105,6 +105,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             # p = 1 from this step on (both schedules; the successor then trains alone). 0: the
             # curriculum reaches 1 at ratio_replacement_changes of the steps, a constant p stays.
             "replacing_steps": 0,
+            # The same in epochs (may be fractional): a recipe that means the same at any data
+            # size. 0 = unset; set at most one of replacing_steps and replacing_epochs.
+            "replacing_epochs": 0.0,
             # What trains besides the successor: successor | successor_embeddings_heads
             "trainable": "successor",
         }

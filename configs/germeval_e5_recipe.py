@@ -44,7 +44,7 @@ def get_config():
     config.cls.warmup_ratio = 0.1
     config.early_stopping.patience = 2
     # p = 0.1 + k s reaching 1 after 2 of the 6 epochs (282 steps), then the successor alone.
-    config.compression.replacing_steps = 282
+    config.compression.replacing_epochs = 2.0  # 282 steps at GermEval 2018's 141 batches an epoch
     config.distillation.alpha = 0.5
     config.distillation.temperature = 2.0
     return config

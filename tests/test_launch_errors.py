@@ -97,6 +97,10 @@ CONFIG_CASES = {
     "zero epochs": (["--config.cls.epochs=0"], ["config.cls.epochs=0", "cls.max_steps"]),
     "zero batch size": (["--config.cls.batch_size=0"], ["config.cls.batch_size=0", ">= 1"]),
     "starting rate 1.5": (["--config.compression.starting_rate=1.5"], ["config.compression.starting_rate=1.5", "[0, 1]"]),
+    "replacement phase in steps and in epochs": (
+        ["--config.compression.replacing_steps=282", "--config.compression.replacing_epochs=2"],
+        ["config.compression.replacing_epochs=2.0", "replacing_steps=282 is set too"],
+    ),
     "rrc 0": (["--config.compression.ratio_replacement_changes=0"], ["config.compression.ratio_replacement_changes=0.0", "(0, 1]"]),
     "successor count does not divide": (
         ["--config.pipeline=cls_compress", "--config.compression.num_successor_layers=3"],

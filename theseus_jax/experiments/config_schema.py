@@ -165,6 +165,7 @@ SCHEMA: dict[str, Field] = {
     "compression.ratio_replacement_changes": Field(FLOAT, interval(0, 1, False, True)),
     "compression.constant_rate": Field(FLOAT, interval(0, 1, True, True)),
     "compression.replacing_steps": Field(INT, at_least(0)),
+    "compression.replacing_epochs": Field(FLOAT, at_least(0)),
     "compression.trainable": Field(STR, one_of(*TRAINABLE_PRESETS)),
     "compression.successor_init": Field(STR, one_of("predecessor", "pretrained")),
     "lm": Field(CONFIG),
@@ -380,6 +381,10 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
         folder = _model_folder(teacher_dir, "distillation.teacher", problems)
         if folder:
             _read_model_config(folder, "distillation.teacher", problems)
+    in_steps, in_epochs = _value(config, "compression.replacing_steps", 0), _value(config, "compression.replacing_epochs", 0.0)
+    if in_steps and in_epochs:
+        problems.append(_field("compression.replacing_epochs", in_epochs,
+                               f"replacing_steps={in_steps} is set too; set one of them (the other 0)"))
     parts = used_parts(config)
     for stage in ("lm", "cls"):
         if stage in parts:

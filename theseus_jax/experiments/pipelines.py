@@ -92,16 +92,17 @@ def _init_offset(value: str) -> theseus.InitOffset:
     return "original" if value == "original" else int(value)
 
 
-def _schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> schedules.Schedule:
+def _schedule(cfg: ml_collections.ConfigDict, total_steps: int, batches_per_epoch: int) -> schedules.Schedule:
     c = cfg.compression
-    if c.schedule == "curriculum" and c.replacing_steps:  # p = 1 from step `replacing_steps` on
-        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / c.replacing_steps)
+    replacing = c.replacing_steps or c.replacing_epochs * batches_per_epoch  # the phase's end in steps; 0 = unset
+    if c.schedule == "curriculum" and replacing:  # p = 1 from step `replacing` on
+        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / replacing)
     if c.schedule == "curriculum":
         return schedules.curriculum_schedule(
             c.starting_rate, total_steps=total_steps, ratio_replacement_changes=c.ratio_replacement_changes
         )
     if c.schedule == "constant":
-        return schedules.constant_schedule(c.constant_rate, c.replacing_steps or None)
+        return schedules.constant_schedule(c.constant_rate, replacing or None)
     raise ValueError(f"config.compression.schedule: unknown schedule {c.schedule!r} (curriculum | constant)")
 
 
@@ -338,7 +339,7 @@ def _compress(
     stage = cfg.lm if objective == "mlm" else cfg.cls
     job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
-               compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
+               compression_of=lambda total: steps.Compression(_schedule(cfg, total, loaders.train.num_batches(0)), n))
     return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, name, predecessor_size)
 
 
