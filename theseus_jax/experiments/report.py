@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 
 from theseus_jax import atomic
-from theseus_jax.experiments import plots, summary
+from theseus_jax.experiments import pareto, plots, summary
 
 PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
@@ -388,3 +388,25 @@ def write_series_report(
                   *per_seed_table(results, comparison), ""]
     lines += [f"![{p}]({p})" for p in figures]
     atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
+
+
+def pareto_table(table: list[pareto.ParetoRow], metric: str) -> list[str]:
+    """A depth sweep's rows (`pareto.rows`), then the sentence a user wants."""
+    lines = [
+        f"| depth | model | parameters | measured speed-up | test {metric} mean ± std [95% interval] | "
+        "RP [interval] | minus truncated at that depth [interval]: verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        diff = "" if r.minus_truncated is None else (
+            ("+" if (r.minus_truncated.mean or 0) > 0 else "") + _pm(r.minus_truncated.mean, r.minus_truncated.std)
+            + f" {_interval(r.minus_truncated.ci95)}: **{r.verdict}** ({r.positive_seeds} of "
+            f"{len(r.minus_truncated.per_seed)} seeds positive)"
+        )
+        lines.append(
+            f"| {r.depth} | [`{r.stage}`]({r.stage}/report.md) | {r.parameters:,} | "
+            f"{'not measured' if r.speedup is None else f'{r.speedup:.2f}x'} | "
+            f"{_pm(r.test.mean, r.test.std)} {_interval(r.test.ci95)} | "
+            f"{_pm(r.retained.mean, r.retained.std, 3)} {_interval(r.retained.ci95)} | {diff} |"
+        )
+    return lines + ["", pareto.sentence(table)]
