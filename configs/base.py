@@ -94,6 +94,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.compression = ml_collections.ConfigDict(
         {
             "num_successor_layers": 6,
+            # A depth sweep, e.g. "6,4,3": every compressing or truncated cls_* stage of the
+            # series runs once per depth (cls_compress_L4, ...), beside one teacher; the report
+            # adds the Pareto table and figure with measured speed-ups. "" = num_successor_layers.
+            "depths": "",
             "init_offset": "0",  # "0".."r-1" (lower..upper layer of each module) or "original"
             # Where those layers come from: the predecessor being compressed, or (diagnosis) the
             # pretrained model.path it was fine-tuned from, when compressing a fine-tuned checkpoint.

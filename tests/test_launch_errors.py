@@ -106,6 +106,15 @@ CONFIG_CASES = {
         ["--config.pipeline=cls_compress", "--config.compression.num_successor_layers=3"],
         ["config.compression.num_successor_layers=3", "does not divide the predecessor's 4 layers", "[1, 2, 4]"],
     ),
+    "a depth that does not divide": (
+        ["--config.pipeline=cls_compress", "--config.compression.depths=2,3"],
+        ["config.compression.depths='2,3'", "entry 3 does not divide the predecessor's 4 layers", "[1, 2, 4]"],
+    ),
+    "a depth twice": (["--config.pipeline=cls_compress", "--config.compression.depths=2,2"], ["config.compression.depths='2,2'", "twice"]),
+    "init offset beyond a module of the deepest successor": (
+        ["--config.pipeline=cls_compress", "--config.compression.depths=1,2", "--config.compression.init_offset=2"],
+        ["config.compression.init_offset='2'", "0..1"],
+    ),
     "init offset beyond a module": (["--config.pipeline=cls_compress", "--config.compression.init_offset=2"], ["config.compression.init_offset='2'", "0..1"]),
     "unknown successor source": (
         ["--config.compression.successor_init=fine_tuned"], ["config.compression.successor_init='fine_tuned'", "predecessor, pretrained"]

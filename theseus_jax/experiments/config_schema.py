@@ -159,6 +159,7 @@ SCHEMA: dict[str, Field] = {
     "cls_model": Field(STR),
     "compression": Field(CONFIG),
     "compression.num_successor_layers": Field(INT, at_least(1)),
+    "compression.depths": Field(STR, number_list(int, at_least(1))),
     "compression.init_offset": Field(STR, init_offset),
     "compression.schedule": Field(STR, one_of("curriculum", "constant")),
     "compression.starting_rate": Field(FLOAT, interval(0, 1, True, True)),
@@ -346,14 +347,21 @@ def _size_rules(config: ml_collections.ConfigDict, model: BertConfig, parts: set
             too_long = [b for b in stage_buckets if isinstance(b, int) and b > positions]
             if too_long:
                 problems.append(_field(f"{stage}.buckets", tuple(stage_buckets), f"{too_long} exceed the model's {positions} positions; drop them"))
-    n = _value(config, "compression.num_successor_layers")
-    if "compression" in parts and isinstance(layers, int) and isinstance(n, int) and n >= 1:
-        if layers % n:
-            divisors = [d for d in range(1, layers + 1) if layers % d == 0]
-            problems.append(_field("compression.num_successor_layers", n, f"does not divide the predecessor's {layers} layers; use one of {divisors}"))
-        offset = str(_value(config, "compression.init_offset", "0"))
-        if offset.isdigit() and layers % n == 0 and int(offset) >= layers // n:
-            problems.append(_field("compression.init_offset", offset, f"a module has {layers // n} layers; use 0..{layers // n - 1} or 'original'"))
+    depths = [int(d) for d in str(_value(config, "compression.depths", "")).split(",") if d.strip().isdigit()]  # others: a value problem
+    path = "compression.depths" if depths else "compression.num_successor_layers"
+    sizes = depths or [_value(config, path)]
+    if "compression" not in parts or not isinstance(layers, int) or not all(isinstance(n, int) and n >= 1 for n in sizes):
+        return
+    entry = (lambda n: f"entry {n} ") if depths else (lambda n: "")
+    divisors = [d for d in range(1, layers + 1) if layers % d == 0]
+    problems += [_field(path, _value(config, path), f"{entry(n)}does not divide the predecessor's {layers} layers; use one of {divisors}")
+                 for n in sizes if layers % n]
+    if len(set(depths)) < len(depths):
+        problems.append(_field(path, _value(config, path), "lists a depth twice; give each once"))
+    module = min((layers // n for n in sizes if layers % n == 0), default=None)  # the deepest successor's
+    offset = str(_value(config, "compression.init_offset", "0"))
+    if module and offset.isdigit() and int(offset) >= module:
+        problems.append(_field("compression.init_offset", offset, f"a module has {module} layers; use 0..{module - 1} or 'original'"))
 
 
 def _rules(config: ml_collections.ConfigDict) -> list[str]:
