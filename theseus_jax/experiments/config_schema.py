@@ -22,7 +22,7 @@ import ml_collections
 from theseus_jax.convert import check_weights
 from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
-from theseus_jax.experiments.pipelines import DISTILLING_STAGES, PIPELINES, SERIES_STAGES, missing_needs
+from theseus_jax.experiments.stages import PIPELINES, STAGES, find
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.training.optimizer import TRAINABLE_PRESETS
@@ -143,7 +143,7 @@ _STAGE = {
 }
 
 SCHEMA: dict[str, Field] = {
-    "pipeline": Field(STR, one_of(*PIPELINES)),
+    "pipeline": Field(STR, one_of(*PIPELINES, "series")),
     "seed": Field(INT),
     "seeds": Field(STR, number_list(int, at_least(0))),
     "selection": Field(STR, one_of("validation", "test")),
@@ -241,8 +241,10 @@ def used_parts(config: ml_collections.ConfigDict) -> set[str]:
     pipeline = config.get("pipeline")
     stages = series_stages(config) if pipeline == "series" else [pipeline]
     parts = {"lm" for s in stages if str(s).startswith("lm_")} | {"cls" for s in stages if str(s).startswith("cls_")}
-    compressing = {"lm_compress", "cls_compress", "cls_successor", "cls_truncated", *DISTILLING_STAGES}
-    if set(stages) & compressing or (pipeline == "cls_baseline" and config.get("cls_model") == "truncated"):
+    known = [s for s in map(find, map(str, stages)) if s]  # cls_successor follows lm_compress
+    if any(s.compresses or "truncated" in s.starts for s in known) or (
+        pipeline == "cls_baseline" and config.get("cls_model") == "truncated"
+    ):
         parts.add("compression")
     return parts
 
@@ -368,18 +370,18 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
     problems: list[str] = []
     pipeline = config.get("pipeline")
     if pipeline == "series":
-        unknown = [s for s in series_stages(config) if s not in SERIES_STAGES]
+        unknown = [s for s in series_stages(config) if not find(s)]
         if unknown:
-            problems.append(_field("series.stages", _value(config, "series.stages"), f"unknown stages {unknown}; known: {', '.join(SERIES_STAGES)}"))
+            problems.append(_field("series.stages", _value(config, "series.stages"), f"unknown stages {unknown}; known: {', '.join(STAGES)} (<stage>_L<layers> for another depth)"))
         elif not series_stages(config):
-            problems.append(_field("series.stages", _value(config, "series.stages"), "no stages; list some of " + ", ".join(SERIES_STAGES)))
+            problems.append(_field("series.stages", _value(config, "series.stages"), "no stages; list some of " + ", ".join(STAGES)))
         else:
             stages = series_stages(config)
             problems += [
                 _field("series.stages", _value(config, "series.stages"), f"{stage} needs {need} before it")
-                for stage, need in missing_needs(stages)
+                for i, stage in enumerate(stages) for need in find(stage).needs if need not in stages[:i]
             ]
-            if set(stages) & set(DISTILLING_STAGES) and not _value(config, "distillation.alpha", 0.0):
+            if any(find(s).teacher for s in stages) and not _value(config, "distillation.alpha", 0.0):
                 problems.append(_field("distillation.alpha", _value(config, "distillation.alpha", 0.0),
                                        "the *_kd stages distil: set it in (0, 1], e.g. 0.5"))
     alpha, teacher_dir = _value(config, "distillation.alpha", 0.0), str(_value(config, "distillation.teacher", ""))

@@ -20,26 +20,13 @@ import ml_collections
 
 from theseus_jax import atomic
 from theseus_jax.experiments import pareto, plots, summary
+from theseus_jax.experiments.stages import find, present, title
 
 PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
     "test": "steps chosen on the TEST set (the source study's protocol; optimistic)",
 }
 COLLAPSED = f"its selected model gives one class at least {summary.COLLAPSE_SHARE:.0%} of its predictions"
-STAGE_TITLES = {
-    "lm_baseline": "LM fine-tuning, predecessor",
-    "lm_compress": "LM fine-tuning with Theseus Compression",
-    "cls_predecessor": "downstream, predecessor",
-    "cls_successor": "downstream, compressed successor",
-    "cls_truncated": "downstream, truncated predecessor (bottom n layers)",
-    "cls_compress": "downstream with Theseus Compression",
-    "cls_compress_kd": "downstream with Theseus Compression and distillation from cls_predecessor",
-    "cls_successor_kd": "downstream, compressed successor, distilled from cls_predecessor",
-    "cls_truncated_kd": "downstream, truncated predecessor distilled from cls_predecessor (vanilla KD)",
-}
-# The 6-layer (n-layer) students compared with the predecessor and the truncated baseline;
-# the unsuffixed comparison keys describe the first present.
-STUDENTS = ("cls_successor", "cls_compress", "cls_successor_kd", "cls_compress_kd", "cls_truncated_kd")
 
 
 def _json(data: Any) -> str:
@@ -104,7 +91,7 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
     best = result["best"] or {}
     columns = _metric_columns(result)
     lines = [
-        f"# {result['name']}: {STAGE_TITLES.get(result['name'], result['pipeline'])}",
+        f"# {result['name']}: {title(result['name'])}",
         "",
         *_selection_lines(result),
         f"- selected: epoch {best.get('epoch', -1) + 1}, step {best.get('step')}, seed {result['seed']}, "
@@ -133,7 +120,7 @@ def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collection
     workdir = Path(workdir)
     atomic.write_text(workdir / "report.json", _json({**record, "config": cfg.to_dict()}))
     lines = [
-        f"# {record['name']}: {STAGE_TITLES.get(record['name'], record['pipeline'])}, "
+        f"# {record['name']}: {title(record['name'])}, "
         f"{len(record['per_seed'])} seed(s), learning rates {', '.join(f'{r:g}' for r in record['learning_rates'])}",
         "",
         *_selection_lines(record),
@@ -159,15 +146,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _compressed(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(stage, key suffix, model name) of each compressed stage present: the first one's
-    comparison keys are unsuffixed (`retained_performance`, `successor_minus_truncated`)."""
-    stages = [s for s in STUDENTS if s in results]
-    return [(s, "" if i == 0 else f"_{s}", "successor" if i == 0 else s) for i, s in enumerate(stages)]
-
-
-# The truncated baseline's CR, RP and speedup keys (`retained_performance_cls_truncated`, ...).
-TRUNCATED_SUFFIX = "_cls_truncated"
+def _labels(results: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """(key suffix, model word) of each stage compared with the predecessor: the students (the
+    first present's keys unsuffixed: `retained_performance`, `successor_minus_truncated`), then
+    the truncated baselines (`retained_performance_cls_truncated`), so its row is as complete."""
+    students = present(results, student=True)
+    labels = {s.name: ("", "successor") if i == 0 else (f"_{s.name}", s.name) for i, s in enumerate(students)}
+    return labels | {t.name: (f"_{t.name}", t.name[4:]) for t in present(results, kind="cls_truncated")}
 
 
 def _versus_predecessor(
@@ -198,8 +183,8 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
 
     The students are `cls_successor` (compressed during MLM), `cls_compress` (compressed during
     downstream training), their distilled variants and the distilled truncated model
-    (`STUDENTS`); the unsuffixed keys describe the first present. The truncated baseline's CR, RP
-    and speedup carry `TRUNCATED_SUFFIX`, so its table row is as complete as the students'.
+    (the registry's students); the unsuffixed keys describe the first present. The truncated
+    baseline's CR, RP and speedup end in `_cls_truncated`, so its row is as complete as the students'.
     RP is computed per seed and averaged; its interval resamples the test examples once for
     numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
     `seeds`: those the results cover (the configured ones by default; fewer while a
@@ -209,35 +194,31 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     test = lambda stage: results[stage]["test"].get(metric) if stage in results else None
     validation = lambda stage: results[stage]["validation"].get(metric) if stage in results else None
     time_to_best = lambda stage: results[stage]["time_until_best_s"] if stage in results else None
-    baseline = "cls_predecessor"
     out: dict[str, Any] = {
         "metric": metric,
         "selection": cfg.selection,
         "seeds": seeds or summary.parse_seeds(cfg.seeds),
-        f"{metric}_predecessor": test(baseline),
-        f"validation_{metric}_predecessor": validation(baseline),
+        f"{metric}_predecessor": test("cls_predecessor"),
+        f"validation_{metric}_predecessor": validation("cls_predecessor"),
     }
-    for stage, suffix, model in _compressed(results):
-        out.update(_versus_predecessor(results, stage, suffix, cfg))
-        out[f"{metric}_{model}"] = test(stage)
-        out[f"validation_{metric}_{model}"] = validation(stage)
-        if "cls_truncated" in results:
-            diff = summary.describe(summary.paired_by_seed(results[stage], results["cls_truncated"], metric, lambda a, b: a - b))
+    for stage, (suffix, model) in _labels(results).items():
+        versus = _versus_predecessor(results, stage, suffix, cfg)
+        numbers = {f"{metric}_{model}": test(stage), f"validation_{metric}_{model}": validation(stage)}
+        out.update({**versus, **numbers} if find(stage).student else {**numbers, **versus})
+        truncated = find(stage).truncated
+        if find(stage).student and truncated in results:
+            diff = summary.describe(summary.paired_by_seed(results[stage], results[truncated], metric, lambda a, b: a - b))
             out[f"{model}_minus_truncated"] = diff["mean"]
             out[f"{model}_minus_truncated_std"] = diff["std"]
             out[f"{model}_minus_truncated_per_seed"] = diff["per_seed"]
             out[f"{model}_minus_truncated_positive_seeds"] = sum(1 for v in diff["per_seed"] if v["value"] > 0)
             interval = summary.seed_interval(
-                metric, [results[stage], results["cls_truncated"]], lambda a, b: (a - b).mean(0), cfg
+                metric, [results[stage], results[truncated]], lambda a, b: (a - b).mean(0), cfg
             )
             out[f"{model}_minus_truncated_ci95"] = interval
             out[f"{model}_vs_truncated"] = summary.verdict(
-                diff["per_seed"], interval, summary.collapsed_seeds(results["cls_truncated"])
+                diff["per_seed"], interval, summary.collapsed_seeds(results[truncated])
             )
-    if "cls_truncated" in results:
-        out[f"{metric}_truncated"] = test("cls_truncated")
-        out[f"validation_{metric}_truncated"] = validation("cls_truncated")
-        out.update(_versus_predecessor(results, "cls_truncated", TRUNCATED_SUFFIX, cfg))
     collapsed = [s for s in results if results[s].get("collapsed")]
     if collapsed:
         out["collapsed_stages"] = collapsed
@@ -251,17 +232,6 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     return out
 
 
-MODEL_TITLES = {
-    "cls_predecessor": "predecessor",
-    "cls_successor": "compressed during MLM fine-tuning",
-    "cls_successor_kd": "compressed during MLM fine-tuning, distilled",
-    "cls_compress": "compressed during downstream training",
-    "cls_compress_kd": "compressed during downstream training, distilled",
-    "cls_truncated_kd": "truncated predecessor, distilled (vanilla KD)",
-    "cls_truncated": "truncated predecessor (bottom n layers)",
-}
-
-
 def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
     """One row per downstream model, what a reader compares at a glance; every raw value
     (per seed, std, counts) stays in report.json's `comparison`."""
@@ -271,10 +241,10 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
         "minus truncated [interval]: verdict | fine-tuning speedup |",
         "|---|---|---|---|---|---|---|",
     ]
-    suffixes = {stage: suffix for stage, suffix, _ in _compressed(results)} | {"cls_truncated": TRUNCATED_SUFFIX}
-    models = {stage: model for stage, _, model in _compressed(results)}
-    for stage in [s for s in MODEL_TITLES if s in results]:
-        r, suffix = results[stage], suffixes.get(stage)
+    labels = _labels(results)
+    for row in [s for s in present(results) if s.row]:
+        stage, r = row.name, results[row.name]
+        suffix, model = labels.get(stage, (None, None))
         flag = " **collapsed** in seeds " + str(summary.collapsed_seeds(r)) if r.get("collapsed") else ""
         cr = comparison.get(f"compression_ratio{suffix}") if suffix is not None else None
         test = f"{_pm(r['test'].get(metric), r.get('test_std', {}).get(metric))} {_interval(r.get('test_ci95'))}"
@@ -285,8 +255,7 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
             rp = _with_interval(comparison, f"retained_performance{suffix}", f"retained_performance_std{suffix}",
                                 f"retained_performance_ci95{suffix}")
             speedup = _fmt(comparison.get(f"finetuning_speedup{suffix}"), 2)
-            model = models.get(stage)
-            if stage == "cls_truncated":
+            if row.kind == "cls_truncated":
                 diff = "(the baseline)"
             elif f"{model}_minus_truncated" in comparison:
                 positive = comparison[f"{model}_minus_truncated_positive_seeds"]
@@ -297,7 +266,7 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
                     + f": **{comparison[f'{model}_vs_truncated']}** ({positive} of {seeds} seeds positive)"
                 )
         rows.append(
-            f"| {MODEL_TITLES[stage]} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
+            f"| {row.row} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
             f"{r['parameters']['exported_model']:,}{'' if cr is None else f' ({cr:.2f})'} | {test} | {rp} | {diff} | {speedup} |"
         )
     lm = [f"{stage} {_fmt(comparison[f'perplexity_{stage}'], 2)}" for stage in ("lm_baseline", "lm_compress")
@@ -322,11 +291,11 @@ def per_seed_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[
     paired difference to the truncated predecessor in that seed: what the comparison's
     mean ± std sums up."""
     metric, seeds = comparison["metric"], comparison["seeds"]
-    models = {stage: model for stage, _, model in _compressed(results)}
+    labels = _labels(results)
     rows = [f"| model | {' | '.join(f'seed {s}' for s in seeds)} |", "|---|" + "---|" * len(seeds)]
-    for stage in [s for s in MODEL_TITLES if s in results]:
+    for stage in [s.name for s in present(results) if s.row]:
         by_seed = {e["seed"]: e for e in results[stage]["per_seed"]}
-        paired = comparison.get(f"{models[stage]}_minus_truncated_per_seed", []) if stage in models else []
+        paired = comparison.get(f"{labels[stage][1]}_minus_truncated_per_seed", []) if stage in labels else []
         diffs = {d["seed"]: d["value"] for d in paired}
         cells = [
             "" if s not in by_seed else _fmt(by_seed[s]["test"].get(metric))
@@ -373,7 +342,7 @@ def write_series_report(
         m = r["metric"]
         flag = " **COLLAPSED**" if r.get("collapsed") else ""
         lines.append(
-            f"| [{stage}]({stage}/report.md){flag} | {STAGE_TITLES.get(stage, stage)} | {m} | "
+            f"| [{stage}]({stage}/report.md){flag} | {title(stage)} | {m} | "
             f"{_pm(r['validation'].get(m), r.get('validation_std', {}).get(m))} | {_pm(r['test'].get(m), r.get('test_std', {}).get(m))} | "
             f"{_interval(r.get('test_ci95'))} | {', '.join(format(e['learning_rate'], 'g') for e in r['per_seed'])} | "
             f"{', '.join(str(e['selected_step']) for e in r['per_seed'])} | {_fmt(r['time_until_best_s'], 1)} | "
