@@ -22,7 +22,7 @@ import ml_collections
 from theseus_jax.convert import check_weights
 from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
-from theseus_jax.experiments.stages import PIPELINES, STAGES, find
+from theseus_jax.experiments.stages import PIPELINES, STAGES, find, parse_depths, sweepable
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.training.optimizer import TRAINABLE_PRESETS
@@ -349,7 +349,7 @@ def _size_rules(config: ml_collections.ConfigDict, model: BertConfig, parts: set
             too_long = [b for b in stage_buckets if isinstance(b, int) and b > positions]
             if too_long:
                 problems.append(_field(f"{stage}.buckets", tuple(stage_buckets), f"{too_long} exceed the model's {positions} positions; drop them"))
-    depths = [int(d) for d in str(_value(config, "compression.depths", "")).split(",") if d.strip().isdigit()]  # others: a value problem
+    depths = _depths(config)
     path = "compression.depths" if depths else "compression.num_successor_layers"
     sizes = depths or [_value(config, path)]
     if "compression" not in parts or not isinstance(layers, int) or not all(isinstance(n, int) and n >= 1 for n in sizes):
@@ -358,12 +358,38 @@ def _size_rules(config: ml_collections.ConfigDict, model: BertConfig, parts: set
     divisors = [d for d in range(1, layers + 1) if layers % d == 0]
     problems += [_field(path, _value(config, path), f"{entry(n)}does not divide the predecessor's {layers} layers; use one of {divisors}")
                  for n in sizes if layers % n]
-    if len(set(depths)) < len(depths):
-        problems.append(_field(path, _value(config, path), "lists a depth twice; give each once"))
     module = min((layers // n for n in sizes if layers % n == 0), default=None)  # the deepest successor's
     offset = str(_value(config, "compression.init_offset", "0"))
     if module and offset.isdigit() and int(offset) >= module:
         problems.append(_field("compression.init_offset", offset, f"a module has {module} layers; use 0..{module - 1} or 'original'"))
+
+
+def _depths(config: ml_collections.ConfigDict) -> list[int]:
+    """compression.depths' layer counts; [] when empty or malformed (a value problem already)."""
+    text = str(_value(config, "compression.depths", ""))
+    return [] if number_list(int, at_least(1))(text) else parse_depths(text)
+
+
+def _depth_rules(config: ml_collections.ConfigDict, names: list[str] | None) -> list[str]:
+    """A depth sweep (`names`: the series' stages; None: not a series) runs its downstream
+    students and truncated models per depth against one teacher."""
+    depths = _depths(config)
+    if not depths:
+        return []
+    problem = lambda text: _field("compression.depths", _value(config, "compression.depths"), text)
+    if names is None:
+        return [problem("a depth sweep is a series: set pipeline=series or leave depths empty")]
+    problems = [problem("lists a depth twice; give each once")] if len(set(depths)) < len(depths) else []
+    listed = [find(name) for name in names]
+    one_depth = [s.name for s in listed if not sweepable(s) and s.depth is None
+                 and (s.compresses or any(find(x) and find(x).compresses for x in s.starts))]
+    if one_depth:
+        problems.append(problem(f"sweeps downstream stages; {', '.join(one_depth)} would keep one depth: drop them or the depths"))
+    if "cls_predecessor" not in names:
+        problems.append(problem("every depth is compared with the teacher: list cls_predecessor in series.stages"))
+    if not any(sweepable(s) for s in listed):
+        problems.append(problem("no stage runs per depth: list cls_compress and cls_truncated (and their _kd variants) in series.stages"))
+    return problems
 
 
 def _rules(config: ml_collections.ConfigDict) -> list[str]:
@@ -381,9 +407,12 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
                 _field("series.stages", _value(config, "series.stages"), f"{stage} needs {need} before it")
                 for i, stage in enumerate(stages) for need in find(stage).needs if need not in stages[:i]
             ]
+            problems += _depth_rules(config, stages)
             if any(find(s).teacher for s in stages) and not _value(config, "distillation.alpha", 0.0):
                 problems.append(_field("distillation.alpha", _value(config, "distillation.alpha", 0.0),
                                        "the *_kd stages distil: set it in (0, 1], e.g. 0.5"))
+    else:
+        problems += _depth_rules(config, None)
     alpha, teacher_dir = _value(config, "distillation.alpha", 0.0), str(_value(config, "distillation.teacher", ""))
     if pipeline in ("cls_baseline", "cls_compress") and alpha and not teacher_dir:
         problems.append(_field("distillation.teacher", teacher_dir, "alpha > 0 needs a teacher: a fine-tuned classifier folder"))

@@ -112,7 +112,7 @@ def sentence(table: Sequence[ParetoRow], tolerances: Sequence[float] = TOLERANCE
             parts.append(f"no model is {within}")
             continue
         speed = "" if best.speedup is None else f", {best.speedup:.2f}x the teacher's measured speed"
-        parts.append(f"the smallest model {within} is `{best.stage}`: {best.depth} layers, {best.parameters:,} "
+        parts.append(f"the smallest model {within} is `{best.stage}`: {best.depth} layer{'s' * (best.depth != 1)}, {best.parameters:,} "
                      f"parameters, RP {best.retained.mean:.3f}{speed}")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."

@@ -39,7 +39,8 @@ import ml_collections
 
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.errors import UserError
-from theseus_jax.experiments import datasets, model_card, report, stages, summary, teacher
+from theseus_jax import atomic, throughput
+from theseus_jax.experiments import datasets, model_card, pareto, report, stages, summary, teacher
 from theseus_jax.experiments.stages import CLS_MODEL, CONFIGURED_TEACHER, STAGES, Stage, find
 from theseus_jax.experiments.trainer import TrainingJob, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
@@ -382,8 +383,11 @@ def run_stage(
 
 def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """The study's testing series (stages checked by the schema), each stage in its own
-    sub-workdir, then the comparison."""
-    chosen = [find(s.strip()) for s in cfg.series.stages.split(",") if s.strip()]
+    sub-workdir, then the comparison. A depth sweep (`compression.depths`) runs its students and
+    truncated models per depth and ends by measuring their inference speed (`_speeds`)."""
+    names = [s.strip() for s in cfg.series.stages.split(",") if s.strip()]
+    depths = stages.parse_depths(cfg.compression.depths)
+    chosen = stages.series(names, depths)
     seeds = summary.parse_seeds(cfg.seeds)
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
@@ -391,10 +395,39 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             results[stage.name] = run_stage(stage, cfg, workdir / stage.name, results, seeds[:done])
         comparison = report.compare(results, cfg, seeds[:done])
         if parallel.is_writer():
-            report.write_series_report(workdir, results, comparison, cfg)
+            speeds = _speeds(cfg, workdir, results, measure=False) if depths else None
+            report.write_series_report(workdir, results, comparison, cfg, speeds)
         if done < len(seeds):
             log.info("series: seeds %s done of %s; report.md covers them", seeds[:done], seeds)
+    if depths and parallel.is_writer():
+        report.write_series_report(workdir, results, comparison, cfg, _speeds(cfg, workdir, results, measure=True))
     return {"stages": results, "comparison": comparison}
+
+
+SPEEDS = "throughput.json"
+
+
+def _speeds(
+    cfg: ml_collections.ConfigDict, workdir: Path, results: dict[str, Any], measure: bool
+) -> dict[str, throughput.Throughput]:
+    """A depth sweep's measured inference speed: the first seed's exported teacher and per-depth
+    models on the test texts, in this process, at the end of the series (`measure`); kept in
+    `workdir/throughput.json` and reused while it holds the same models ({} before it exists)."""
+    models = {name: r["per_seed"][0]["best_model_dir"] for name, r in results.items()
+              if name == pareto.TEACHER or find(name).depth}
+    path = workdir / SPEEDS
+    if path.exists():
+        stored = {name: throughput.Throughput.from_json(t) for name, t in json.loads(path.read_text()).items()}
+        if {name: t.model_dir for name, t in stored.items()} == models:
+            return stored
+    if not measure:
+        return {}
+    texts = [e.text for e in datasets.split_examples(cfg.cls.data, labelled=True).test]
+    log.info("series: measuring the inference speed of %d models on %d test texts", len(models), len(texts))
+    speeds = throughput.measure(models, texts, cfg.cls.eval_batch_size, rounds=3, reference=pareto.TEACHER,
+                                max_length=cfg.cls.max_length, buckets=cfg.cls.buckets)
+    atomic.write_text(path, json.dumps({name: t.to_json() for name, t in speeds.items()}, indent=2))
+    return speeds
 
 
 PIPELINES: dict[str, Callable[[ml_collections.ConfigDict, Path], dict[str, Any]]] = {
