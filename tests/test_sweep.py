@@ -7,6 +7,8 @@ import re
 
 from test_experiments import _launch, _ok
 
+from theseus_jax.experiments import stages
+
 SWEEP = ("--config.series.stages=cls_predecessor,cls_truncated,cls_compress", "--config.compression.depths=2,1",
          "--config.cls.epochs=1", "--config.cls.data.max_examples=60")
 STAGES = ["cls_predecessor", "cls_truncated_L2", "cls_compress_L2", "cls_truncated_L1", "cls_compress_L1"]
@@ -44,3 +46,17 @@ def test_depth_sweep_names_its_stages_and_reuses_them_on_rerun(tmp_path, germeva
     again = json.loads((workdir / "report.json").read_text())
     assert {s: again["stages"][s]["test"] for s in STAGES} == {s: stages[s]["test"] for s in STAGES}
     assert again["sweep"] == report["sweep"]
+
+
+def test_the_sweep_adds_one_variant_per_depth_and_stage():
+    """The recipe's stages at depths 6, 4, 3: the teacher once, then each depth's truncated
+    model, vanilla KD, Theseus and Theseus with KD, each needing only the teacher before it."""
+    names = ["cls_predecessor", "cls_truncated", "cls_truncated_kd", "cls_compress", "cls_compress_kd"]
+    chosen = stages.series(names, [6, 4, 3])
+    assert [s.name for s in chosen] == ["cls_predecessor"] + [
+        f"{kind}_L{d}" for d in (6, 4, 3) for kind in names[1:]
+    ]
+    assert [s.depth for s in chosen[1:5]] == [6] * 4 and {s.truncated for s in chosen[1:5]} == {"cls_truncated_L6"}
+    assert all(need == "cls_predecessor" for s in chosen for need in s.needs)
+    assert stages.series(names, []) == [stages.find(n) for n in names]  # no depths: the series as listed
+    assert stages.parse_depths(" 6, 4,3 ") == [6, 4, 3] and stages.parse_depths("") == []
