@@ -58,7 +58,7 @@ _CE = ["--config.distillation.alpha=0"]
 
 # The screening's candidates (theseus_jax.analysis.screen): one learning rate each, seed 0.
 SCREEN = {
-    "teacher": ["--config.series.stages=cls_predecessor", *_SEED0, "--config.cls.learning_rates=3e-5"],
+    "teacher": ["--config.series.stages=cls_predecessor", *_SEED0, *_CE, "--config.cls.learning_rates=3e-5"],
     **{
         f"{name}_lr{rate}": [*base, *extra, f"--config.cls.learning_rates={rate}"]
         for rate in ("3e-5", "1e-4")

@@ -143,6 +143,10 @@ CONFIG_CASES = {
     "more devices than there are": (["--config.num_devices=2"], ["config.num_devices=2", "more than the 1 available"]),
     "unknown metric": (["--config.cls.metric=f1"], ["config.cls.metric='f1'", "macro_f1, roc_auc, accuracy"]),
     "unknown stage": (["--config.pipeline=series", "--config.series.stages=cls_predecesor"], ["config.series.stages", "cls_predecesor"]),
+    "alpha without a distilling stage": (
+        ["--config.pipeline=series", "--config.series.stages=cls_predecessor,cls_compress,cls_truncated", "--config.distillation.alpha=0.5"],
+        ["config.distillation.alpha=0.5", "no stage of series.stages distils", "cls_compress_kd", "cls_truncated_kd"],
+    ),
     "unknown pipeline": (["--config.pipeline=train"], ["config.pipeline='train'", "lm_baseline"]),
     "unknown override field": (["--config.cls.lerning_rate=1e-4"], ["--config.cls.lerning_rate", "did you mean --config.cls.learning_rate"]),
     "wrong override type": (["--config.cls.epochs=two"], ["--config.cls.epochs=two"]),

@@ -408,9 +408,10 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
                 for i, stage in enumerate(stages) for need in find(stage).needs if need not in stages[:i]
             ]
             problems += _depth_rules(config, stages)
-            if any(find(s).teacher for s in stages) and not _value(config, "distillation.alpha", 0.0):
-                problems.append(_field("distillation.alpha", _value(config, "distillation.alpha", 0.0),
-                                       "the *_kd stages distil: set it in (0, 1], e.g. 0.5"))
+            alpha, distilling = _value(config, "distillation.alpha", 0.0), [s.name for s in STAGES.values() if s.teacher]
+            if any(find(s).teacher for s in stages) != bool(alpha):  # alpha unused would pass for KD unnoticed
+                problems.append(_field("distillation.alpha", alpha, f"no stage of series.stages distils: set it to 0, or add one of {', '.join(distilling)}"
+                                       if alpha else "the *_kd stages distil: set it in (0, 1], e.g. 0.5"))
     else:
         problems += _depth_rules(config, None)
     alpha, teacher_dir = _value(config, "distillation.alpha", 0.0), str(_value(config, "distillation.teacher", ""))
