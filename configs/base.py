@@ -93,6 +93,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.compression = ml_collections.ConfigDict(
         {
             "num_successor_layers": 6,
+            # A depth sweep, e.g. "6,4,3": every compressing or truncated cls_* stage of the
+            # series runs once per depth (cls_compress_L4, ...), beside one teacher; the report
+            # adds the Pareto table and figure with measured speed-ups. "" = num_successor_layers.
+            "depths": "",
             "init_offset": "0",  # "0".."r-1" (lower..upper layer of each module) or "original"
             # Where those layers come from: the predecessor being compressed, or (diagnosis) the
             # pretrained model.path it was fine-tuned from, when compressing a fine-tuned checkpoint.
@@ -104,6 +108,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             # p = 1 from this step on (both schedules; the successor then trains alone). 0: the
             # curriculum reaches 1 at ratio_replacement_changes of the steps, a constant p stays.
             "replacing_steps": 0,
+            # The same in epochs (may be fractional): a recipe that means the same at any data
+            # size. 0 = unset; set at most one of replacing_steps and replacing_epochs.
+            "replacing_epochs": 0.0,
             # What trains besides the successor: successor | successor_embeddings_heads
             "trainable": "successor",
         }

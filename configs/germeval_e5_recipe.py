@@ -40,7 +40,7 @@ def get_config():
     config.cls.warmup_ratio = 0.1
     config.early_stopping.patience = 2
     # p = 0.1 + k s reaching 1 after 2 of the 6 epochs (282 steps), then the successor alone.
-    config.compression.replacing_steps = 282
+    config.compression.replacing_epochs = 2.0  # 282 steps at GermEval 2018's 141 batches an epoch
     config.distillation.alpha = 0.5
     config.distillation.temperature = 2.0
     return config
@@ -54,7 +54,7 @@ _CE = ["--config.distillation.alpha=0"]
 
 # The screening's candidates (theseus_jax.analysis.screen): one learning rate each, seed 0.
 SCREEN = {
-    "teacher": ["--config.series.stages=cls_predecessor", *_SEED0, "--config.cls.learning_rates=3e-5"],
+    "teacher": ["--config.series.stages=cls_predecessor", *_SEED0, *_CE, "--config.cls.learning_rates=3e-5"],
     **{
         f"{name}_lr{rate}": [*base, *extra, f"--config.cls.learning_rates={rate}"]
         for rate in ("3e-5", "1e-4")

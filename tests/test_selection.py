@@ -277,11 +277,11 @@ def test_a_series_with_several_seeds_runs_seed_major_and_reports_after_each_seed
 
     calls, reports = [], []
 
-    def fake_stage(cfg, workdir, name, objective, run, model=None, seeds=None):
-        calls.append((name, list(seeds), model))
-        return {"per_seed": [{"seed": s, "best_model_dir": f"{name}/{s}"} for s in seeds]}
+    def fake_stage(stage, cfg, workdir, previous, seeds):
+        calls.append((stage.name, list(seeds), {s: pipelines._source(stage.starts, cfg, previous, s) for s in seeds}))
+        return {"per_seed": [{"seed": s, "best_model_dir": f"{stage.name}/{s}"} for s in seeds]}
 
-    monkeypatch.setattr(pipelines, "_stage", fake_stage)
+    monkeypatch.setattr(pipelines, "run_stage", fake_stage)
     monkeypatch.setattr(report, "compare", lambda results, cfg, seeds: {"seeds": seeds})
     monkeypatch.setattr(report, "write_series_report", lambda wd, results, comparison, cfg: reports.append(comparison["seeds"]))
     cfg = ml_collections.ConfigDict({"seeds": "3,1", "cls_model": "predecessor",

@@ -1,9 +1,9 @@
 """The study's pipelines, from a config to a trained model and its report.
 
-`lm_baseline`, `lm_compress`, `cls_baseline`, `cls_compress` each train one stage in a
-workdir; `series` chains them (LM stage, then downstream training of predecessor,
-successor and the truncated baseline) and ends with the comparison: compression ratio,
-retained performance and fine-tuning speedup, on test at the validation-selected steps.
+`run_stage` trains one stage of the registry (`theseus_jax.experiments.stages`) in a workdir;
+`series` chains them (LM stage, then downstream training of predecessor, successor and the
+truncated baseline) and ends with the comparison: compression ratio, retained performance
+and fine-tuning speedup, on test at the validation-selected steps.
 
 A stage runs once per seed (`config.seeds`) and learning rate (`config.<lm|cls>.learning_rates`),
 and keeps per seed the learning rate whose run is best on validation. Folder layout of a
@@ -26,6 +26,7 @@ so far, so a complete comparison arrives after a fraction of the study's time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -38,7 +39,9 @@ import ml_collections
 
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.errors import UserError
-from theseus_jax.experiments import datasets, model_card, report, summary, teacher
+from theseus_jax import atomic, throughput
+from theseus_jax.experiments import datasets, model_card, pareto, report, stages, summary, teacher
+from theseus_jax.experiments.stages import CLS_MODEL, CONFIGURED_TEACHER, STAGES, Stage, find
 from theseus_jax.experiments.trainer import TrainingJob, run_steps, train
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
@@ -92,17 +95,16 @@ def _init_offset(value: str) -> theseus.InitOffset:
     return "original" if value == "original" else int(value)
 
 
-def _schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> schedules.Schedule:
+def _schedule(cfg: ml_collections.ConfigDict, total_steps: int, batches_per_epoch: int) -> schedules.Schedule:
     c = cfg.compression
-    if c.schedule == "curriculum" and c.replacing_steps:  # p = 1 from step `replacing_steps` on
-        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / c.replacing_steps)
+    replacing = c.replacing_steps or c.replacing_epochs * batches_per_epoch  # the phase's end in steps; 0 = unset
+    if c.schedule == "curriculum" and replacing:  # p = 1 from step `replacing` on
+        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / replacing)
     if c.schedule == "curriculum":
         return schedules.curriculum_schedule(
             c.starting_rate, total_steps=total_steps, ratio_replacement_changes=c.ratio_replacement_changes
         )
-    if c.schedule == "constant":
-        return schedules.constant_schedule(c.constant_rate, c.replacing_steps or None)
-    raise ValueError(f"config.compression.schedule: unknown schedule {c.schedule!r} (curriculum | constant)")
+    return schedules.constant_schedule(c.constant_rate, replacing or None)  # the schema allows these two
 
 
 def _job(
@@ -157,10 +159,9 @@ def _run(
     workdir: Path,
     cfg: ml_collections.ConfigDict,
     loaders: datasets.Loaders,
-    kind: str,
-    predecessor_size: int | None = None,
+        predecessor_size: int | None = None,
 ) -> dict[str, Any]:
-    """Trains (or resumes) one job and writes its report (`_stage` reuses a finished one)."""
+    """Trains (or resumes) one job and writes its report (`run_stage` reuses a finished one)."""
     exported_config, exported = job.export(job.params)  # before training donates the params
     exported_params = theseus.count_params(exported)
     trained_params = theseus.count_params(job.params)
@@ -168,7 +169,7 @@ def _run(
     stage = cfg.lm if job.objective == "mlm" else cfg.cls
     result = {
         "name": job.name,
-        "pipeline": kind,
+        "pipeline": job.name,
         "objective": job.objective,
         "metric": job.metric,
         "selection": job.selection,
@@ -231,13 +232,6 @@ def _base_model(cfg: ml_collections.ConfigDict, name: str) -> tuple[str | None, 
     return cfg.model.path, _model_dir(cfg.model.path)
 
 
-Source = str | dict[int, str] | None  # a model, or one per seed (the previous stage's outputs)
-
-
-def _for_seed(source: Source, seed: int) -> str | None:
-    return source[seed] if isinstance(source, dict) else source
-
-
 def _distil(job: TrainingJob, cfg: ml_collections.ConfigDict, workdir: Path, teacher_dir: str | None) -> TrainingJob:
     """The job learning from `teacher_dir`'s fixed logits as well as the labels (alpha and
     temperature from `config.distillation`); unchanged without a teacher."""
@@ -256,57 +250,12 @@ def _distil(job: TrainingJob, cfg: ml_collections.ConfigDict, workdir: Path, tea
     )
 
 
-def _stage(
-    cfg: ml_collections.ConfigDict, workdir: Path, name: str, objective: str,
-    run: Callable[[ml_collections.ConfigDict, Path, str | None], dict[str, Any]], model: Source = None,
-    seeds: list[int] | None = None,
-) -> dict[str, Any]:
-    """`run(cfg, folder, model)` for every seed (`seeds`: the first of the configured ones, in a
-    seed-major series) and learning rate, then the stage's record (the learning rate chosen
-    per seed on the selection split). A finished run (its report.json) is reused, not redone."""
-    if cfg.selection not in ("validation", "test"):
-        raise ValueError(f"config.selection={cfg.selection!r}: choose 'validation' (default) or 'test' (the source study's protocol)")
-    key = "lm" if objective == "mlm" else "cls"
-    configured, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(cfg[key])
-    seeds = seeds or configured
-    runs: dict[int, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        runs[seed] = []
-        for rate in rates:
-            folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
-            if (folder / "report.json").exists():
-                log.info("%s: already finished, reusing %s", name, folder / "report.json")
-                finished = summary.with_current_collapse(json.loads((folder / "report.json").read_text()))
-                card = folder / "best" / model_card.CARD_FILE
-                if parallel.is_writer() and (folder / "best").is_dir() and not card.exists():
-                    log.info("%s: writing the model card its export lacked, %s", name, card)  # finished before cards
-                    _write_card(finished, folder, cfg)
-                runs[seed].append(finished)
-                continue
-            run_cfg = ml_collections.ConfigDict(cfg.to_dict())
-            run_cfg.seed = seed
-            run_cfg[key].learning_rate = rate
-            runs[seed].append(run(run_cfg, folder, model[seed] if isinstance(model, dict) else model))
-    record = summary.stage_record(name, runs, cfg)
-    if len(configured) > 1 or len(rates) > 1:
-        if record["collapsed"]:
-            log.warning("%s: COLLAPSED in seeds %s", name, summary.collapsed_seeds(record))
-        if parallel.is_writer():
-            report.write_stage_report(workdir, record, cfg)
-    return record
-
-
-def lm_baseline(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] | None = None) -> dict[str, Any]:
-    """MLM fine-tuning of the whole predecessor on domain text."""
-    return _stage(cfg, workdir, "lm_baseline", "mlm", lambda c, wd, _: _lm_baseline_run(c, wd), seeds=seeds)
-
-
 def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     source = load_model(cfg, "mlm")
     loaders = datasets.mlm_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.lm.max_length))
     job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, cfg.lm.trainable,
                loaders, lambda p: (source.config, p), source.tokenizer_dir)
-    return _run(job, workdir, cfg, loaders, "lm_baseline")
+    return _run(job, workdir, cfg, loaders)
 
 
 def _theseus_params(cfg: ml_collections.ConfigDict, source: ModelSource) -> dict:
@@ -339,38 +288,8 @@ def _compress(
     stage = cfg.lm if objective == "mlm" else cfg.cls
     job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
-               compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
-    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, name, predecessor_size)
-
-
-def lm_compress(cfg: ml_collections.ConfigDict, workdir: Path, seeds: list[int] | None = None) -> dict[str, Any]:
-    """Theseus Compression during MLM fine-tuning; the best successor is exported."""
-    return _stage(cfg, workdir, "lm_compress", "mlm", lambda c, wd, _: _compress(c, wd, "mlm", "lm_compress"), seeds=seeds)
-
-
-def cls_compress(
-    cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, seeds: list[int] | None = None,
-    teacher_model: Source = None, name: str = "cls_compress",
-) -> dict[str, Any]:
-    """Theseus Compression during downstream training (the original method), from the
-    configured predecessor or from a classifier checkpoint (`model`, e.g. the fine-tuned
-    predecessor, as BERT-of-Theseus compresses a task-fine-tuned BERT; one per seed in a series).
-    With a `teacher_model` (one per seed in a series) the successor also learns from its logits."""
-    model = model or (cfg.cls_model if cfg.cls_model not in ("predecessor", "truncated") else None)
-    return _stage(cfg, workdir, name, "classification",
-                  lambda c, wd, m: _compress(c, wd, "classification", name, m, _for_seed(teacher_model, c.seed)), model, seeds)
-
-
-def cls_baseline(
-    cfg: ml_collections.ConfigDict, workdir: Path, model: Source = None, name: str = "cls_baseline",
-    seeds: list[int] | None = None, teacher_model: Source = None,
-) -> dict[str, Any]:
-    """Downstream training of a plain model: `predecessor`, `truncated` (its bottom n
-    layers) or a checkpoint folder (e.g. an LM stage's `best/`; one per seed in a series),
-    distilled from `teacher_model` when given ("vanilla KD" for the truncated model)."""
-    return _stage(cfg, workdir, name, "classification",
-                  lambda c, wd, m: _cls_baseline_run(c, wd, m or c.cls_model, name, _for_seed(teacher_model, c.seed)),
-                  model, seeds)
+               compression_of=lambda total: steps.Compression(_schedule(cfg, total, loaders.train.num_batches(0)), n))
+    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, predecessor_size)
 
 
 def _cls_baseline_run(
@@ -392,83 +311,127 @@ def _cls_baseline_run(
     loaders = datasets.classification_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.cls.max_length))
     job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params,
                cfg.cls.trainable, loaders, lambda p: (source.config, p), source.tokenizer_dir)
-    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, name)
+    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders)
+
+
+def _source(
+    sources: tuple[str | None, ...], cfg: ml_collections.ConfigDict, previous: dict[str, Any], seed: int
+) -> str | None:
+    """The first available of a stage's model or teacher sources, as a folder (a previous
+    stage's selected model of the seed, a configured one) or `predecessor` / `truncated`; None
+    for no teacher."""
+    source = next(s for s in sources if s in previous or s not in STAGES)
+    if source in previous:
+        return next(e["best_model_dir"] for e in previous[source]["per_seed"] if e["seed"] == seed)
+    if source == CLS_MODEL:
+        return cfg.cls_model
+    if source == CONFIGURED_TEACHER:
+        return cfg.distillation.teacher if cfg.distillation.alpha > 0 and cfg.distillation.teacher else None
+    return source
+
+
+def _train(stage: Stage, cfg: ml_collections.ConfigDict, workdir: Path, model: str, teacher_dir: str | None) -> dict[str, Any]:
+    """One run of the stage (one seed, one learning rate) from `model`."""
+    if stage.compresses:
+        return _compress(cfg, workdir, stage.objective, stage.name,
+                         None if model in ("predecessor", "truncated") else model, teacher_dir)
+    if stage.objective == "mlm":
+        return _lm_baseline_run(cfg, workdir)
+    return _cls_baseline_run(cfg, workdir, model, stage.name, teacher_dir)
+
+
+def run_stage(
+    stage: Stage, cfg: ml_collections.ConfigDict, workdir: Path, previous: dict[str, Any] | None = None,
+    seeds: list[int] | None = None,
+) -> dict[str, Any]:
+    """The stage for every seed (`seeds`: the first of the configured ones, in a seed-major
+    series) and learning rate, from the model its `starts` name (`previous`: the records of the
+    stages before it in a series), then the stage's record (the learning rate chosen per seed on
+    the selection split). A finished run (its report.json) is reused, not redone."""
+    previous = previous or {}
+    if stage.depth:
+        cfg = ml_collections.ConfigDict(cfg.to_dict())
+        cfg.compression.num_successor_layers = stage.depth
+    key = "lm" if stage.objective == "mlm" else "cls"
+    configured, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(cfg[key])
+    runs: dict[int, list[dict[str, Any]]] = {}
+    for seed in seeds or configured:
+        runs[seed] = []
+        for rate in rates:
+            folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
+            if (folder / "report.json").exists():
+                log.info("%s: already finished, reusing %s", stage.name, folder / "report.json")
+                finished = summary.with_current_collapse(json.loads((folder / "report.json").read_text()))
+                card = folder / "best" / model_card.CARD_FILE
+                if parallel.is_writer() and (folder / "best").is_dir() and not card.exists():
+                    log.info("%s: writing the model card its export lacked, %s", stage.name, card)  # finished before cards
+                    _write_card(finished, folder, cfg)
+                runs[seed].append(finished)
+                continue
+            run_cfg = ml_collections.ConfigDict(cfg.to_dict())
+            run_cfg.seed = seed
+            run_cfg[key].learning_rate = rate
+            model, teacher_dir = (_source(s, cfg, previous, seed) for s in (stage.starts, (stage.teacher,)))
+            runs[seed].append(_train(stage, run_cfg, folder, model, teacher_dir))
+    record = summary.stage_record(stage.name, runs, cfg)
+    if len(configured) > 1 or len(rates) > 1:
+        if record["collapsed"]:
+            log.warning("%s: COLLAPSED in seeds %s", stage.name, summary.collapsed_seeds(record))
+        if parallel.is_writer():
+            report.write_stage_report(workdir, record, cfg)
+    return record
 
 
 def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-    """The study's testing series, each stage in its own sub-workdir, then the comparison."""
-    stages = [s.strip() for s in cfg.series.stages.split(",") if s.strip()]
-    unknown = set(stages) - set(SERIES_STAGES)
-    if unknown:
-        raise ValueError(f"config.series.stages: unknown stages {sorted(unknown)}; known: {list(SERIES_STAGES)}")
-    for stage, need in missing_needs(stages):
-        raise ValueError(f"config.series.stages: {stage} needs {need} before it")
+    """The study's testing series (stages checked by the schema), each stage in its own
+    sub-workdir, then the comparison. A depth sweep (`compression.depths`) runs its students and
+    truncated models per depth and ends by measuring their inference speed (`_speeds`)."""
+    names = [s.strip() for s in cfg.series.stages.split(",") if s.strip()]
+    depths = stages.parse_depths(cfg.compression.depths)
+    chosen = stages.series(names, depths)
     seeds = summary.parse_seeds(cfg.seeds)
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
-        for stage in stages:
-            results[stage] = SERIES_STAGES[stage](cfg, workdir / stage, results, seeds[:done])
+        for stage in chosen:
+            results[stage.name] = run_stage(stage, cfg, workdir / stage.name, results, seeds[:done])
         comparison = report.compare(results, cfg, seeds[:done])
         if parallel.is_writer():
-            report.write_series_report(workdir, results, comparison, cfg)
+            speeds = _speeds(cfg, workdir, results, measure=False) if depths else None
+            report.write_series_report(workdir, results, comparison, cfg, speeds)
         if done < len(seeds):
             log.info("series: seeds %s done of %s; report.md covers them", seeds[:done], seeds)
+    if depths and parallel.is_writer():
+        report.write_series_report(workdir, results, comparison, cfg, _speeds(cfg, workdir, results, measure=True))
     return {"stages": results, "comparison": comparison}
 
 
-# The stages that must run before a series stage (its model, its teacher).
-STAGE_NEEDS: dict[str, tuple[str, ...]] = {
-    "cls_successor": ("lm_compress",),
-    "cls_successor_kd": ("lm_compress", "cls_predecessor"),
-    "cls_compress_kd": ("cls_predecessor",),
-    "cls_truncated_kd": ("cls_predecessor",),
-}
-DISTILLING_STAGES = ("cls_compress_kd", "cls_successor_kd", "cls_truncated_kd")
+SPEEDS = "throughput.json"
 
 
-def missing_needs(stages: list[str]) -> list[tuple[str, str]]:
-    """(stage, the stage it needs) for each need that does not run before it."""
-    return [(s, need) for i, s in enumerate(stages) for need in STAGE_NEEDS.get(s, ()) if need not in stages[:i]]
-
-
-def _outputs(results: dict[str, Any], stage: str) -> dict[int, str] | None:
-    """The stage's selected model per seed, for the next stage of the same seed."""
-    return {e["seed"]: e["best_model_dir"] for e in results[stage]["per_seed"]} if stage in results else None
-
-
-# (config, stage workdir, the previous stages' records, the seeds to run) -> the stage's record
-SERIES_STAGES: dict[str, Callable[[ml_collections.ConfigDict, Path, dict[str, Any], list[int]], dict[str, Any]]] = {
-    "lm_baseline": lambda cfg, wd, _, seeds: lm_baseline(cfg, wd, seeds),
-    "lm_compress": lambda cfg, wd, _, seeds: lm_compress(cfg, wd, seeds),
-    # The original method: compress while training on the task, from the fine-tuned
-    # predecessor classifier when cls_predecessor ran before.
-    "cls_compress": lambda cfg, wd, r, seeds: cls_compress(cfg, wd, _outputs(r, "cls_predecessor"), seeds),
-    # Downstream on the LM-fine-tuned predecessor (or the original one without an LM stage).
-    "cls_predecessor": lambda cfg, wd, r, seeds: cls_baseline(
-        cfg, wd, _outputs(r, "lm_baseline") or "predecessor", "cls_predecessor", seeds),
-    # Downstream on the compressed successor; needs lm_compress.
-    "cls_successor": lambda cfg, wd, r, seeds: cls_baseline(cfg, wd, _outputs(r, "lm_compress"), "cls_successor", seeds),
-    # Bottom n layers of the predecessor, fine-tuned for the same steps.
-    "cls_truncated": lambda cfg, wd, _, seeds: cls_baseline(cfg, wd, "truncated", "cls_truncated", seeds),
-    # The students above distilled from the same seed's cls_predecessor (config.distillation);
-    # cls_truncated_kd is the literature's "vanilla KD" baseline.
-    "cls_compress_kd": lambda cfg, wd, r, seeds: cls_compress(
-        cfg, wd, _outputs(r, "cls_predecessor"), seeds, _outputs(r, "cls_predecessor"), "cls_compress_kd"),
-    "cls_successor_kd": lambda cfg, wd, r, seeds: cls_baseline(
-        cfg, wd, _outputs(r, "lm_compress"), "cls_successor_kd", seeds, _outputs(r, "cls_predecessor")),
-    "cls_truncated_kd": lambda cfg, wd, r, seeds: cls_baseline(
-        cfg, wd, "truncated", "cls_truncated_kd", seeds, _outputs(r, "cls_predecessor")),
-}
-
-def _configured_teacher(cfg: ml_collections.ConfigDict) -> str | None:
-    """A single stage's teacher: `config.distillation.teacher` when alpha > 0."""
-    return cfg.distillation.teacher if cfg.distillation.alpha > 0 and cfg.distillation.teacher else None
+def _speeds(
+    cfg: ml_collections.ConfigDict, workdir: Path, results: dict[str, Any], measure: bool
+) -> dict[str, throughput.Throughput]:
+    """A depth sweep's measured inference speed: the first seed's exported teacher and per-depth
+    models on the test texts, in this process, at the end of the series (`measure`); kept in
+    `workdir/throughput.json` and reused while it holds the same models ({} before it exists)."""
+    models = {name: r["per_seed"][0]["best_model_dir"] for name, r in results.items()
+              if name == pareto.TEACHER or find(name).depth}
+    path = workdir / SPEEDS
+    if path.exists():
+        stored = {name: throughput.Throughput.from_json(t) for name, t in json.loads(path.read_text()).items()}
+        if {name: t.model_dir for name, t in stored.items()} == models:
+            return stored
+    if not measure:
+        return {}
+    texts = [e.text for e in datasets.split_examples(cfg.cls.data, labelled=True).test]
+    log.info("series: measuring the inference speed of %d models on %d test texts", len(models), len(texts))
+    speeds = throughput.measure(models, texts, cfg.cls.eval_batch_size, rounds=3, reference=pareto.TEACHER,
+                                max_length=cfg.cls.max_length, buckets=cfg.cls.buckets)
+    atomic.write_text(path, json.dumps({name: t.to_json() for name, t in speeds.items()}, indent=2))
+    return speeds
 
 
 PIPELINES: dict[str, Callable[[ml_collections.ConfigDict, Path], dict[str, Any]]] = {
-    "lm_baseline": lm_baseline,
-    "lm_compress": lm_compress,
-    "cls_baseline": lambda cfg, wd: cls_baseline(cfg, wd, teacher_model=_configured_teacher(cfg)),
-    "cls_compress": lambda cfg, wd: cls_compress(cfg, wd, teacher_model=_configured_teacher(cfg)),
+    **{name: functools.partial(run_stage, stage) for name, stage in stages.PIPELINES.items()},
     "series": series,
 }

@@ -19,27 +19,15 @@ from typing import Any
 import ml_collections
 
 from theseus_jax import atomic
-from theseus_jax.experiments import plots, summary
+from theseus_jax.experiments import pareto, plots, summary
+from theseus_jax.experiments.stages import find, present, title
+from theseus_jax.throughput import Throughput
 
 PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
     "test": "steps chosen on the TEST set (the source study's protocol; optimistic)",
 }
 COLLAPSED = f"its selected model gives one class at least {summary.COLLAPSE_SHARE:.0%} of its predictions"
-STAGE_TITLES = {
-    "lm_baseline": "LM fine-tuning, predecessor",
-    "lm_compress": "LM fine-tuning with Theseus Compression",
-    "cls_predecessor": "downstream, predecessor",
-    "cls_successor": "downstream, compressed successor",
-    "cls_truncated": "downstream, truncated predecessor (bottom n layers)",
-    "cls_compress": "downstream with Theseus Compression",
-    "cls_compress_kd": "downstream with Theseus Compression and distillation from cls_predecessor",
-    "cls_successor_kd": "downstream, compressed successor, distilled from cls_predecessor",
-    "cls_truncated_kd": "downstream, truncated predecessor distilled from cls_predecessor (vanilla KD)",
-}
-# The 6-layer (n-layer) students compared with the predecessor and the truncated baseline;
-# the unsuffixed comparison keys describe the first present.
-STUDENTS = ("cls_successor", "cls_compress", "cls_successor_kd", "cls_compress_kd", "cls_truncated_kd")
 
 
 def _json(data: Any) -> str:
@@ -104,7 +92,7 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
     best = result["best"] or {}
     columns = _metric_columns(result)
     lines = [
-        f"# {result['name']}: {STAGE_TITLES.get(result['name'], result['pipeline'])}",
+        f"# {result['name']}: {title(result['name'])}",
         "",
         *_selection_lines(result),
         f"- selected: epoch {best.get('epoch', -1) + 1}, step {best.get('step')}, seed {result['seed']}, "
@@ -133,7 +121,7 @@ def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collection
     workdir = Path(workdir)
     atomic.write_text(workdir / "report.json", _json({**record, "config": cfg.to_dict()}))
     lines = [
-        f"# {record['name']}: {STAGE_TITLES.get(record['name'], record['pipeline'])}, "
+        f"# {record['name']}: {title(record['name'])}, "
         f"{len(record['per_seed'])} seed(s), learning rates {', '.join(f'{r:g}' for r in record['learning_rates'])}",
         "",
         *_selection_lines(record),
@@ -159,15 +147,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _compressed(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(stage, key suffix, model name) of each compressed stage present: the first one's
-    comparison keys are unsuffixed (`retained_performance`, `successor_minus_truncated`)."""
-    stages = [s for s in STUDENTS if s in results]
-    return [(s, "" if i == 0 else f"_{s}", "successor" if i == 0 else s) for i, s in enumerate(stages)]
-
-
-# The truncated baseline's CR, RP and speedup keys (`retained_performance_cls_truncated`, ...).
-TRUNCATED_SUFFIX = "_cls_truncated"
+def _labels(results: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """(key suffix, model word) of each stage compared with the predecessor: the students (the
+    first present's keys unsuffixed: `retained_performance`, `successor_minus_truncated`), then
+    the truncated baselines (`retained_performance_cls_truncated`), so its row is as complete."""
+    students = present(results, student=True)
+    labels = {s.name: ("", "successor") if i == 0 else (f"_{s.name}", s.name) for i, s in enumerate(students)}
+    return labels | {t.name: (f"_{t.name}", t.name[4:]) for t in present(results, kind="cls_truncated")}
 
 
 def _versus_predecessor(
@@ -198,8 +184,8 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
 
     The students are `cls_successor` (compressed during MLM), `cls_compress` (compressed during
     downstream training), their distilled variants and the distilled truncated model
-    (`STUDENTS`); the unsuffixed keys describe the first present. The truncated baseline's CR, RP
-    and speedup carry `TRUNCATED_SUFFIX`, so its table row is as complete as the students'.
+    (the registry's students); the unsuffixed keys describe the first present. The truncated
+    baseline's CR, RP and speedup end in `_cls_truncated`, so its row is as complete as the students'.
     RP is computed per seed and averaged; its interval resamples the test examples once for
     numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
     `seeds`: those the results cover (the configured ones by default; fewer while a
@@ -209,35 +195,31 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     test = lambda stage: results[stage]["test"].get(metric) if stage in results else None
     validation = lambda stage: results[stage]["validation"].get(metric) if stage in results else None
     time_to_best = lambda stage: results[stage]["time_until_best_s"] if stage in results else None
-    baseline = "cls_predecessor"
     out: dict[str, Any] = {
         "metric": metric,
         "selection": cfg.selection,
         "seeds": seeds or summary.parse_seeds(cfg.seeds),
-        f"{metric}_predecessor": test(baseline),
-        f"validation_{metric}_predecessor": validation(baseline),
+        f"{metric}_predecessor": test("cls_predecessor"),
+        f"validation_{metric}_predecessor": validation("cls_predecessor"),
     }
-    for stage, suffix, model in _compressed(results):
-        out.update(_versus_predecessor(results, stage, suffix, cfg))
-        out[f"{metric}_{model}"] = test(stage)
-        out[f"validation_{metric}_{model}"] = validation(stage)
-        if "cls_truncated" in results:
-            diff = summary.describe(summary.paired_by_seed(results[stage], results["cls_truncated"], metric, lambda a, b: a - b))
+    for stage, (suffix, model) in _labels(results).items():
+        versus = _versus_predecessor(results, stage, suffix, cfg)
+        numbers = {f"{metric}_{model}": test(stage), f"validation_{metric}_{model}": validation(stage)}
+        out.update({**versus, **numbers} if find(stage).student else {**numbers, **versus})
+        truncated = find(stage).truncated
+        if find(stage).student and truncated in results:
+            diff = summary.describe(summary.paired_by_seed(results[stage], results[truncated], metric, lambda a, b: a - b))
             out[f"{model}_minus_truncated"] = diff["mean"]
             out[f"{model}_minus_truncated_std"] = diff["std"]
             out[f"{model}_minus_truncated_per_seed"] = diff["per_seed"]
             out[f"{model}_minus_truncated_positive_seeds"] = sum(1 for v in diff["per_seed"] if v["value"] > 0)
             interval = summary.seed_interval(
-                metric, [results[stage], results["cls_truncated"]], lambda a, b: (a - b).mean(0), cfg
+                metric, [results[stage], results[truncated]], lambda a, b: (a - b).mean(0), cfg
             )
             out[f"{model}_minus_truncated_ci95"] = interval
             out[f"{model}_vs_truncated"] = summary.verdict(
-                diff["per_seed"], interval, summary.collapsed_seeds(results["cls_truncated"])
+                diff["per_seed"], interval, summary.collapsed_seeds(results[truncated])
             )
-    if "cls_truncated" in results:
-        out[f"{metric}_truncated"] = test("cls_truncated")
-        out[f"validation_{metric}_truncated"] = validation("cls_truncated")
-        out.update(_versus_predecessor(results, "cls_truncated", TRUNCATED_SUFFIX, cfg))
     collapsed = [s for s in results if results[s].get("collapsed")]
     if collapsed:
         out["collapsed_stages"] = collapsed
@@ -251,17 +233,6 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     return out
 
 
-MODEL_TITLES = {
-    "cls_predecessor": "predecessor",
-    "cls_successor": "compressed during MLM fine-tuning",
-    "cls_successor_kd": "compressed during MLM fine-tuning, distilled",
-    "cls_compress": "compressed during downstream training",
-    "cls_compress_kd": "compressed during downstream training, distilled",
-    "cls_truncated_kd": "truncated predecessor, distilled (vanilla KD)",
-    "cls_truncated": "truncated predecessor (bottom n layers)",
-}
-
-
 def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
     """One row per downstream model, what a reader compares at a glance; every raw value
     (per seed, std, counts) stays in report.json's `comparison`."""
@@ -271,10 +242,10 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
         "minus truncated [interval]: verdict | fine-tuning speedup |",
         "|---|---|---|---|---|---|---|",
     ]
-    suffixes = {stage: suffix for stage, suffix, _ in _compressed(results)} | {"cls_truncated": TRUNCATED_SUFFIX}
-    models = {stage: model for stage, _, model in _compressed(results)}
-    for stage in [s for s in MODEL_TITLES if s in results]:
-        r, suffix = results[stage], suffixes.get(stage)
+    labels = _labels(results)
+    for row in [s for s in present(results) if s.row]:
+        stage, r = row.name, results[row.name]
+        suffix, model = labels.get(stage, (None, None))
         flag = " **collapsed** in seeds " + str(summary.collapsed_seeds(r)) if r.get("collapsed") else ""
         cr = comparison.get(f"compression_ratio{suffix}") if suffix is not None else None
         test = f"{_pm(r['test'].get(metric), r.get('test_std', {}).get(metric))} {_interval(r.get('test_ci95'))}"
@@ -285,8 +256,7 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
             rp = _with_interval(comparison, f"retained_performance{suffix}", f"retained_performance_std{suffix}",
                                 f"retained_performance_ci95{suffix}")
             speedup = _fmt(comparison.get(f"finetuning_speedup{suffix}"), 2)
-            model = models.get(stage)
-            if stage == "cls_truncated":
+            if row.kind == "cls_truncated":
                 diff = "(the baseline)"
             elif f"{model}_minus_truncated" in comparison:
                 positive = comparison[f"{model}_minus_truncated_positive_seeds"]
@@ -297,7 +267,7 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
                     + f": **{comparison[f'{model}_vs_truncated']}** ({positive} of {seeds} seeds positive)"
                 )
         rows.append(
-            f"| {MODEL_TITLES[stage]} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
+            f"| {row.row} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
             f"{r['parameters']['exported_model']:,}{'' if cr is None else f' ({cr:.2f})'} | {test} | {rp} | {diff} | {speedup} |"
         )
     lm = [f"{stage} {_fmt(comparison[f'perplexity_{stage}'], 2)}" for stage in ("lm_baseline", "lm_compress")
@@ -322,11 +292,11 @@ def per_seed_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[
     paired difference to the truncated predecessor in that seed: what the comparison's
     mean ± std sums up."""
     metric, seeds = comparison["metric"], comparison["seeds"]
-    models = {stage: model for stage, _, model in _compressed(results)}
+    labels = _labels(results)
     rows = [f"| model | {' | '.join(f'seed {s}' for s in seeds)} |", "|---|" + "---|" * len(seeds)]
-    for stage in [s for s in MODEL_TITLES if s in results]:
+    for stage in [s.name for s in present(results) if s.row]:
         by_seed = {e["seed"]: e for e in results[stage]["per_seed"]}
-        paired = comparison.get(f"{models[stage]}_minus_truncated_per_seed", []) if stage in models else []
+        paired = comparison.get(f"{labels[stage][1]}_minus_truncated_per_seed", []) if stage in labels else []
         diffs = {d["seed"]: d["value"] for d in paired}
         cells = [
             "" if s not in by_seed else _fmt(by_seed[s]["test"].get(metric))
@@ -347,15 +317,23 @@ def _with_interval(comparison: dict[str, Any], mean: str, std: str, ci95: str, s
 
 
 def write_series_report(
-    workdir: Path, results: dict[str, Any], comparison: dict[str, Any], cfg: ml_collections.ConfigDict
+    workdir: Path, results: dict[str, Any], comparison: dict[str, Any], cfg: ml_collections.ConfigDict,
+    speeds: dict[str, Throughput] | None = None,
 ) -> None:
+    """`speeds` (a depth sweep's measured speeds, {} before they are measured) adds the sweep's
+    Pareto table, figure and sentence."""
     workdir = Path(workdir)
     metric = comparison["metric"]
     figures = plots.plot_series(workdir, plots.series_points(results, metric), metric)
     figures += plots.plot_seeds(workdir, plots.seed_points(results, metric), metric)
+    sweep = None if speeds is None else pareto.rows(sweep_models(results, comparison, speeds))
+    if sweep is not None:
+        figures += plots.plot_pareto(workdir, pareto.points(sweep), metric)
+    extra = {} if sweep is None else {"sweep": {"rows": [r.to_json() for r in sweep],
+                                                "throughput": {name: t.to_json() for name, t in speeds.items()}}}
     atomic.write_text(
         workdir / "report.json",
-        _json({"comparison": comparison, "stages": results, "plots": figures, "config": cfg.to_dict()}),
+        _json({"comparison": comparison, "stages": results, **extra, "plots": figures, "config": cfg.to_dict()}),
     )
     seeds = comparison["seeds"]
     lines = [
@@ -373,7 +351,7 @@ def write_series_report(
         m = r["metric"]
         flag = " **COLLAPSED**" if r.get("collapsed") else ""
         lines.append(
-            f"| [{stage}]({stage}/report.md){flag} | {STAGE_TITLES.get(stage, stage)} | {m} | "
+            f"| [{stage}]({stage}/report.md){flag} | {title(stage)} | {m} | "
             f"{_pm(r['validation'].get(m), r.get('validation_std', {}).get(m))} | {_pm(r['test'].get(m), r.get('test_std', {}).get(m))} | "
             f"{_interval(r.get('test_ci95'))} | {', '.join(format(e['learning_rate'], 'g') for e in r['per_seed'])} | "
             f"{', '.join(str(e['selected_step']) for e in r['per_seed'])} | {_fmt(r['time_until_best_s'], 1)} | "
@@ -386,5 +364,73 @@ def write_series_report(
     if len(seeds) > 1:
         lines += [f"Test {metric} per seed (in brackets: minus the truncated predecessor's in that seed):", "",
                   *per_seed_table(results, comparison), ""]
+    if sweep is not None:
+        lines += ["## Depth sweep", "", *pareto_table(sweep, metric), "", *throughput_table(speeds), ""]
     lines += [f"![{p}]({p})" for p in figures]
     atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
+
+
+def sweep_models(results: dict[str, Any], comparison: dict[str, Any], speeds: dict[str, Throughput]) -> list[pareto.SweepModel]:
+    """The teacher and every depth variant of a depth sweep as per-seed records: test metric from
+    the stage records, RP and the paired difference to the truncated model of its depth from the
+    comparison, the measured speed-up."""
+    metric, labels, models = comparison["metric"], _labels(results), []
+    per_seed = lambda key: {v["seed"]: v["value"] for v in comparison.get(key) or []}
+    for name, r in results.items():
+        stage = find(name)
+        if name != pareto.TEACHER and not (stage and stage.depth):
+            continue
+        suffix, model = labels.get(name, ("", ""))
+        test = {e["seed"]: e["test"][metric] for e in r["per_seed"]}
+        teacher = name == pareto.TEACHER
+        diff = per_seed(f"{model}_minus_truncated_per_seed") if stage.student else {}
+        truncated = results.get(stage.truncated) if stage.student else None
+        models.append(pareto.SweepModel(
+            stage=name, method=stage.kind, depth=r["parameters"]["exported_layers"], parameters=r["parameters"]["exported_model"],
+            test=test, test_ci95=r.get("test_ci95"),
+            retained={seed: 1.0 for seed in test} if teacher else per_seed(f"retained_performance_per_seed{suffix}"),
+            retained_ci95=[1.0, 1.0] if teacher else comparison.get(f"retained_performance_ci95{suffix}"),
+            minus_truncated=diff, minus_truncated_ci95=comparison.get(f"{model}_minus_truncated_ci95") if diff else None,
+            truncated_collapsed=tuple(summary.collapsed_seeds(truncated)) if truncated else (),
+            speedup=speeds[name].speedup if name in speeds else None,
+        ))
+    return models
+
+
+def throughput_table(speeds: dict[str, Throughput]) -> list[str]:
+    """The measured speeds behind the speed-up column (or why there are none yet)."""
+    if not speeds:
+        return ["Speed-ups: measured once the series is done (the first seed's exported models on the test texts)."]
+    first = next(iter(speeds.values()))
+    lines = [
+        f"Measured inference speed, raw text to probabilities (`theseus_jax.throughput`): the first seed's exported "
+        f"models on the {first.texts} test texts, batch size {first.batch_size}, {first.threads} threads, all in one "
+        f"process, median of {first.rounds} passes each; speed-up = the teacher's time / the model's.",
+        "",
+        "| model | layers | texts/s | ms per batch | speed-up | peak memory GiB (process) |",
+        "|---|---|---|---|---|---|",
+    ]
+    return lines + [f"| `{t.name}` | {t.layers} | {t.texts_per_second:.1f} | {t.ms_per_batch:.2f} | {_fmt(t.speedup, 2)} | "
+                    f"{t.peak_rss_bytes / 2**30:.2f} |" for t in speeds.values()]
+
+
+def pareto_table(table: list[pareto.ParetoRow], metric: str) -> list[str]:
+    """A depth sweep's rows (`pareto.rows`), then the sentence a user wants."""
+    lines = [
+        f"| depth | model | parameters | measured speed-up | test {metric} mean ± std [95% interval] | "
+        "RP [interval] | minus truncated at that depth [interval]: verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        diff = "" if r.minus_truncated is None else (
+            ("+" if (r.minus_truncated.mean or 0) > 0 else "") + _pm(r.minus_truncated.mean, r.minus_truncated.std)
+            + f" {_interval(r.minus_truncated.ci95)}: **{r.verdict}** ({r.positive_seeds} of "
+            f"{len(r.minus_truncated.per_seed)} seeds positive)"
+        )
+        lines.append(
+            f"| {r.depth} | [`{r.stage}`]({r.stage}/report.md) | {r.parameters:,} | "
+            f"{'not measured' if r.speedup is None else f'{r.speedup:.2f}x'} | "
+            f"{_pm(r.test.mean, r.test.std)} {_interval(r.test.ci95)} | "
+            f"{_pm(r.retained.mean, r.retained.std, 3)} {_interval(r.retained.ci95)} | {diff} |"
+        )
+    return lines + ["", pareto.sentence(table)]
