@@ -287,18 +287,15 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     resamples the test examples once for numerator and denominator. `seeds`: those the results
     cover (the configured ones by default; fewer while a seed-major series is under way).
     """
-    metric = cfg.cls.metric
-    predecessor = results.get("cls_predecessor")
-    comparison = Comparison(metric, cfg.selection, seeds or summary.parse_seeds(cfg.seeds))
-    if predecessor is not None:
-        comparison.predecessor = Versus(predecessor["test"].get(metric), predecessor["validation"].get(metric))
-    comparison.models = {stage: _versus(results, stage, cfg) for stage in _labels(results)}
-    comparison.collapsed_stages = [s for s in results if results[s].get("collapsed")]
-    comparison.lm = {
-        s: {"perplexity": results[s]["test"]["perplexity"], "validation_perplexity": results[s]["validation"]["perplexity"],
-            "time_until_best_s": results[s]["time_until_best_s"]}
-        for s in LM_STAGES if s in results and results[s]["best"]
-    }
+    metric, predecessor = cfg.cls.metric, results.get("cls_predecessor", {"test": {}, "validation": {}})
+    comparison = Comparison(
+        metric, cfg.selection, seeds or summary.parse_seeds(cfg.seeds),
+        Versus(predecessor["test"].get(metric), predecessor["validation"].get(metric)),
+        {stage: _versus(results, stage, cfg) for stage in _labels(results)},
+        [s for s in results if results[s].get("collapsed")],
+        {s: dict(zip(LM_NUMBERS, (results[s]["test"]["perplexity"], results[s]["validation"]["perplexity"],
+                                  results[s]["time_until_best_s"]))) for s in LM_STAGES if s in results and results[s]["best"]},
+    )
     if all(s in results for s in LM_STAGES):
         comparison.lm_finetuning_speedup = _ratio(*(results[s]["time_until_best_s"] for s in LM_STAGES))
     return comparison

@@ -86,9 +86,11 @@ PIPELINES: dict[str, Stage] = {
 
 
 def find(name: str, registry: dict[str, Stage] = STAGES) -> Stage | None:
-    """The stage of a name, depth variants (`<kind>_L<depth>`) included; None if unknown."""
+    """The stage of a name, depth variants (`<kind>_L<depth>` of a compressing or truncated
+    stage) included; None if unknown."""
     kind, _, depth = name.rpartition("_L")
-    if depth.isdigit() and int(depth) > 0 and kind in registry:
+    sized = kind in registry and (registry[kind].compresses or "truncated" in registry[kind].starts)
+    if depth.isdigit() and int(depth) > 0 and sized:  # a depth of its own (cls_successor's is lm_compress's)
         return dataclasses.replace(registry[kind], depth=int(depth))
     return registry.get(name)
 
