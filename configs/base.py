@@ -1,8 +1,7 @@
 """Defaults shared by every experiment: the source study's hyperparameters, with the
 fine-tuning settings that held up in our studies (Mosbach et al. 2021): 10% warm-up for
-downstream training and early stopping on validation (issue 21: no collapse in the 18
-e5-small runs with warm-up, 6 epochs and early stopping, against 3 of 6 truncated runs
-collapsed with 2 epochs; BENCHMARKS.md).
+downstream training and early stopping on validation (why: docs/benchmarks-studies.md,
+"Defaults after the screening and seed 0").
 
 Experiment configs import `get_base_config()` and override what differs. Every field
 can be overridden on the command line: `--config.compression.starting_rate=0.3`.
@@ -52,9 +51,9 @@ def stage_config(**kwargs) -> ml_collections.ConfigDict:
             "max_grad_norm": 1.0,
             "max_length": 512,
             "buckets": (32, 64, 128, 256, 512),
-            "max_steps": 0,  # 0 = epochs * batches per epoch
+            "max_steps": 0,  # > 0: training (and its schedules) ends after this many steps, if the epochs hold more
             # What a plain (non-Theseus) model trains: all | all_but_word_embeddings (the
-            # table frozen: e5-small's steps 8-17% faster; quality not yet measured).
+            # table frozen; measured in docs/benchmarks-training-step.md, C and K).
             # Theseus runs follow compression.trainable.
             "trainable": "all",
         }
@@ -94,6 +93,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.compression = ml_collections.ConfigDict(
         {
             "num_successor_layers": 6,
+            # A depth sweep, e.g. "6,4,3": every compressing or truncated cls_* stage of the
+            # series runs once per depth (cls_compress_L4, ...), beside one teacher; the report
+            # adds the Pareto table and figure with measured speed-ups. "" = num_successor_layers.
+            "depths": "",
             "init_offset": "0",  # "0".."r-1" (lower..upper layer of each module) or "original"
             # Where those layers come from: the predecessor being compressed, or (diagnosis) the
             # pretrained model.path it was fine-tuned from, when compressing a fine-tuned checkpoint.
@@ -105,6 +108,9 @@ def get_base_config() -> ml_collections.ConfigDict:
             # p = 1 from this step on (both schedules; the successor then trains alone). 0: the
             # curriculum reaches 1 at ratio_replacement_changes of the steps, a constant p stays.
             "replacing_steps": 0,
+            # The same in epochs (may be fractional): a recipe that means the same at any data
+            # size. 0 = unset; set at most one of replacing_steps and replacing_epochs.
+            "replacing_epochs": 0.0,
             # What trains besides the successor: successor | successor_embeddings_heads
             "trainable": "successor",
         }

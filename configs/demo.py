@@ -13,7 +13,7 @@ Protocol: every stage holds out a stratified 10% of its training texts for valid
 best steps and the learning rate of each downstream stage (5e-5 or 1.5e-4, the same set
 for every model) are chosen on validation, and the test texts are evaluated at the chosen
 steps only. The default is one seed (the downstream stages run 3 epochs at 2 rates); the
-README's table is 3 seeds (see BENCHMARKS.md):
+3-seed results are in BENCHMARKS.md ("The demo with that recipe, 3 seeds"):
 
     python launch.py --config=configs/demo.py --workdir=runs/demo
     python launch.py --config=configs/demo.py --workdir=runs/demo3 --config.seeds=0,1,2
@@ -56,9 +56,8 @@ def get_config():
     config.cls.learning_rates = "5e-5,1.5e-4"  # each chosen per seed on validation
     config.cls.warmup_ratio = 0.1
 
-    # The recipe that won seed 0's validation screening (issue 21; BENCHMARKS.md "Demo
-    # recipe"): Theseus Compression distilled from the fine-tuned predecessor (alpha 0.5, T 2)
-    # beat plain Theseus, the truncated model and vanilla KD (truncated + distillation).
+    # The recipe chosen on seed 0's validation split (issue 21; docs/benchmarks-studies.md,
+    # "Demo recipe"): Theseus Compression distilled from the fine-tuned predecessor (alpha 0.5, T 2).
     config.series.stages = "lm_baseline,lm_compress,cls_predecessor,cls_successor,cls_compress_kd,cls_truncated"
     config.distillation.alpha = 0.5
     config.distillation.temperature = 2.0

@@ -25,14 +25,10 @@ Data: the GermEval 2018 training file (5,009 tweets) minus a stratified 10% vali
 evaluated at the validation-selected steps. XLM-R tokens per tweet: median 38, 95th
 percentile 82, 1.4% over 128 (truncated), hence max_length 128 with buckets 32/64/128.
 
-Cost on 2 idle cores, measured on seed 1 (2026-11-26): cls_predecessor (12 layers) about
-30 min per learning rate, cls_compress about 11 min, lm_compress 23 min, cls_successor and
-cls_truncated (6 layers) about 12 min each; 141 steps an epoch, 2 epochs, validation every
-epoch and the test file at each new best. About 2.5 h per seed (two learning rates per
-downstream stage), 7.5-8 h for the study. The series runs seed-major and
-rewrites report.md after each seed. Every run resumes where it was killed: rerun the same
-command. Checked end to end (every stage, 4 steps each on 64 tweets) on this machine:
-the chain runs, loads the XLM-R tokenizer from tokenizer.json, and exports 6-layer checkpoints.
+141 steps an epoch, 2 epochs, validation every epoch. The series runs seed-major and rewrites
+report.md after each seed. Every run resumes where it was killed: rerun the same command.
+Run times and results: docs/benchmarks-history.md ("e5-small 12 -> 6 on GermEval 2018,
+validation-selected, 3 seeds"); the study that followed: configs/germeval_e5_recipe.py.
 """
 
 from pathlib import Path

@@ -1,10 +1,9 @@
 """Issue 21's study: can compression beat truncation on real weights? e5-small 12 -> 6 on GermEval 2018.
 
-The first study (configs/germeval_e5.py: 2 epochs, p reaching 1 at 85% of 282 steps) found
-the compressed models level with simply fine-tuning the bottom 6 layers. This one gives every
-model the longer budget the literature uses (Mosbach et al. 2021: 10% warm-up, many more
-iterations, early stopping on validation; BERT-of-Theseus: a replacement phase, then the
-successor alone) and adds task distillation from the same seed's fine-tuned predecessor:
+Against the first study (configs/germeval_e5.py: 2 epochs, p reaching 1 at 85% of 282 steps),
+every model gets the longer budget the literature uses (Mosbach et al. 2021: 10% warm-up, many
+more iterations, early stopping on validation; BERT-of-Theseus: a replacement phase, then the
+successor alone), and task distillation from the same seed's fine-tuned predecessor is added:
 
 - `cls_predecessor`: the 12-layer teacher;
 - `cls_truncated`: its bottom 6 layers fine-tuned (the baseline to beat); `cls_truncated_kd`:
@@ -25,12 +24,9 @@ as a single run from it, each at one learning rate, ranked on validation:
     nice python -m theseus_jax.analysis.screen --config=configs/germeval_e5_recipe.py \
         --root=~/.cache/theseus-jax/runs/e5_screen
 
-Screening result (2026-12-01, BENCHMARKS.md): the curriculum below (b = 0.1, p = 1 from step
-282) led on validation (0.8244 at 1e-4) over the constant-rate shape (0.8200) and b = 0.3
-(0.8146), so `get_config()` is the chosen recipe, run for seeds 0, 1, 2 at {3e-5, 1e-4}.
-Final table (2026-12-02, BENCHMARKS.md): Theseus 0.726 test macro F1, +0.017 over truncated
-(positive in every seed, paired interval [0.007, 0.028], RP 1.004): better, short of the +0.02
-goal; distillation separated neither student.
+`get_config()` is the recipe the screening chose. Results: BENCHMARKS.md ("e5-small 12 -> 6 on
+GermEval 2018: the final table"); the screening, per-run values and diagnosis:
+docs/benchmarks-studies.md.
 """
 
 from configs.germeval_e5 import get_config as germeval_e5_config
@@ -44,7 +40,7 @@ def get_config():
     config.cls.warmup_ratio = 0.1
     config.early_stopping.patience = 2
     # p = 0.1 + k s reaching 1 after 2 of the 6 epochs (282 steps), then the successor alone.
-    config.compression.replacing_steps = 282
+    config.compression.replacing_epochs = 2.0  # 282 steps at GermEval 2018's 141 batches an epoch
     config.distillation.alpha = 0.5
     config.distillation.temperature = 2.0
     return config

@@ -145,7 +145,7 @@ def test_early_stopping_counts_evaluations_without_improvement():
 def test_early_stopping_waits_for_the_end_of_the_replacement_phase():
     """A Theseus run whose p reaches 1 at step 40 (of 100), evaluated every 10 steps with a flat
     validation metric: patience 2 counts only the evaluations from step 40 on."""
-    compression = steps.Compression(pipelines._schedule(_compression(replacing_steps=40), 100), 2)
+    compression = steps.Compression(pipelines._schedule(_compression(replacing_steps=40), 100, 10), 2)
     values = [0.5, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]  # at steps 10, 20, ..., 70
     count, best, stops = 0, None, []
     for step, value in zip(range(10, 80, 10), values):
@@ -161,7 +161,7 @@ def test_early_stopping_waits_for_the_end_of_the_replacement_phase():
 
 def _compression(**fields):
     c = {"schedule": "curriculum", "starting_rate": 0.1, "ratio_replacement_changes": 0.85, "constant_rate": 0.5,
-         "replacing_steps": 0}
+         "replacing_steps": 0, "replacing_epochs": 0.0}
     return ml_collections.ConfigDict({"compression": {**c, **fields}})
 
 
@@ -174,8 +174,35 @@ def _compression(**fields):
     ({"schedule": "constant", "replacing_steps": 2500}, 10000, {0: 0.5, 2499: 0.5, 2500: 1.0, 9999: 1.0}),
 ])
 def test_replacement_phase_then_the_successor_alone(fields, total, expected):
-    schedule = pipelines._schedule(_compression(**fields), total)
+    schedule = pipelines._schedule(_compression(**fields), total, 10)
     assert {s: float(schedule(jnp.asarray(s))) for s in expected} == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("fields, expected", [
+    # b = 0.1, 10 batches an epoch, 1.5 epochs: the phase ends at step 15, slope 0.9 / 15 = 0.06.
+    ({"replacing_epochs": 1.5}, {0: 0.1, 7: 0.1 + 7 * 0.06, 14: 0.1 + 14 * 0.06, 15: 1.0, 20: 1.0}),
+    # A constant p of 0.5 switches to 1 after 1.5 epochs, at step 15.
+    ({"schedule": "constant", "replacing_epochs": 1.5}, {0: 0.5, 7: 0.5, 14: 0.5, 15: 1.0, 20: 1.0}),
+])
+def test_replacement_phase_in_epochs_by_hand(fields, expected):
+    schedule = pipelines._schedule(_compression(**fields), 60, 10)
+    assert {s: float(schedule(jnp.asarray(s))) for s in expected} == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_recipe_in_epochs_is_the_step_schedule_it_replaced():
+    """configs/germeval_e5_recipe.py now ends its phase after 2 epochs: on GermEval 2018 (141
+    batches an epoch, 6 epochs) every step's p is that of the former replacing_steps = 282."""
+    from configs.germeval_e5_recipe import get_config
+
+    recipe = get_config()
+    assert recipe.compression.replacing_steps == 0
+    former = ml_collections.ConfigDict(recipe.to_dict())
+    former.compression.replacing_steps, former.compression.replacing_epochs = 282, 0.0
+    batches, total = 141, 6 * 141
+    now, before = pipelines._schedule(recipe, total, batches), pipelines._schedule(former, total, batches)
+    everything = jnp.arange(total)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(now)(everything)), np.asarray(jax.vmap(before)(everything)))
+    assert float(now(281)) < 1.0 and float(now(282)) == 1.0
 
 
 def test_distilled_truncated_run_killed_and_resumed_reuses_the_teacher_logits(tmp_path, germeval_tsv, torch):

@@ -205,6 +205,18 @@ def test_workdir_of_another_config_is_refused(tmp_path, germeval_tsv):
     assert refused.returncode != 0 and "different config" in refused.stderr and "cls.epochs" in refused.stderr
 
 
+def test_max_steps_caps_the_run_and_its_learning_rate_schedule(tmp_path, germeval_tsv):
+    """`cls.max_steps=5` with 2 epochs of 11 batches: 5 steps, evaluated and tested at step 5,
+    with the learning rate decaying linearly from 1e-3 to 0 over exactly those steps (issue 33:
+    all 22 steps ran, the rate below 0 from step 6 on, as the schedule ended at step 5)."""
+    _ok(_launch(tmp_path, germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.max_steps=5"))
+    logged = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5]
+    assert [entry["learning_rate"] for entry in logged] == pytest.approx([1e-3 * (5 - s) / 5 for s in range(5)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [5] and report["selected_step"] == 5 and "test" in report["best"]
+
+
 def test_non_finite_loss_stops_with_the_step(tmp_path, germeval_tsv):
     result = _launch(
         tmp_path / "nan", germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.learning_rate=1e30",

@@ -91,16 +91,40 @@ def _assert_one_line_error(status: int, stderr: str, *fragments: str) -> str:
     return lines[0]
 
 
+SWEEP = ["--config.pipeline=series", "--config.series.stages=cls_predecessor,cls_truncated,cls_compress"]
 CONFIG_CASES = {
     "negative learning rate": (["--config.cls.learning_rate=-1e-5"], ["config.cls.learning_rate=-1e-05", "> 0"]),
     "infinite learning rate": (["--config.cls.learning_rate=inf"], ["config.cls.learning_rate=inf"]),
     "zero epochs": (["--config.cls.epochs=0"], ["config.cls.epochs=0", "cls.max_steps"]),
     "zero batch size": (["--config.cls.batch_size=0"], ["config.cls.batch_size=0", ">= 1"]),
     "starting rate 1.5": (["--config.compression.starting_rate=1.5"], ["config.compression.starting_rate=1.5", "[0, 1]"]),
+    "replacement phase in steps and in epochs": (
+        ["--config.compression.replacing_steps=282", "--config.compression.replacing_epochs=2"],
+        ["config.compression.replacing_epochs=2.0", "replacing_steps=282 is set too"],
+    ),
     "rrc 0": (["--config.compression.ratio_replacement_changes=0"], ["config.compression.ratio_replacement_changes=0.0", "(0, 1]"]),
     "successor count does not divide": (
         ["--config.pipeline=cls_compress", "--config.compression.num_successor_layers=3"],
         ["config.compression.num_successor_layers=3", "does not divide the predecessor's 4 layers", "[1, 2, 4]"],
+    ),
+    "a depth that does not divide": (
+        [*SWEEP, "--config.compression.depths=2,3"],
+        ["config.compression.depths='2,3'", "entry 3 does not divide the predecessor's 4 layers", "[1, 2, 4]"],
+    ),
+    "a depth twice": ([*SWEEP, "--config.compression.depths=2,2"], ["config.compression.depths='2,2'", "twice"]),
+    "init offset beyond a module of the deepest successor": (
+        [*SWEEP, "--config.compression.depths=1,2", "--config.compression.init_offset=2"],
+        ["config.compression.init_offset='2'", "0..1"],
+    ),
+    "depths outside a series": (["--config.compression.depths=2,1"], ["config.compression.depths='2,1'", "pipeline=series"]),
+    "depths without the teacher": (
+        ["--config.pipeline=series", "--config.series.stages=cls_truncated,cls_compress", "--config.compression.depths=2,1"],
+        ["config.compression.depths='2,1'", "list cls_predecessor"],
+    ),
+    "depths with an LM-compressed stage": (
+        ["--config.pipeline=series", "--config.series.stages=lm_compress,cls_predecessor,cls_successor,cls_compress",
+         "--config.compression.depths=2,1", "--config.lm.data.train_path=/dev/null"],
+        ["config.compression.depths='2,1'", "lm_compress, cls_successor would keep one depth"],
     ),
     "init offset beyond a module": (["--config.pipeline=cls_compress", "--config.compression.init_offset=2"], ["config.compression.init_offset='2'", "0..1"]),
     "unknown successor source": (

@@ -1,5 +1,6 @@
 """The training loop's host transfers: step metrics reach the host in chunks only."""
 
+import dataclasses
 import json
 
 import jax
@@ -41,8 +42,8 @@ def _job(log_every_steps: int, train_batches: int, learning_rate: float = 1e-3, 
     tx, mask = optimizer.make_optimizer(params, "all", learning_rate, max_grad_norm=None)
     return trainer.TrainingJob(
         name="loop", objective="classification", model=model, params=params, tx=tx, trainable=mask,
-        train_loader=_Loader(train_batches), validation_loader=_Loader(2), test_loader=_Loader(2), epochs=1, metric="accuracy",
-        export=lambda p: (TINY, p), log_every_steps=log_every_steps, **{"checkpoint_every_steps": 1000, **kwargs},
+        train_loader=_Loader(train_batches), validation_loader=_Loader(2), test_loader=_Loader(2), metric="accuracy",
+        export=lambda p: (TINY, p), log_every_steps=log_every_steps, **{"epochs": 1, "checkpoint_every_steps": 1000, **kwargs},
     )
 
 
@@ -75,3 +76,92 @@ def test_a_non_finite_step_is_named_and_never_checkpointed(tmp_path):
         trainer.train(job, tmp_path)
     saved = tmp_path / "checkpoints"
     assert not saved.exists() or not [p for p in saved.iterdir() if p.name.isdigit()]
+
+
+# The loop's decisions, worked by hand. A run of 2 epochs of 4 batches (8 steps) unless said;
+# no periodic evaluation, a checkpoint every 100 steps, metrics fetched every 50.
+CADENCE = dict(eval_every_steps=0, checkpoint_every_steps=100, log_every_steps=50)
+NOTHING = trainer.Decision(flush=False, evaluate=False, epoch_end=False, save=False, stop=False)
+EPOCH_END = trainer.Decision(flush=True, evaluate=True, epoch_end=True, save=True, stop=False)
+
+
+@pytest.mark.parametrize("step, batch, batches, total_steps, signal, pending, cadence, expected", [
+    (1, 1, 4, 8, False, 1, {}, NOTHING),
+    (4, 4, 4, 8, False, 4, {}, EPOCH_END),
+    (8, 4, 4, 8, False, 4, {}, EPOCH_END),  # the run's last step is its last epoch's end
+    # max_steps=5 cuts the first epoch of 11 batches: evaluate and save there; the epoch stays open.
+    (5, 5, 11, 5, False, 5, {}, dataclasses.replace(EPOCH_END, epoch_end=False)),
+    (13, 2, 11, 22, False, 2, {}, NOTHING),  # resumed in epoch 2: batch counts within the epoch
+    (3, 3, 4, 8, False, 3, {"eval_every_steps": 3}, dataclasses.replace(NOTHING, flush=True, evaluate=True)),
+    (6, 2, 4, 8, False, 2, {"eval_every_steps": 3}, dataclasses.replace(NOTHING, flush=True, evaluate=True)),
+    (5, 1, 4, 8, False, 1, {"checkpoint_every_steps": 5}, dataclasses.replace(NOTHING, flush=True, save=True)),
+    (3, 3, 4, 8, False, 4, {"log_every_steps": 4}, dataclasses.replace(NOTHING, flush=True)),
+    (3, 3, 4, 8, False, 3, {"log_every_steps": 4}, NOTHING),
+    # A signal saves the step in flight and stops; at an epoch's end after its evaluation.
+    (2, 2, 4, 8, True, 2, {}, dataclasses.replace(NOTHING, flush=True, save=True, stop=True)),
+    (4, 4, 4, 8, True, 4, {}, dataclasses.replace(EPOCH_END, stop=True)),
+])
+def test_the_loop_decides_after_each_step(step, batch, batches, total_steps, signal, pending, cadence, expected):
+    assert trainer.decide(step, batch, batches, total_steps, signal, pending, **{**CADENCE, **cadence}) == expected
+
+
+@pytest.mark.parametrize("count, patience, step, stops", [
+    (2, 2, 6, True), (3, 2, 6, True), (1, 2, 6, False),
+    (2, 2, 8, False),  # a plateau at the last step stops nothing: the run trained to its end
+    (9, 0, 6, False),  # patience 0: early stopping is off
+])
+def test_early_stopping_needs_the_patience_and_steps_left(count, patience, step, stops):
+    assert trainer.stops_early(count, patience, step, total_steps=8) is stops
+
+
+@pytest.mark.parametrize("max_steps, expected", [(0, 22), (5, 5), (22, 22), (30, 22)])
+def test_max_steps_cuts_the_epochs_steps_short(max_steps, expected):
+    assert trainer.run_steps(_Loader(11), epochs=2, max_steps=max_steps) == expected
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KilledAt(_Loader):
+    """Raises when asked for batch `at` = (epoch, batch), as a kill there would."""
+
+    def __init__(self, count: int, at: tuple[int, int]) -> None:
+        super().__init__(count)
+        self.at = at
+
+    def batches(self, epoch: int, start_batch: int = 0):
+        for i in range(start_batch, len(self.data)):
+            if (epoch, i) == self.at:
+                raise _Killed(self.at)
+            yield self.data[i]
+
+
+def _steps_logged(workdir):
+    return [json.loads(line)["step"] for line in (workdir / "steps.jsonl").read_text().splitlines()]
+
+
+def test_max_steps_ends_the_run_mid_epoch_evaluated_tested_and_resumable(tmp_path):
+    """2 epochs of 4 batches cut at max_steps=7: steps 1-7 train, validation is evaluated at
+    the epoch's end (step 4) and at the stop (step 7, in epoch 2), the test split once at the
+    selected step, and the last checkpoint is step 7. A run killed in epoch 2 resumes to the
+    same result; a rerun of the finished run trains nothing."""
+    job = lambda: _job(log_every_steps=50, train_batches=4, epochs=2, max_steps=7, checkpoint_every_steps=5)
+    whole = trainer.train(job(), tmp_path / "whole")
+    assert _steps_logged(tmp_path / "whole") == [1, 2, 3, 4, 5, 6, 7]
+    assert [(h["epoch"], h["step"]) for h in whole.history] == [(0, 4), (1, 7)]
+    assert whole.best["step"] in (4, 7) and "test" in whole.best and not whole.stopped_early
+    assert [h["step"] for h in whole.history if "test" in h] == [whole.best["step"]]
+    assert max(int(p.name) for p in (tmp_path / "whole" / "checkpoints").iterdir() if p.name.isdigit()) == 7
+    again = trainer.train(job(), tmp_path / "whole")
+    assert again.history == whole.history and _steps_logged(tmp_path / "whole") == [1, 2, 3, 4, 5, 6, 7]
+
+    killed = job()
+    killed.train_loader = _KilledAt(4, at=(1, 2))  # asked for one batch ahead: after the step-5 checkpoint
+    with pytest.raises(_Killed):
+        trainer.train(killed, tmp_path / "killed")
+    assert _steps_logged(tmp_path / "killed") == [1, 2, 3, 4, 5]
+    resumed = trainer.train(job(), tmp_path / "killed")
+    without_times = lambda history: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]
+    assert without_times(resumed.history) == without_times(whole.history)
+    assert _steps_logged(tmp_path / "killed") == [1, 2, 3, 4, 5, 6, 7]

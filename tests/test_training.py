@@ -116,6 +116,16 @@ def test_learning_rate_warms_up_then_decays_linearly():
     assert [float(lr(s)) for s in (0, 5, 10, 55, 100)] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4, 0.0])
 
 
+def test_learning_rate_decays_to_exactly_zero_under_jit():
+    """Jitted as in the train step: peak * (steps left) / 5, exactly 0 from the end on (issue 33:
+    optax's `1 - step / 5`, with the division turned into a product by a rounded 1/5, gave
+    -1.5e-11 there)."""
+    lr = jax.jit(optimizer.learning_rate_schedule(1e-3, total_steps=5))
+    values = [float(lr(jnp.int32(s))) for s in range(8)]
+    assert values[:5] == pytest.approx([1e-3 * (5 - s) / 5 for s in range(5)])
+    assert values[5:] == [0.0, 0.0, 0.0]
+
+
 def test_mlm_loss_matches_a_hand_computation():
     logits = jnp.array(np.random.default_rng(0).normal(size=(2, 3, 5)), jnp.float32)
     labels = jnp.array([[1, -100, 4], [-100, -100, 0]])

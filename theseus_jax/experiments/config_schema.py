@@ -22,7 +22,7 @@ import ml_collections
 from theseus_jax.convert import check_weights
 from theseus_jax.data.generic import parse_label_map
 from theseus_jax.errors import UserError
-from theseus_jax.experiments.stages import PIPELINES, STAGES, find
+from theseus_jax.experiments.stages import PIPELINES, STAGES, find, parse_depths, sweepable
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.training.optimizer import TRAINABLE_PRESETS
@@ -159,12 +159,14 @@ SCHEMA: dict[str, Field] = {
     "cls_model": Field(STR),
     "compression": Field(CONFIG),
     "compression.num_successor_layers": Field(INT, at_least(1)),
+    "compression.depths": Field(STR, number_list(int, at_least(1))),
     "compression.init_offset": Field(STR, init_offset),
     "compression.schedule": Field(STR, one_of("curriculum", "constant")),
     "compression.starting_rate": Field(FLOAT, interval(0, 1, True, True)),
     "compression.ratio_replacement_changes": Field(FLOAT, interval(0, 1, False, True)),
     "compression.constant_rate": Field(FLOAT, interval(0, 1, True, True)),
     "compression.replacing_steps": Field(INT, at_least(0)),
+    "compression.replacing_epochs": Field(FLOAT, at_least(0)),
     "compression.trainable": Field(STR, one_of(*TRAINABLE_PRESETS)),
     "compression.successor_init": Field(STR, one_of("predecessor", "pretrained")),
     "lm": Field(CONFIG),
@@ -318,8 +320,8 @@ def _read_model_config(folder: Path, name: str, problems: list[str]) -> dict[str
 
 def _stage_rules(config: ml_collections.ConfigDict, stage: str, labelled: bool, problems: list[str]) -> None:
     value = lambda key: _value(config, f"{stage}.{key}")
-    if (value("epochs") or 0) < 1 and (value("max_steps") or 0) < 1:
-        problems.append(_field(f"{stage}.epochs", value("epochs"), f"nothing to train: set it >= 1 (or {stage}.max_steps >= 1)"))
+    if (value("epochs") or 0) < 1:
+        problems.append(_field(f"{stage}.epochs", value("epochs"), f"nothing to train: set it >= 1 ({stage}.max_steps only cuts the epochs short)"))
     shares = (value("data.test_share") or 0.0, value("data.validation_share") or 0.0)
     if shares[0] + shares[1] >= 1:
         problems.append(_field(f"{stage}.data.validation_share", shares[1], f"test_share + validation_share = {sum(shares):g} leaves no training data; keep the sum < 1"))
@@ -347,14 +349,47 @@ def _size_rules(config: ml_collections.ConfigDict, model: BertConfig, parts: set
             too_long = [b for b in stage_buckets if isinstance(b, int) and b > positions]
             if too_long:
                 problems.append(_field(f"{stage}.buckets", tuple(stage_buckets), f"{too_long} exceed the model's {positions} positions; drop them"))
-    n = _value(config, "compression.num_successor_layers")
-    if "compression" in parts and isinstance(layers, int) and isinstance(n, int) and n >= 1:
-        if layers % n:
-            divisors = [d for d in range(1, layers + 1) if layers % d == 0]
-            problems.append(_field("compression.num_successor_layers", n, f"does not divide the predecessor's {layers} layers; use one of {divisors}"))
-        offset = str(_value(config, "compression.init_offset", "0"))
-        if offset.isdigit() and layers % n == 0 and int(offset) >= layers // n:
-            problems.append(_field("compression.init_offset", offset, f"a module has {layers // n} layers; use 0..{layers // n - 1} or 'original'"))
+    depths = _depths(config)
+    path = "compression.depths" if depths else "compression.num_successor_layers"
+    sizes = depths or [_value(config, path)]
+    if "compression" not in parts or not isinstance(layers, int) or not all(isinstance(n, int) and n >= 1 for n in sizes):
+        return
+    entry = (lambda n: f"entry {n} ") if depths else (lambda n: "")
+    divisors = [d for d in range(1, layers + 1) if layers % d == 0]
+    problems += [_field(path, _value(config, path), f"{entry(n)}does not divide the predecessor's {layers} layers; use one of {divisors}")
+                 for n in sizes if layers % n]
+    module = min((layers // n for n in sizes if layers % n == 0), default=None)  # the deepest successor's
+    offset = str(_value(config, "compression.init_offset", "0"))
+    if module and offset.isdigit() and int(offset) >= module:
+        problems.append(_field("compression.init_offset", offset, f"a module has {module} layers; use 0..{module - 1} or 'original'"))
+
+
+def _depths(config: ml_collections.ConfigDict) -> list[int]:
+    """compression.depths' layer counts; [] when empty or malformed (a value problem already)."""
+    text = str(_value(config, "compression.depths", ""))
+    return [] if number_list(int, at_least(1))(text) else parse_depths(text)
+
+
+def _depth_rules(config: ml_collections.ConfigDict, names: list[str] | None) -> list[str]:
+    """A depth sweep (`names`: the series' stages; None: not a series) runs its downstream
+    students and truncated models per depth against one teacher."""
+    depths = _depths(config)
+    if not depths:
+        return []
+    problem = lambda text: _field("compression.depths", _value(config, "compression.depths"), text)
+    if names is None:
+        return [problem("a depth sweep is a series: set pipeline=series or leave depths empty")]
+    problems = [problem("lists a depth twice; give each once")] if len(set(depths)) < len(depths) else []
+    listed = [find(name) for name in names]
+    one_depth = [s.name for s in listed if not sweepable(s) and s.depth is None
+                 and (s.compresses or any(find(x) and find(x).compresses for x in s.starts))]
+    if one_depth:
+        problems.append(problem(f"sweeps downstream stages; {', '.join(one_depth)} would keep one depth: drop them or the depths"))
+    if "cls_predecessor" not in names:
+        problems.append(problem("every depth is compared with the teacher: list cls_predecessor in series.stages"))
+    if not any(sweepable(s) for s in listed):
+        problems.append(problem("no stage runs per depth: list cls_compress and cls_truncated (and their _kd variants) in series.stages"))
+    return problems
 
 
 def _rules(config: ml_collections.ConfigDict) -> list[str]:
@@ -372,10 +407,13 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
                 _field("series.stages", _value(config, "series.stages"), f"{stage} needs {need} before it")
                 for i, stage in enumerate(stages) for need in find(stage).needs if need not in stages[:i]
             ]
+            problems += _depth_rules(config, stages)
             alpha, distilling = _value(config, "distillation.alpha", 0.0), [s.name for s in STAGES.values() if s.teacher]
             if any(find(s).teacher for s in stages) != bool(alpha):  # alpha unused would pass for KD unnoticed
                 problems.append(_field("distillation.alpha", alpha, f"no stage of series.stages distils: set it to 0, or add one of {', '.join(distilling)}"
                                        if alpha else "the *_kd stages distil: set it in (0, 1], e.g. 0.5"))
+    else:
+        problems += _depth_rules(config, None)
     alpha, teacher_dir = _value(config, "distillation.alpha", 0.0), str(_value(config, "distillation.teacher", ""))
     if pipeline in ("cls_baseline", "cls_compress") and alpha and not teacher_dir:
         problems.append(_field("distillation.teacher", teacher_dir, "alpha > 0 needs a teacher: a fine-tuned classifier folder"))
@@ -383,6 +421,10 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
         folder = _model_folder(teacher_dir, "distillation.teacher", problems)
         if folder:
             _read_model_config(folder, "distillation.teacher", problems)
+    in_steps, in_epochs = _value(config, "compression.replacing_steps", 0), _value(config, "compression.replacing_epochs", 0.0)
+    if in_steps and in_epochs:
+        problems.append(_field("compression.replacing_epochs", in_epochs,
+                               f"replacing_steps={in_steps} is set too; set one of them (the other 0)"))
     parts = used_parts(config)
     for stage in ("lm", "cls"):
         if stage in parts:

@@ -39,9 +39,10 @@ import ml_collections
 
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.errors import UserError
-from theseus_jax.experiments import datasets, model_card, report, stages, summary, teacher
+from theseus_jax import atomic, throughput
+from theseus_jax.experiments import datasets, model_card, pareto, report, stages, summary, teacher
 from theseus_jax.experiments.stages import CLS_MODEL, CONFIGURED_TEACHER, STAGES, Stage, find
-from theseus_jax.experiments.trainer import TrainingJob, train
+from theseus_jax.experiments.trainer import TrainingJob, run_steps, train
 from theseus_jax.memory import peak_rss_bytes
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
@@ -95,15 +96,16 @@ def _init_offset(value: str) -> theseus.InitOffset:
     return "original" if value == "original" else int(value)
 
 
-def _schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> schedules.Schedule:
+def _schedule(cfg: ml_collections.ConfigDict, total_steps: int, batches_per_epoch: int) -> schedules.Schedule:
     c = cfg.compression
-    if c.schedule == "curriculum" and c.replacing_steps:  # p = 1 from step `replacing_steps` on
-        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / c.replacing_steps)
+    replacing = c.replacing_steps or c.replacing_epochs * batches_per_epoch  # the phase's end in steps; 0 = unset
+    if c.schedule == "curriculum" and replacing:  # p = 1 from step `replacing` on
+        return schedules.curriculum_schedule(c.starting_rate, slope=(1.0 - c.starting_rate) / replacing)
     if c.schedule == "curriculum":
         return schedules.curriculum_schedule(
             c.starting_rate, total_steps=total_steps, ratio_replacement_changes=c.ratio_replacement_changes
         )
-    return schedules.constant_schedule(c.constant_rate, c.replacing_steps or None)  # the schema allows these two
+    return schedules.constant_schedule(c.constant_rate, replacing or None)  # the schema allows these two
 
 
 def _job(
@@ -119,7 +121,7 @@ def _job(
     tokenizer_dir: Path,
     compression_of: Callable[[int], steps.Compression] | None = None,
 ) -> TrainingJob:
-    total_steps = stage.max_steps or stage.epochs * loaders.train.num_batches(0)
+    total_steps = run_steps(loaders.train, stage.epochs, stage.max_steps)
     lr = optimizer.learning_rate_schedule(stage.learning_rate, total_steps, int(stage.warmup_ratio * total_steps))
     tx, mask = optimizer.make_optimizer(params, trainable, lr, stage.weight_decay, stage.max_grad_norm or None)
     return TrainingJob(
@@ -134,6 +136,7 @@ def _job(
         test_loader=loaders.test,
         selection=cfg.selection,
         epochs=stage.epochs,
+        max_steps=stage.max_steps,
         metric="perplexity" if objective == "mlm" else cfg.cls.metric,
         export=export,
         tokenizer_dir=tokenizer_dir,
@@ -255,7 +258,7 @@ def _compress(
     job = _job(name, cfg, _settings(cfg, objective), objective, theseus.theseus_model(source.config, objective, n),
                _theseus_params(cfg, source), cfg.compression.trainable, loaders,
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
-               compression_of=lambda total: steps.Compression(_schedule(cfg, total), n))
+               compression_of=lambda total: steps.Compression(_schedule(cfg, total, loaders.train.num_batches(0)), n))
     return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, theseus.count_params(source.params))
 
 
@@ -357,8 +360,11 @@ def run_stage(
 
 def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """The study's testing series (stages checked by the schema), each stage in its own
-    sub-workdir, then the comparison."""
-    chosen = [find(s.strip()) for s in cfg.series.stages.split(",") if s.strip()]
+    sub-workdir, then the comparison. A depth sweep (`compression.depths`) runs its students and
+    truncated models per depth and ends by measuring their inference speed (`_speeds`)."""
+    names = [s.strip() for s in cfg.series.stages.split(",") if s.strip()]
+    depths = stages.parse_depths(cfg.compression.depths)
+    chosen = stages.series(names, depths)
     seeds = summary.parse_seeds(cfg.seeds)
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
@@ -366,10 +372,39 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             results[stage.name] = run_stage(stage, cfg, workdir / stage.name, results, seeds[:done])
         comparison = report.compare(results, cfg, seeds[:done])
         if parallel.is_writer():
-            report.write_series_report(workdir, results, comparison, cfg)
+            speeds = _speeds(cfg, workdir, results, measure=False) if depths else None
+            report.write_series_report(workdir, results, comparison, cfg, speeds)
         if done < len(seeds):
             log.info("series: seeds %s done of %s; report.md covers them", seeds[:done], seeds)
+    if depths and parallel.is_writer():
+        report.write_series_report(workdir, results, comparison, cfg, _speeds(cfg, workdir, results, measure=True))
     return {"stages": results, "comparison": comparison.to_json()}
+
+
+SPEEDS = "throughput.json"
+
+
+def _speeds(
+    cfg: ml_collections.ConfigDict, workdir: Path, results: dict[str, Any], measure: bool
+) -> dict[str, throughput.Throughput]:
+    """A depth sweep's measured inference speed: the first seed's exported teacher and per-depth
+    models on the test texts, in this process, at the end of the series (`measure`); kept in
+    `workdir/throughput.json` and reused while it holds the same models ({} before it exists)."""
+    models = {name: r["per_seed"][0]["best_model_dir"] for name, r in results.items()
+              if name == pareto.TEACHER or find(name).depth}
+    path = workdir / SPEEDS
+    if path.exists():
+        stored = {name: throughput.Throughput.from_json(t) for name, t in json.loads(path.read_text()).items()}
+        if {name: t.model_dir for name, t in stored.items()} == models:
+            return stored
+    if not measure:
+        return {}
+    texts = [e.text for e in datasets.split_examples(cfg.cls.data, labelled=True).test]
+    log.info("series: measuring the inference speed of %d models on %d test texts", len(models), len(texts))
+    speeds = throughput.measure(models, texts, cfg.cls.eval_batch_size, rounds=3, reference=pareto.TEACHER,
+                                max_length=cfg.cls.max_length, buckets=cfg.cls.buckets)
+    atomic.write_text(path, json.dumps({name: t.to_json() for name, t in speeds.items()}, indent=2))
+    return speeds
 
 
 PIPELINES: dict[str, Callable[[ml_collections.ConfigDict, Path], dict[str, Any]]] = {

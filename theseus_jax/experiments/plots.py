@@ -153,3 +153,31 @@ def plot_seeds(workdir: Path, points: dict[str, dict[str, Any]], metric: str) ->
     plt.close(fig)
     return ["series_seeds.png"]
 
+
+
+def plot_pareto(workdir: Path, points: dict[str, dict[str, list]], metric: str, teacher: str = "cls_predecessor") -> list[str]:
+    """A depth sweep's test metric (seed mean, 95% interval) against measured inference
+    speed-up over the teacher: one line per method through its depths, the teacher a point."""
+    if not any(method != teacher for method in points):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, p in points.items():
+        errors = [[m - low for m, (low, _) in zip(p["mean"], p["ci95"])], [high - m for m, (_, high) in zip(p["mean"], p["ci95"])]]
+        style = dict(fmt="*", ms=14, color="black") if method == teacher else dict(fmt="-o", ms=4)
+        label = f"teacher ({method})" if method == teacher else method
+        ax.errorbar(p["speedup"], p["mean"], yerr=errors, capsize=3, label=label, **style)
+        for x, y, depth in zip(p["speedup"], p["mean"], p["depth"]):
+            ax.annotate(f"{depth}L", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    ax.set(xlabel="measured inference speed-up over the teacher (raw text to probabilities)", ylabel=f"test {metric}")
+    ax.set_title("depth sweep: seed mean and 95% interval per depth", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic.save_figure(fig, workdir / "series_pareto.png", dpi=110)
+    plt.close(fig)
+    return ["series_pareto.png"]

@@ -20,8 +20,9 @@ from typing import Any, Iterable
 import ml_collections
 
 from theseus_jax import atomic
-from theseus_jax.experiments import plots, summary
+from theseus_jax.experiments import pareto, plots, summary
 from theseus_jax.experiments.stages import find, present, title
+from theseus_jax.throughput import Throughput
 
 PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
@@ -374,15 +375,23 @@ def _spread(spread: Spread | None, signed: bool = False) -> str:
 
 
 def write_series_report(
-    workdir: Path, results: dict[str, Any], comparison: Comparison, cfg: ml_collections.ConfigDict
+    workdir: Path, results: dict[str, Any], comparison: Comparison, cfg: ml_collections.ConfigDict,
+    speeds: dict[str, Throughput] | None = None,
 ) -> None:
+    """`speeds` (a depth sweep's measured speeds, {} before they are measured) adds the sweep's
+    Pareto table, figure and sentence."""
     workdir = Path(workdir)
     metric = comparison.metric
     figures = plots.plot_series(workdir, plots.series_points(results, metric), metric)
     figures += plots.plot_seeds(workdir, plots.seed_points(results, metric), metric)
+    sweep = None if speeds is None else pareto.rows(sweep_models(results, comparison, speeds))
+    if sweep is not None:
+        figures += plots.plot_pareto(workdir, pareto.points(sweep), metric)
+    extra = {} if sweep is None else {"sweep": {"rows": [r.to_json() for r in sweep],
+                                                "throughput": {name: t.to_json() for name, t in speeds.items()}}}
     atomic.write_text(
         workdir / "report.json",
-        _json({"comparison": comparison.to_json(), "stages": results, "plots": figures, "config": cfg.to_dict()}),
+        _json({"comparison": comparison.to_json(), "stages": results, **extra, "plots": figures, "config": cfg.to_dict()}),
     )
     seeds = comparison.seeds
     lines = [
@@ -413,5 +422,72 @@ def write_series_report(
     if len(seeds) > 1:
         lines += [f"Test {metric} per seed (in brackets: minus the truncated predecessor's in that seed):", "",
                   *per_seed_table(results, comparison), ""]
+    if sweep is not None:
+        lines += ["## Depth sweep", "", *pareto_table(sweep, metric), "", *throughput_table(speeds), ""]
     lines += [f"![{p}]({p})" for p in figures]
     atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
+
+
+def sweep_models(results: dict[str, Any], comparison: Comparison, speeds: dict[str, Throughput]) -> list[pareto.SweepModel]:
+    """The teacher and every depth variant of a depth sweep as per-seed records: test metric from
+    the stage records, RP and the paired difference to the truncated model of its depth from the
+    comparison, the measured speed-up."""
+    metric, models = comparison.metric, []
+    by_seed = lambda spread: {v["seed"]: v["value"] for v in spread.per_seed} if spread else {}
+    for name, r in results.items():
+        stage = find(name)
+        if name != pareto.TEACHER and not (stage and stage.depth):
+            continue
+        test = {e["seed"]: e["test"][metric] for e in r["per_seed"]}
+        teacher, versus = name == pareto.TEACHER, comparison.models.get(name, Versus(None, None))
+        diff = by_seed(versus.minus_truncated) if stage.student else {}
+        truncated = results.get(stage.truncated) if stage.student else None
+        models.append(pareto.SweepModel(
+            stage=name, method=stage.kind, depth=r["parameters"]["exported_layers"], parameters=r["parameters"]["exported_model"],
+            test=test, test_ci95=r.get("test_ci95"),
+            retained={seed: 1.0 for seed in test} if teacher else by_seed(versus.retained),
+            retained_ci95=[1.0, 1.0] if teacher else versus.retained and versus.retained.ci95,
+            minus_truncated=diff, minus_truncated_ci95=versus.minus_truncated.ci95 if diff else None,
+            truncated_collapsed=tuple(summary.collapsed_seeds(truncated)) if truncated else (),
+            speedup=speeds[name].speedup if name in speeds else None,
+        ))
+    return models
+
+
+def throughput_table(speeds: dict[str, Throughput]) -> list[str]:
+    """The measured speeds behind the speed-up column (or why there are none yet)."""
+    if not speeds:
+        return ["Speed-ups: measured once the series is done (the first seed's exported models on the test texts)."]
+    first = next(iter(speeds.values()))
+    lines = [
+        f"Measured inference speed, raw text to probabilities (`theseus_jax.throughput`): the first seed's exported "
+        f"models on the {first.texts} test texts, batch size {first.batch_size}, {first.threads} threads, all in one "
+        f"process, median of {first.rounds} passes each; speed-up = the teacher's time / the model's.",
+        "",
+        "| model | layers | texts/s | ms per batch | speed-up | peak memory GiB (process) |",
+        "|---|---|---|---|---|---|",
+    ]
+    return lines + [f"| `{t.name}` | {t.layers} | {t.texts_per_second:.1f} | {t.ms_per_batch:.2f} | {_fmt(t.speedup, 2)} | "
+                    f"{t.peak_rss_bytes / 2**30:.2f} |" for t in speeds.values()]
+
+
+def pareto_table(table: list[pareto.ParetoRow], metric: str) -> list[str]:
+    """A depth sweep's rows (`pareto.rows`), then the sentence a user wants."""
+    lines = [
+        f"| depth | model | parameters | measured speed-up | test {metric} mean ± std [95% interval] | "
+        "RP [interval] | minus truncated at that depth [interval]: verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        diff = "" if r.minus_truncated is None else (
+            ("+" if (r.minus_truncated.mean or 0) > 0 else "") + _pm(r.minus_truncated.mean, r.minus_truncated.std)
+            + f" {_interval(r.minus_truncated.ci95)}: **{r.verdict}** ({r.positive_seeds} of "
+            f"{len(r.minus_truncated.per_seed)} seeds positive)"
+        )
+        lines.append(
+            f"| {r.depth} | [`{r.stage}`]({r.stage}/report.md) | {r.parameters:,} | "
+            f"{'not measured' if r.speedup is None else f'{r.speedup:.2f}x'} | "
+            f"{_pm(r.test.mean, r.test.std)} {_interval(r.test.ci95)} | "
+            f"{_pm(r.retained.mean, r.retained.std, 3)} {_interval(r.retained.ci95)} | {diff} |"
+        )
+    return lines + ["", pareto.sentence(table)]

@@ -10,7 +10,8 @@ A depth variant, `dataclasses.replace(STAGES["cls_compress"], depth=4)`, is a st
 (`cls_compress_L4`, its own workdir and report rows) whose successor or truncated model has 4
 layers instead of `compression.num_successor_layers`; its model and teacher stages stay the
 same (the same seed's predecessor), and a student is compared with the truncated model of its
-depth. `find` reads such names back, so a series may list `cls_truncated_L4`.
+depth. `find` reads such names back, so a series may list `cls_truncated_L4`; `series` adds one
+variant per depth of `compression.depths` (a depth sweep) to the stages a series lists.
 """
 
 from __future__ import annotations
@@ -105,3 +106,25 @@ def present(names, **fields) -> list[Stage]:
     """The stages of `names` whose fields have the given values, in `ORDER` (then depth)."""
     stages = [s for s in map(find, names) if s and all(getattr(s, k) == v for k, v in fields.items())]
     return sorted(stages, key=lambda s: (ORDER.index(s.kind), s.depth or 0))
+
+
+def sweepable(stage: Stage) -> bool:
+    """A stage a depth sweep runs once per depth: a downstream stage whose model is the successor
+    or the truncated predecessor (the LM stages and cls_successor* keep one depth)."""
+    return stage.objective == "classification" and stage.depth is None and (stage.compresses or "truncated" in stage.starts)
+
+
+def parse_depths(text: str) -> list[int]:
+    """`compression.depths` ("6,4,3") as layer counts; [] when empty."""
+    return [int(d) for d in str(text).split(",") if d.strip()]
+
+
+def series(names: list[str], depths: list[int]) -> list[Stage]:
+    """A series' stages in running order. With `depths` (a depth sweep) each sweepable stage runs
+    once per depth, depth by depth, after the others (the teacher, cls_predecessor, runs once)."""
+    listed = [find(name) for name in names]
+    if not depths:
+        return listed
+    chosen = [s for s in listed if not sweepable(s)]
+    chosen += [dataclasses.replace(s, depth=d) for d in depths for s in listed if sweepable(s)]
+    return list({s.name: s for s in chosen}.values())

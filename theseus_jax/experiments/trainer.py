@@ -1,7 +1,8 @@
 """The training loop: jitted steps in the middle, I/O at the edges.
 
 One loop serves every pipeline (MLM or classification, plain or Theseus). It evaluates
-the validation split after every epoch (and every K steps if asked); a new best on the
+the validation split after every epoch, every K steps if asked and where `max_steps` ends
+the run (the per-step choices are `decide`, a pure function); a new best on the
 selection split exports the model as a Hugging Face checkpoint and keeps a device copy of
 its parameters. The test split is evaluated once, on that copy, when training ends (one
 test pass per run, not one per improvement), so a test number exists at the selected
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -45,6 +47,7 @@ from theseus_jax.training.distillation import Distillation
 log = logging.getLogger("theseus_jax")
 Batch = dict[str, np.ndarray]
 Params = dict[str, Any]
+Evaluation = tuple[dict[str, Any], dict[str, np.ndarray]]  # metrics, and classification's predictions
 
 
 class Loader(Protocol):
@@ -89,6 +92,51 @@ class TrainingJob:
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = off
     early_stopping_min_delta: float = 0.0
+    max_steps: int = 0  # > 0: training ends after this many steps, if the epochs hold more
+
+
+def run_steps(loader: Loader, epochs: int, max_steps: int = 0) -> int:
+    """The run's step count: `epochs` epochs, cut at `max_steps` if set; the loop and the
+    learning-rate and compression schedules (`pipelines._job`) read this one number."""
+    total = sum(loader.num_batches(e) for e in range(epochs))
+    return min(total, max_steps) if max_steps else total
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the loop does after a step, in this order."""
+
+    flush: bool  # fetch the pending metrics: before any evaluation or checkpoint, so a non-finite step is never saved
+    evaluate: bool
+    epoch_end: bool  # the next step starts the next epoch
+    save: bool
+    stop: bool  # on a signal: raise `Stopped` after the save
+
+
+def decide(
+    step: int, batch: int, batches: int, total_steps: int, signal: bool, pending: int, *, eval_every_steps: int,
+    checkpoint_every_steps: int, log_every_steps: int,
+) -> Decision:
+    """After `step` (batch `batch` of `batches`; `pending` steps' metrics on the device): an epoch's
+    or the run's last step evaluates and saves; in between, every `eval_every_steps` evaluates
+    (0: never), every `checkpoint_every_steps` saves, and so does a stop `signal`."""
+    epoch_end = batch == batches
+    last = epoch_end or step >= total_steps
+    evaluate = last or (eval_every_steps > 0 and step % eval_every_steps == 0)
+    save = last or signal or step % checkpoint_every_steps == 0
+    return Decision(evaluate or save or pending >= log_every_steps, evaluate, epoch_end, save, signal)
+
+
+def stops_early(evals_without_improvement: int, patience: int, step: int, total_steps: int) -> bool:
+    """After an evaluation at `step`: `patience` evaluations in a row without a gain (0: never
+    stop). A plateau at the last step stops nothing: the run trained to its end."""
+    return patience > 0 and evals_without_improvement >= patience and step < total_steps
+
+
+def batches_from(loader: Loader, epochs: int, epoch: int, batch: int) -> Iterator[tuple[int, Batch]]:
+    """(epoch, batch) pairs from batch `batch` of `epoch` on, across epochs."""
+    for e in range(epoch, epochs):
+        yield from ((e, b) for b in loader.batches(e, batch if e == epoch else 0))
 
 
 def better(metric: str, new: float, old: float, min_delta: float = 0.0) -> bool:
@@ -114,9 +162,7 @@ def plateau_count(
     return 0
 
 
-def evaluate(
-    eval_step: Callable, params: Params, loader: Loader, objective: str, desc: str
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str, desc: str) -> Evaluation:
     """Metrics over the whole evaluation set (padding rows ignored), and for classification
     the predictions in example order (`index`, `labels`, `probabilities`)."""
     totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
@@ -217,7 +263,7 @@ class _StepLog:
         self.tensorboard.close()
 
 
-def prefetch(batches: Iterable[Batch], transfer: Callable[[Batch], Any], size: int = 2) -> Iterator[Any]:
+def prefetch(batches: Iterable[Any], transfer: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:
     """`transfer(batch)` for each batch, started `size` batches ahead: while one step runs
     on the device, the next batches are prepared and already on their way to it."""
     queue: collections.deque = collections.deque()
@@ -234,20 +280,21 @@ class _PendingMetrics:
     transfer, then logs every step, updates the progress bar and checks the loss. Without a
     terminal (a run under nohup or a scheduler: no bar) each flush logs one progress line."""
 
-    def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog", total_steps: int) -> None:
+    def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog", step: int, total_steps: int) -> None:
         self.name, self.checkpoint_dir, self.step_log, self.total_steps = name, checkpoint_dir, step_log, total_steps
         self.steps: list[int] = []
         self.metrics: list[dict[str, jax.Array]] = []
-        self.bar: Any = None
+        self.bar = tqdm(total=total_steps, initial=step, desc=name, disable=None)
         self.last_flush = time.perf_counter()  # reset after evaluations: s/step counts training only
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.steps)
 
-    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    def add(self, step: int, epoch: int, metrics: dict[str, jax.Array]) -> None:
         self.steps.append(step)
         self.metrics.append(metrics)
+        self.epoch = epoch
 
     def flush(self) -> None:
         if not self.steps:
@@ -263,12 +310,11 @@ class _PendingMetrics:
                     "or set max_grad_norm, then rerun with --overwrite"
                 )
             self.step_log.write(step, scalars)
-            if self.bar is not None:
-                self.bar.update(1)
-                self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
         now = time.perf_counter()
         previous, self.last_flush = self.last_flush, now
-        if self.bar is not None and self.bar.disable:
+        if self.bar.disable:
             log.info(
                 "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step", self.name, self.epoch + 1, steps[-1],
                 self.total_steps, scalars["loss"],
@@ -291,13 +337,10 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    train_step = jax.jit(
-        steps.make_train_step(
-            job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps,
-            job.distillation,
-        ),
-        donate_argnums=(0,),
-    )
+    train_step = jax.jit(steps.make_train_step(
+        job.model, job.tx, job.trainable, job.objective, job.compression, job.learning_rate, job.accumulation_steps,
+        job.distillation,
+    ), donate_argnums=(0,))
     mesh = parallel.make_mesh(job.num_devices)
     # Outputs replicated: every process (and the host copy) sees every example's predictions.
     eval_step = jax.jit(steps.make_eval_step(job.model, job.objective), out_shardings=parallel.replicated(mesh))
@@ -318,9 +361,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     def elapsed() -> float:
         return time.perf_counter() - session_start
 
-    def evaluate_split(
-        params: Params, loader: Loader, split: str, at_step: int
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def evaluate_split(params: Params, loader: Loader, split: str, at_step: int) -> Evaluation:
         """`evaluate` over the mesh, its metrics logged at `at_step` (the step `params` come from)."""
         metrics, predictions = evaluate(
             lambda p, b: eval_step(p, parallel.shard_batch(b, mesh)), params, loader, job.objective, f"{job.name} {split}"
@@ -332,9 +373,9 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         if writer and predictions and job.test_texts is not None:
             write_predictions(workdir, job.test_texts, predictions)
 
-    def run_evaluation(epoch: int) -> bool:
-        """Evaluates, exports a new best model and keeps its parameters for the test
-        evaluation at the end; returns True if training should stop early."""
+    def run_evaluation(epoch: int) -> None:
+        """Evaluates, exports a new best model, keeps its parameters for the test evaluation
+        at the end and decides on early stopping."""
         nonlocal best_params
         entry: dict[str, Any] = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed()}
         entry["validation"], _ = evaluate_split(state.params, job.validation_loader, "validation", entry["step"])
@@ -352,87 +393,66 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             else:
                 best_params = kept_copy(state.params)
         progress.history.append(entry)
-        log.info(
-            "%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, int(state.step), job.selection, job.metric,
-            value, progress.best[job.selection][job.metric],
-        )
-        progress.evals_without_improvement = plateau_count(
+        log.info("%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, entry["step"], job.selection,
+                 job.metric, value, progress.best[job.selection][job.metric])
+        count = progress.evals_without_improvement = plateau_count(
             progress.evals_without_improvement, job.metric, value, previous_best, job.early_stopping_min_delta,
             replacing=replacing_at(job.compression, entry["step"]),
         )
-        patience = job.early_stopping_patience
-        # A plateau at the last evaluation stops nothing: the run trained to its end.
-        progress.stopped_early = bool(patience) and progress.evals_without_improvement >= patience and entry["step"] < total_steps
-        return progress.stopped_early
-
-    def test_at_best() -> None:
-        """The test split, once, on the selected step's parameters (validation selection)."""
-        nonlocal best_params
-        metrics, predictions = evaluate_split(best_params, job.test_loader, "test", progress.best["step"])
-        record_test(progress, metrics)
-        publish_test(predictions)
-        best_params = None
-        progress.elapsed_s = elapsed()
-        log.info(
-            "%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"], job.metric,
-            progress.best["validation"][job.metric], job.metric, metrics[job.metric],
-        )
+        progress.stopped_early = stops_early(count, job.early_stopping_patience, entry["step"], total_steps)
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
-    total_steps = sum(job.train_loader.num_batches(e) for e in range(job.epochs))
+    total_steps = run_steps(job.train_loader, job.epochs, job.max_steps)
     if job.early_stopping_patience and replacing_at(job.compression, total_steps - 1):
         log.warning("%s: early stopping is off: it counts evaluations after the replacement phase, and p stays "
                     "below 1 here (compression.replacing_steps ends the phase)", job.name)
-    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, total_steps)
+    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, step, total_steps)
 
     def stopped(signum: int, saved: bool) -> preemption.Stopped:
-        where = f"at step {step} of {total_steps}"
         saved_in = f", checkpoint saved in {workdir / 'checkpoints'}" if saved else ""
-        name = signal.Signals(signum).name
-        return preemption.Stopped(f"{job.name}: stopped by {name} {where}{saved_in}; rerun the same command to resume", signum)
+        return preemption.Stopped(f"{job.name}: stopped by {signal.Signals(signum).name} at step {step} of {total_steps}"
+                                  f"{saved_in}; rerun the same command to resume", signum)
 
     try:
         stop = preemption.requested(step)  # a signal while the previous stage finished: train nothing
         if stop:
             raise stopped(stop, saved=False)
-        while progress.epoch < job.epochs and not progress.stopped_early:
-            epoch = progress.epoch
-            total = job.train_loader.num_batches(epoch)
-            bar = tqdm(total=total, initial=progress.batch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}", disable=None)
-            pending.bar, pending.epoch, pending.last_flush = bar, epoch, time.perf_counter()
-            for batch in prefetch(job.train_loader.batches(epoch, progress.batch), lambda b: parallel.shard_batch(b, mesh)):
-                state, metrics = train_step(state, batch, rng)  # dispatched: the device runs ahead
-                step += 1
-                progress.batch += 1
-                pending.add(step, metrics)
-                faults.point("train_step")
-                stop = preemption.requested(step)
-                # An epoch's last step stops after the epoch's evaluation and checkpoint, below.
-                stop_now = bool(stop) and progress.batch < total
-                evaluate_now = bool(job.eval_every_steps) and step % job.eval_every_steps == 0 and progress.batch < total
-                save_now = (step % job.checkpoint_every_steps == 0 or stop_now) and progress.batch < total
-                if evaluate_now or save_now or len(pending) >= job.log_every_steps:
-                    pending.flush()  # before any checkpoint: a non-finite step is never saved
-                if evaluate_now and run_evaluation(epoch):
-                    break
-                if evaluate_now:
-                    pending.last_flush = time.perf_counter()
-                if save_now:
-                    progress.elapsed_s = elapsed()
-                    checkpoints.save(step, state, progress, best_params)
-                if stop_now:
-                    raise stopped(stop, saved=True)
-            pending.flush()
-            bar.close()
-            if not progress.stopped_early:
+        left = 0 if progress.stopped_early else max(total_steps - step, 0)
+        batches = itertools.islice(batches_from(job.train_loader, job.epochs, progress.epoch, progress.batch), left)
+        for epoch, batch in prefetch(batches, lambda b: (b[0], parallel.shard_batch(b[1], mesh))):
+            state, metrics = train_step(state, batch, rng)  # dispatched: the device runs ahead
+            step += 1
+            progress.batch += 1
+            pending.add(step, epoch, metrics)
+            faults.point("train_step")
+            stop = preemption.requested(step)
+            now = decide(
+                step, progress.batch, job.train_loader.num_batches(epoch), total_steps, bool(stop), len(pending),
+                eval_every_steps=job.eval_every_steps, checkpoint_every_steps=job.checkpoint_every_steps,
+                log_every_steps=job.log_every_steps,
+            )
+            if now.flush:
+                pending.flush()
+            if now.evaluate:
                 run_evaluation(epoch)
-            progress.epoch, progress.batch = epoch + 1, 0
-            progress.elapsed_s = elapsed()
-            checkpoints.save(step, state, progress, best_params)
-            if stop:
+                pending.last_flush = time.perf_counter()  # s/step counts training only
+            if now.epoch_end:
+                progress.epoch, progress.batch = epoch + 1, 0
+            if now.save or progress.stopped_early:
+                progress.elapsed_s = elapsed()
+                checkpoints.save(step, state, progress, best_params)
+            if now.stop:
                 raise stopped(stop, saved=True)
-        if awaits_test(progress):  # trained to the end or stopped early, now or before a rerun
-            test_at_best()
+            if progress.stopped_early:
+                break
+        pending.bar.close()
+        if awaits_test(progress):  # trained to the end or stopped early, now or before a rerun: test, once
+            metrics, predictions = evaluate_split(best_params, job.test_loader, "test", progress.best["step"])
+            record_test(progress, metrics)
+            publish_test(predictions)
+            best_params, progress.elapsed_s = None, elapsed()
+            log.info("%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"],
+                     job.metric, progress.best["validation"][job.metric], job.metric, metrics[job.metric])
     finally:
         checkpoints.close()
         step_log.close()

@@ -12,6 +12,7 @@ import re
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -72,15 +73,19 @@ def decay_mask(params: Params) -> Params:
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
-    """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`."""
+    """Linear warm-up to `peak`, then linear decay to 0 at `total_steps`, and 0 after.
+
+    The decay scales the steps left (an exact integer, 0 at the end) rather than optax's
+    `1 - step / n`: under jit, XLA turns that division into a multiplication by a rounded
+    1/n, and the rate ended slightly below 0 (-1.5e-8 * peak for n = 5) and stayed there."""
     warmup_steps = min(warmup_steps, total_steps)
-    return optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
-            optax.linear_schedule(peak, 0.0, max(total_steps - warmup_steps, 1)),
-        ],
-        [warmup_steps],
-    )
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        warm = jnp.minimum(step / warmup_steps, 1.0) if warmup_steps else 1.0
+        return peak * jnp.minimum(warm, jnp.clip(total_steps - step, 0, decay_steps) / decay_steps)
+
+    return schedule
 
 
 def make_optimizer(
