@@ -102,7 +102,8 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
             for (name, probs), (t, params, layers) in zip(models.items(), ((30.0, 1000, 6), (12.0, 600, 3), (10.0, 600, 3)))
         },
     }
-    out = report.compare(results, cfg)
+    comparison = report.compare(results, cfg)
+    out = comparison.to_json()  # report.json's keys
     f1 = {name: np.array([skm.f1_score(labels, models[name][s].argmax(1), average="macro") for s in range(3)]) for name in models}
     rp = f1["cls_successor"] / f1["cls_predecessor"]
     diff = f1["cls_successor"] - f1["cls_truncated"]
@@ -143,11 +144,11 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     assert out["retained_performance_ci95_cls_truncated"] == pytest.approx([low, high], rel=1e-9)
     assert out["finetuning_speedup_cls_truncated"] == pytest.approx(30 / 10)
     assert out["compression_ratio_cls_truncated"] == pytest.approx(1000 / 600)
-    table = {row.split("[`")[1].split("`")[0]: row.split(" | ") for row in report.comparison_table(results, out) if "[`" in row}
+    table = {row.split("[`")[1].split("`")[0]: row.split(" | ") for row in report.comparison_table(results, comparison) if "[`" in row}
     assert table["cls_truncated"][4] == f"{rp_truncated.mean():.4f} ± {rp_truncated.std(ddof=1):.4f} [{low:.4f}, {high:.4f}]"
     assert table["cls_truncated"][6] == "3.00 |"
     assert table["cls_truncated"][2] == "600 (1.67)"
-    cells = [[c.strip() for c in row.strip("|").split("|")] for row in report.per_seed_table(results, out)[2:]]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in report.per_seed_table(results, comparison)[2:]]
     per_seed = {c[0].strip("`"): c[1:] for c in cells}
     assert per_seed["cls_successor"] == [f"{v:.4f} ({d:+.4f})" for v, d in zip(f1["cls_successor"], diff)]
     assert per_seed["cls_truncated"] == [f"{v:.4f}" for v in f1["cls_truncated"]]  # the baseline itself
@@ -156,7 +157,7 @@ def test_series_comparison_is_computed_from_the_recorded_numbers(tmp_path):
     assert out["successor_vs_truncated"] == "not separated"
     # A truncated baseline that collapsed in one seed is no comparison, whatever the mean says.
     results["cls_truncated"]["per_seed"][1]["collapsed"] = True
-    assert report.compare(results, cfg)["successor_vs_truncated"] == "not comparable: the baseline collapsed in seeds [1]"
+    assert report.compare(results, cfg).models["cls_successor"].vs_truncated == "not comparable: the baseline collapsed in seeds [1]"
     # The seeds plot draws every downstream seed's test metric, collapsed ones marked.
     points = plots.seed_points(results, "macro_f1")
     assert list(points) == ["cls_predecessor", "cls_successor", "cls_truncated"]
@@ -321,3 +322,31 @@ def test_series_plot_draws_each_models_validation_metric_per_training_step(tmp_p
     assert drawn["lines"] == [  # each model's (step, validation) pairs, then its selected point
         ([15, 30, 45, 60], [0.5, 0.7, 0.65, 0.6]), ([30], [0.7]), ([8, 16], [0.4, 0.55]), ([16], [0.55]),
     ]
+
+
+def test_a_ratio_to_a_zero_metric_is_not_available_and_the_series_report_is_written(tmp_path):
+    """A predecessor whose test macro F1 is 0 in one seed (every prediction wrong, by hand)
+    leaves the RP of that seed undefined: null in report.json, "n/a" in report.md, no crash."""
+    cfg = ml_collections.ConfigDict(
+        {"cls": {"metric": "macro_f1"}, "seeds": "0,1", "selection": "validation", "bootstrap": {"resamples": 50, "seed": 0}}
+    )
+    labels = np.array([0, 1] * 10)
+    right, wrong = (np.eye(2)[labels] * 0.8 + 0.1), (np.eye(2)[1 - labels] * 0.8 + 0.1)
+    assert skm.f1_score(labels, wrong.argmax(1), average="macro") == 0.0
+    results = {
+        name: _stage(tmp_path, name, "classification", "macro_f1", 10.0, 1000 if name == "cls_predecessor" else 600,
+                     4 if name == "cls_predecessor" else 2, seeds)
+        for name, seeds in (("cls_predecessor", {0: (labels, right), 1: (labels, wrong)}),
+                            ("cls_truncated", {0: (labels, right), 1: (labels, right)}))
+    }
+    for stage in results.values():
+        stage["per_seed"] = [{**e, "learning_rate": 1e-4, "selected_step": 1} for e in stage["per_seed"]]
+    comparison = report.compare(results, cfg)
+    out = comparison.to_json()
+    assert [v["value"] for v in out["retained_performance_per_seed_cls_truncated"]] == [1.0, None]
+    assert out["retained_performance_cls_truncated"] is None and out["retained_performance_ci95_cls_truncated"] is None
+    report.write_series_report(tmp_path, results, comparison, cfg)
+    written = json.loads((tmp_path / "report.json").read_text())["comparison"]
+    assert written["retained_performance_cls_truncated"] is None
+    row = next(r for r in (tmp_path / "report.md").read_text().splitlines() if "[`cls_truncated`]" in r and "(1.67)" in r)
+    assert row.split(" | ")[4] == "n/a n/a"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -53,6 +54,8 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
         (evaluation,) = card.data.eval_results
         assert (evaluation.metric_type, evaluation.metric_value) == (stage["metric"], stage["test"][stage["metric"]])
         assert (workdir / name / "report.md").exists() and (workdir / name / "steps.png").exists()
+        # The process's peak memory at the run's end: at most the launch process's peak.
+        assert 0 < stage["peak_rss_bytes"] <= resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     # Layers: 4-layer predecessor, 2-layer successor and truncated model.
     assert stages["cls_predecessor"]["parameters"]["exported_layers"] == 4
     assert stages["cls_successor"]["parameters"]["exported_layers"] == 2

@@ -282,9 +282,9 @@ def test_a_series_with_several_seeds_runs_seed_major_and_reports_after_each_seed
         return {"per_seed": [{"seed": s, "best_model_dir": f"{stage.name}/{s}"} for s in seeds]}
 
     monkeypatch.setattr(pipelines, "run_stage", fake_stage)
-    monkeypatch.setattr(report, "compare", lambda results, cfg, seeds: {"seeds": seeds})
-    monkeypatch.setattr(report, "write_series_report", lambda wd, results, comparison, cfg: reports.append(comparison["seeds"]))
-    cfg = ml_collections.ConfigDict({"seeds": "3,1", "cls_model": "predecessor",
+    monkeypatch.setattr(report, "compare", lambda results, cfg, seeds: report.Comparison("macro_f1", "validation", seeds))
+    monkeypatch.setattr(report, "write_series_report", lambda wd, results, comparison, cfg, speeds: reports.append(comparison.seeds))
+    cfg = ml_collections.ConfigDict({"seeds": "3,1", "cls_model": "predecessor", "compression": {"depths": ""},
                                      "series": {"stages": "cls_predecessor,cls_compress,cls_truncated"}})
     out = pipelines.series(cfg, tmp_path)
     assert [(name, seeds) for name, seeds, _ in calls] == [

@@ -43,6 +43,7 @@ from theseus_jax import atomic, throughput
 from theseus_jax.experiments import datasets, model_card, pareto, report, stages, summary, teacher
 from theseus_jax.experiments.stages import CLS_MODEL, CONFIGURED_TEACHER, STAGES, Stage, find
 from theseus_jax.experiments.trainer import TrainingJob, run_steps, train
+from theseus_jax.memory import peak_rss_bytes
 from theseus_jax.models.bert import HEADS, BertConfig, BertModel
 from theseus_jax.models.hub import resolve_model
 from theseus_jax.tokenization import TOKENIZER_SOURCES, load_tokenizer, packaged_model_dir
@@ -155,50 +156,33 @@ def _job(
 
 
 def _run(
-    job: TrainingJob,
-    workdir: Path,
-    cfg: ml_collections.ConfigDict,
-    loaders: datasets.Loaders,
-        predecessor_size: int | None = None,
+    job: TrainingJob, workdir: Path, cfg: ml_collections.ConfigDict, loaders: datasets.Loaders,
+    predecessor_size: int | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) one job and writes its report (`run_stage` reuses a finished one)."""
     exported_config, exported = job.export(job.params)  # before training donates the params
     exported_params = theseus.count_params(exported)
     trained_params = theseus.count_params(job.params)
     progress = train(job, workdir)
-    stage = cfg.lm if job.objective == "mlm" else cfg.cls
-    result = {
-        "name": job.name,
-        "pipeline": job.name,
-        "objective": job.objective,
-        "metric": job.metric,
-        "selection": job.selection,
-        "seed": cfg.seed,
-        "learning_rate": float(stage.learning_rate),
-        "history": progress.history,
-        "best": progress.best,
-        "time_until_best_s": progress.best["elapsed_s"] if progress.best else None,
-        "total_time_s": progress.elapsed_s,
-        "stopped_early": progress.stopped_early,
-        "distillation": dataclasses.asdict(job.distillation) | {"teacher": str(job.teacher)} if job.distillation else None,
-        "parameters": {
-            "trained_model": trained_params,
-            "exported_model": exported_params,
-            "exported_layers": exported_config.num_hidden_layers,
-        },
-        "data": loaders.statistics,
-        "run_dir": str(workdir),
-        "best_model_dir": str(workdir / "best"),
+    record = summary.RunRecord(
+        name=job.name, objective=job.objective, metric=job.metric, selection=job.selection, seed=cfg.seed,
+        learning_rate=float(_settings(cfg, job.objective).learning_rate), history=progress.history,
+        best=progress.best, time_until_best_s=progress.best["elapsed_s"] if progress.best else None,
+        total_time_s=progress.elapsed_s, stopped_early=progress.stopped_early,
+        distillation=dataclasses.asdict(job.distillation) | {"teacher": str(job.teacher)} if job.distillation else None,
+        parameters={"trained_model": trained_params, "exported_model": exported_params,
+                    "exported_layers": exported_config.num_hidden_layers},
+        data=loaders.statistics, run_dir=str(workdir), best_model_dir=str(workdir / "best"),
+        compression_ratio=None if predecessor_size is None else predecessor_size / exported_params,  # of the successor
+        peak_rss_bytes=peak_rss_bytes(),
         **summary.run_record(progress.best, job.objective, job.metric, workdir, cfg),
-    }
-    if result["collapsed"]:
+    )
+    if record.collapsed:
         log.warning(
             "%s: COLLAPSED: the selected model gives one class %.1f%% of its predictions (classes predicted: %s)",
-            job.name, 100 * max(result["largest_class_share"].values()), result["predicted_classes"],
+            job.name, 100 * max(record.largest_class_share.values()), record.predicted_classes,
         )
-    result["per_seed"] = [{key: result.get(key) for key in summary.PER_SEED_KEYS}]
-    if predecessor_size is not None:  # a compression run: CR of the exported successor
-        result["compression_ratio"] = predecessor_size / exported_params
+    result = record.to_json()
     if parallel.is_writer():
         report.write_run_report(workdir, result, cfg)
         _write_card(result, workdir, cfg)
@@ -250,14 +234,6 @@ def _distil(job: TrainingJob, cfg: ml_collections.ConfigDict, workdir: Path, tea
     )
 
 
-def _lm_baseline_run(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-    source = load_model(cfg, "mlm")
-    loaders = datasets.mlm_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.lm.max_length))
-    job = _job("lm_baseline", cfg, cfg.lm, "mlm", HEADS["mlm"](source.config), source.params, cfg.lm.trainable,
-               loaders, lambda p: (source.config, p), source.tokenizer_dir)
-    return _run(job, workdir, cfg, loaders)
-
-
 def _theseus_params(cfg: ml_collections.ConfigDict, source: ModelSource) -> dict:
     """The predecessor's layers plus the successor's copies: of its own layers, or with
     `compression.successor_init=pretrained` of the pretrained model.path's."""
@@ -277,41 +253,43 @@ def _compress(
     cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, path: str | None = None,
     teacher_dir: str | None = None,
 ) -> dict[str, Any]:
-    head = objective  # the head of each objective carries its name
-    source = load_model(cfg, head, path)
-    predecessor_size = theseus.count_params(source.params)
-    tokenizer = load_tokenizer(source.tokenizer_dir, (cfg.lm if objective == "mlm" else cfg.cls).max_length)
-    loaders = datasets.mlm_loaders(cfg, tokenizer) if objective == "mlm" else datasets.classification_loaders(cfg, tokenizer)
-    n = cfg.compression.num_successor_layers
-    params = _theseus_params(cfg, source)
-    model = theseus.theseus_model(source.config, head, n)
-    stage = cfg.lm if objective == "mlm" else cfg.cls
-    job = _job(name, cfg, stage, objective, model, params, cfg.compression.trainable, loaders,
+    source = load_model(cfg, objective, path)  # the head of each objective carries its name
+    loaders, n = _loaders(cfg, objective, source.tokenizer_dir), cfg.compression.num_successor_layers
+    job = _job(name, cfg, _settings(cfg, objective), objective, theseus.theseus_model(source.config, objective, n),
+               _theseus_params(cfg, source), cfg.compression.trainable, loaders,
                lambda p: theseus.extract_successor(source.config, p), source.tokenizer_dir,
                compression_of=lambda total: steps.Compression(_schedule(cfg, total, loaders.train.num_batches(0)), n))
-    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, predecessor_size)
+    return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders, theseus.count_params(source.params))
 
 
-def _cls_baseline_run(
-    cfg: ml_collections.ConfigDict, workdir: Path, model: str, name: str, teacher_dir: str | None = None
+def _plain(
+    cfg: ml_collections.ConfigDict, workdir: Path, objective: str, name: str, model: str, teacher_dir: str | None
 ) -> dict[str, Any]:
-    if model in ("predecessor", "truncated"):
-        source = load_model(cfg, "classification")
-    else:
-        source = load_model(cfg, "classification", path=model)
-        family = source.config.family
-        if family.classifier == "pooler" and _architecture(model) == family.architectures["mlm"]:
-            # An MLM checkpoint has no pooler: keep the predecessor's (pretrained) one rather
-            # than a random init. (Families whose classifier has its own head start it fresh,
-            # as transformers does.)
-            source.params["bert"]["pooler"] = load_model(cfg, "none").params["pooler"]
+    """Training of a plain model: `predecessor`, `truncated` (its bottom n layers) or a checkpoint folder."""
+    path = None if model in ("predecessor", "truncated") else model
+    source = load_model(cfg, objective, path)
+    family = source.config.family
+    if path and objective == "classification" and family.classifier == "pooler" and _architecture(path) == family.architectures["mlm"]:
+        # An MLM checkpoint has no pooler: keep the predecessor's (pretrained) one rather
+        # than a random init. (Families whose classifier has its own head start it fresh,
+        # as transformers does.)
+        source.params["bert"]["pooler"] = load_model(cfg, "none").params["pooler"]
     if model == "truncated":
         config, params = theseus.truncate_layers(source.config, source.params, cfg.compression.num_successor_layers)
         source = ModelSource(config, params, source.tokenizer_dir)
-    loaders = datasets.classification_loaders(cfg, load_tokenizer(source.tokenizer_dir, cfg.cls.max_length))
-    job = _job(name, cfg, cfg.cls, "classification", HEADS["classification"](source.config), source.params,
-               cfg.cls.trainable, loaders, lambda p: (source.config, p), source.tokenizer_dir)
+    loaders, settings = _loaders(cfg, objective, source.tokenizer_dir), _settings(cfg, objective)
+    job = _job(name, cfg, settings, objective, HEADS[objective](source.config), source.params, settings.trainable, loaders,
+               lambda p: (source.config, p), source.tokenizer_dir)
     return _run(_distil(job, cfg, workdir, teacher_dir), workdir, cfg, loaders)
+
+
+def _settings(cfg: ml_collections.ConfigDict, objective: str) -> ml_collections.ConfigDict:
+    return cfg.lm if objective == "mlm" else cfg.cls
+
+
+def _loaders(cfg: ml_collections.ConfigDict, objective: str, tokenizer_dir: Path) -> datasets.Loaders:
+    tokenizer = load_tokenizer(tokenizer_dir, _settings(cfg, objective).max_length)
+    return datasets.mlm_loaders(cfg, tokenizer) if objective == "mlm" else datasets.classification_loaders(cfg, tokenizer)
 
 
 def _source(
@@ -335,9 +313,7 @@ def _train(stage: Stage, cfg: ml_collections.ConfigDict, workdir: Path, model: s
     if stage.compresses:
         return _compress(cfg, workdir, stage.objective, stage.name,
                          None if model in ("predecessor", "truncated") else model, teacher_dir)
-    if stage.objective == "mlm":
-        return _lm_baseline_run(cfg, workdir)
-    return _cls_baseline_run(cfg, workdir, model, stage.name, teacher_dir)
+    return _plain(cfg, workdir, stage.objective, stage.name, model, teacher_dir)
 
 
 def run_stage(
@@ -352,8 +328,7 @@ def run_stage(
     if stage.depth:
         cfg = ml_collections.ConfigDict(cfg.to_dict())
         cfg.compression.num_successor_layers = stage.depth
-    key = "lm" if stage.objective == "mlm" else "cls"
-    configured, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(cfg[key])
+    configured, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(_settings(cfg, stage.objective))
     runs: dict[int, list[dict[str, Any]]] = {}
     for seed in seeds or configured:
         runs[seed] = []
@@ -361,7 +336,8 @@ def run_stage(
             folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
             if (folder / "report.json").exists():
                 log.info("%s: already finished, reusing %s", stage.name, folder / "report.json")
-                finished = summary.with_current_collapse(json.loads((folder / "report.json").read_text()))
+                stored = summary.RunRecord.from_json(json.loads((folder / "report.json").read_text())).to_json()
+                finished = summary.with_current_collapse(stored)
                 card = folder / "best" / model_card.CARD_FILE
                 if parallel.is_writer() and (folder / "best").is_dir() and not card.exists():
                     log.info("%s: writing the model card its export lacked, %s", stage.name, card)  # finished before cards
@@ -370,7 +346,7 @@ def run_stage(
                 continue
             run_cfg = ml_collections.ConfigDict(cfg.to_dict())
             run_cfg.seed = seed
-            run_cfg[key].learning_rate = rate
+            _settings(run_cfg, stage.objective).learning_rate = rate
             model, teacher_dir = (_source(s, cfg, previous, seed) for s in (stage.starts, (stage.teacher,)))
             runs[seed].append(_train(stage, run_cfg, folder, model, teacher_dir))
     record = summary.stage_record(stage.name, runs, cfg)
@@ -402,7 +378,7 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             log.info("series: seeds %s done of %s; report.md covers them", seeds[:done], seeds)
     if depths and parallel.is_writer():
         report.write_series_report(workdir, results, comparison, cfg, _speeds(cfg, workdir, results, measure=True))
-    return {"stages": results, "comparison": comparison}
+    return {"stages": results, "comparison": comparison.to_json()}
 
 
 SPEEDS = "throughput.json"

@@ -11,10 +11,11 @@ source study's protocol, which flatters every model).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import ml_collections
 
@@ -147,131 +148,190 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _labels(results: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """(key suffix, model word) of each stage compared with the predecessor: the students (the
-    first present's keys unsuffixed: `retained_performance`, `successor_minus_truncated`), then
-    the truncated baselines (`retained_performance_cls_truncated`), so its row is as complete."""
-    students = present(results, student=True)
+def _labels(stages: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """(key suffix, model word) of each stage compared with the predecessor in report.json: the
+    students (the first present's keys unsuffixed: `retained_performance`,
+    `successor_minus_truncated`), then the truncated baselines (`retained_performance_cls_truncated`)."""
+    students = present(stages, student=True)
     labels = {s.name: ("", "successor") if i == 0 else (f"_{s.name}", s.name) for i, s in enumerate(students)}
-    return labels | {t.name: (f"_{t.name}", t.name[4:]) for t in present(results, kind="cls_truncated")}
+    return labels | {t.name: (f"_{t.name}", t.name[4:]) for t in present(stages, kind="cls_truncated")}
 
 
-def _versus_predecessor(
-    results: dict[str, Any], stage: str, suffix: str, cfg: ml_collections.ConfigDict
-) -> dict[str, Any]:
-    """CR, RP (per seed, mean, std, interval) and fine-tuning speedup of `stage` against
-    `cls_predecessor`, its keys ending in `suffix`: the same numbers for every smaller model."""
-    metric = cfg.cls.metric
-    model, predecessor = results[stage], results.get("cls_predecessor")
-    if predecessor is None:
-        return {f"compression_ratio{suffix}": None, f"finetuning_speedup{suffix}": None}
-    rp = summary.describe(summary.paired_by_seed(model, predecessor, metric, lambda a, b: _ratio(a, b)))
-    return {
-        f"compression_ratio{suffix}": _ratio(predecessor["parameters"]["exported_model"], model["parameters"]["exported_model"]),
-        f"retained_performance{suffix}": rp["mean"],
-        f"retained_performance_std{suffix}": rp["std"],
-        f"retained_performance_per_seed{suffix}": rp["per_seed"],
-        f"retained_performance_ci95{suffix}": summary.seed_interval(
-            metric, [model, predecessor], lambda a, b: (a / b).mean(0), cfg
-        ),
-        f"finetuning_speedup{suffix}": _ratio(predecessor["time_until_best_s"], model["time_until_best_s"]),
-    }
+@dataclasses.dataclass
+class Spread:
+    """A statistic over seeds: mean and standard deviation (None where undefined), the per-seed
+    values, the bootstrap interval."""
+
+    mean: float | None
+    std: float | None
+    per_seed: list[dict[str, Any]]
+    ci95: list[float] | None
+
+    def to_json(self, stem: str, suffix: str) -> dict[str, Any]:
+        return dict(zip(self.keys(stem, suffix), vars(self).values()))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], stem: str, suffix: str) -> Spread | None:
+        keys = cls.keys(stem, suffix)
+        return cls(*(data.get(key) for key in keys)) if keys[0] in data else None
+
+    @property
+    def positive_seeds(self) -> int:
+        return sum(1 for v in self.per_seed if v["value"] is not None and v["value"] > 0)
+
+    @staticmethod
+    def keys(stem: str, suffix: str) -> list[str]:  # `<stem><suffix>`, `<stem>_std<suffix>`, ...
+        return [stem + ("" if part == "mean" else f"_{part}") + suffix for part in ("mean", "std", "per_seed", "ci95")]
 
 
-def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list[int] | None = None) -> dict[str, Any]:
+@dataclasses.dataclass
+class Versus:
+    """A smaller model against the predecessor (CR, RP, fine-tuning speedup; None without it)
+    and, a student, against the truncated model of its depth (paired difference, verdict)."""
+
+    test: float | None
+    validation: float | None
+    compression_ratio: float | None = None
+    finetuning_speedup: float | None = None
+    retained: Spread | None = None
+    minus_truncated: Spread | None = None
+    vs_truncated: str | None = None
+
+    def to_json(self, metric: str, suffix: str, model: str) -> dict[str, Any]:
+        out = {f"compression_ratio{suffix}": self.compression_ratio, f"finetuning_speedup{suffix}": self.finetuning_speedup,
+               f"{metric}_{model}": self.test, f"validation_{metric}_{model}": self.validation}
+        if self.retained:
+            out |= self.retained.to_json("retained_performance", suffix)
+        if self.minus_truncated:
+            out |= self.minus_truncated.to_json(f"{model}_minus_truncated", "") | {
+                f"{model}_minus_truncated_positive_seeds": self.minus_truncated.positive_seeds,
+                f"{model}_vs_truncated": self.vs_truncated}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], metric: str, suffix: str, model: str) -> Versus:
+        return cls(
+            data.get(f"{metric}_{model}"), data.get(f"validation_{metric}_{model}"), data.get(f"compression_ratio{suffix}"),
+            data.get(f"finetuning_speedup{suffix}"), Spread.from_json(data, "retained_performance", suffix),
+            Spread.from_json(data, f"{model}_minus_truncated", ""), data.get(f"{model}_vs_truncated"),
+        )
+
+
+LM_STAGES, LM_NUMBERS = ("lm_baseline", "lm_compress"), ("perplexity", "validation_perplexity", "time_until_best_s")
+
+
+@dataclasses.dataclass
+class Comparison:
+    """A series' comparison (report.json's `comparison`, whose keys `to_json` and `from_json` keep)."""
+
+    metric: str
+    selection: str
+    seeds: list[int]
+    predecessor: Versus = dataclasses.field(default_factory=lambda: Versus(None, None))  # its test, validation metric
+    models: dict[str, Versus] = dataclasses.field(default_factory=dict)  # by stage: students, then truncated
+    collapsed_stages: list[str] = dataclasses.field(default_factory=list)
+    lm: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # by LM stage: LM_NUMBERS
+    lm_finetuning_speedup: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        metric = self.metric
+        out = {"metric": metric, "selection": self.selection, "seeds": self.seeds, f"{metric}_predecessor": self.predecessor.test,
+               f"validation_{metric}_predecessor": self.predecessor.validation}
+        for stage, (suffix, model) in _labels(self.models).items():
+            out |= self.models[stage].to_json(metric, suffix, model)
+        out |= {"collapsed_stages": self.collapsed_stages} if self.collapsed_stages else {}
+        out |= {f"{key}_{stage}": value for stage, numbers in self.lm.items() for key, value in numbers.items()}
+        return out | ({} if self.lm_finetuning_speedup is None else {"lm_finetuning_speedup": self.lm_finetuning_speedup})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], stages: Iterable[str]) -> Comparison:
+        """`stages`: the series' stage names (report.json's `stages`), which the keys' words stand for."""
+        metric = data["metric"]
+        return cls(
+            metric, data["selection"], data["seeds"],
+            Versus(data.get(f"{metric}_predecessor"), data.get(f"validation_{metric}_predecessor")),
+            {stage: Versus.from_json(data, metric, *label) for stage, label in _labels(stages).items()},
+            data.get("collapsed_stages", []),
+            {s: {key: data[f"{key}_{s}"] for key in LM_NUMBERS} for s in LM_STAGES if f"perplexity_{s}" in data},
+            data.get("lm_finetuning_speedup"),
+        )
+
+
+def _versus(results: dict[str, Any], name: str, cfg: ml_collections.ConfigDict) -> Versus:
+    """CR, RP (per seed, mean, std, interval) and fine-tuning speedup of a stage against
+    `cls_predecessor` and, a student, its paired difference to the truncated model of its depth."""
+    metric, stage = cfg.cls.metric, find(name)
+    model, predecessor, truncated = results[name], results.get("cls_predecessor"), results.get(stage.truncated)
+    versus = Versus(model["test"].get(metric), model["validation"].get(metric))
+    if predecessor is not None:
+        versus.compression_ratio = _ratio(predecessor["parameters"]["exported_model"], model["parameters"]["exported_model"])
+        versus.finetuning_speedup = _ratio(predecessor["time_until_best_s"], model["time_until_best_s"])
+        rp = summary.describe(summary.paired_by_seed(model, predecessor, metric, _ratio))
+        versus.retained = Spread(**rp, ci95=None if rp["mean"] is None else summary.seed_interval(
+            metric, [model, predecessor], lambda a, b: (a / b).mean(0), cfg))
+    if stage.student and truncated is not None:
+        diff = summary.describe(summary.paired_by_seed(model, truncated, metric, lambda a, b: a - b))
+        versus.minus_truncated = Spread(**diff, ci95=summary.seed_interval(
+            metric, [model, truncated], lambda a, b: (a - b).mean(0), cfg))
+        versus.vs_truncated = summary.verdict(diff["per_seed"], versus.minus_truncated.ci95, summary.collapsed_seeds(truncated))
+    return versus
+
+
+def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list[int] | None = None) -> Comparison:
     """CR, RP and speedups from the stages' recorded numbers (test metric at the selected
     steps, means over seeds), with per-seed values, standard deviations and bootstrap intervals.
 
-    The students are `cls_successor` (compressed during MLM), `cls_compress` (compressed during
-    downstream training), their distilled variants and the distilled truncated model
-    (the registry's students); the unsuffixed keys describe the first present. The truncated
-    baseline's CR, RP and speedup end in `_cls_truncated`, so its row is as complete as the students'.
-    RP is computed per seed and averaged; its interval resamples the test examples once for
-    numerator and denominator. `<model>_minus_truncated` pairs the seeds of both stages.
-    `seeds`: those the results cover (the configured ones by default; fewer while a
-    seed-major series is under way).
+    Every student of the registry present (`cls_successor`, `cls_compress`, their distilled
+    variants, the distilled truncated model) and every truncated baseline is compared with the
+    predecessor; each student also with the truncated model of its depth, paired by seed. RP is
+    computed per seed and averaged (undefined when a seed's predecessor scores 0); its interval
+    resamples the test examples once for numerator and denominator. `seeds`: those the results
+    cover (the configured ones by default; fewer while a seed-major series is under way).
     """
-    metric = cfg.cls.metric
-    test = lambda stage: results[stage]["test"].get(metric) if stage in results else None
-    validation = lambda stage: results[stage]["validation"].get(metric) if stage in results else None
-    time_to_best = lambda stage: results[stage]["time_until_best_s"] if stage in results else None
-    out: dict[str, Any] = {
-        "metric": metric,
-        "selection": cfg.selection,
-        "seeds": seeds or summary.parse_seeds(cfg.seeds),
-        f"{metric}_predecessor": test("cls_predecessor"),
-        f"validation_{metric}_predecessor": validation("cls_predecessor"),
-    }
-    for stage, (suffix, model) in _labels(results).items():
-        versus = _versus_predecessor(results, stage, suffix, cfg)
-        numbers = {f"{metric}_{model}": test(stage), f"validation_{metric}_{model}": validation(stage)}
-        out.update({**versus, **numbers} if find(stage).student else {**numbers, **versus})
-        truncated = find(stage).truncated
-        if find(stage).student and truncated in results:
-            diff = summary.describe(summary.paired_by_seed(results[stage], results[truncated], metric, lambda a, b: a - b))
-            out[f"{model}_minus_truncated"] = diff["mean"]
-            out[f"{model}_minus_truncated_std"] = diff["std"]
-            out[f"{model}_minus_truncated_per_seed"] = diff["per_seed"]
-            out[f"{model}_minus_truncated_positive_seeds"] = sum(1 for v in diff["per_seed"] if v["value"] > 0)
-            interval = summary.seed_interval(
-                metric, [results[stage], results[truncated]], lambda a, b: (a - b).mean(0), cfg
-            )
-            out[f"{model}_minus_truncated_ci95"] = interval
-            out[f"{model}_vs_truncated"] = summary.verdict(
-                diff["per_seed"], interval, summary.collapsed_seeds(results[truncated])
-            )
-    collapsed = [s for s in results if results[s].get("collapsed")]
-    if collapsed:
-        out["collapsed_stages"] = collapsed
-    for stage in ("lm_baseline", "lm_compress"):
-        if stage in results and results[stage]["best"]:
-            out[f"perplexity_{stage}"] = results[stage]["test"]["perplexity"]
-            out[f"validation_perplexity_{stage}"] = results[stage]["validation"]["perplexity"]
-            out[f"time_until_best_s_{stage}"] = time_to_best(stage)
-    if "lm_baseline" in results and "lm_compress" in results:
-        out["lm_finetuning_speedup"] = _ratio(time_to_best("lm_baseline"), time_to_best("lm_compress"))
-    return out
+    metric, predecessor = cfg.cls.metric, results.get("cls_predecessor", {"test": {}, "validation": {}})
+    comparison = Comparison(
+        metric, cfg.selection, seeds or summary.parse_seeds(cfg.seeds),
+        Versus(predecessor["test"].get(metric), predecessor["validation"].get(metric)),
+        {stage: _versus(results, stage, cfg) for stage in _labels(results)},
+        [s for s in results if results[s].get("collapsed")],
+        {s: dict(zip(LM_NUMBERS, (results[s]["test"]["perplexity"], results[s]["validation"]["perplexity"],
+                                  results[s]["time_until_best_s"]))) for s in LM_STAGES if s in results and results[s]["best"]},
+    )
+    if all(s in results for s in LM_STAGES):
+        comparison.lm_finetuning_speedup = _ratio(*(results[s]["time_until_best_s"] for s in LM_STAGES))
+    return comparison
 
 
-def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+def comparison_table(results: dict[str, Any], comparison: Comparison) -> list[str]:
     """One row per downstream model, what a reader compares at a glance; every raw value
     (per seed, std, counts) stays in report.json's `comparison`."""
-    metric = comparison["metric"]
+    metric = comparison.metric
     rows = [
         f"| model | layers | parameters (CR) | test {metric} mean ± std [95% interval] | retained (RP) [interval] | "
         "minus truncated [interval]: verdict | fine-tuning speedup |",
         "|---|---|---|---|---|---|---|",
     ]
-    labels = _labels(results)
     for row in [s for s in present(results) if s.row]:
-        stage, r = row.name, results[row.name]
-        suffix, model = labels.get(stage, (None, None))
+        stage, r, versus = row.name, results[row.name], comparison.models.get(row.name)
         flag = " **collapsed** in seeds " + str(summary.collapsed_seeds(r)) if r.get("collapsed") else ""
-        cr = comparison.get(f"compression_ratio{suffix}") if suffix is not None else None
+        cr = versus.compression_ratio if versus else None
         test = f"{_pm(r['test'].get(metric), r.get('test_std', {}).get(metric))} {_interval(r.get('test_ci95'))}"
         rp = diff = speedup = ""
         if stage == "cls_predecessor":
             rp = speedup = "1"
-        if suffix is not None:
-            rp = _with_interval(comparison, f"retained_performance{suffix}", f"retained_performance_std{suffix}",
-                                f"retained_performance_ci95{suffix}")
-            speedup = _fmt(comparison.get(f"finetuning_speedup{suffix}"), 2)
+        if versus:
+            rp, speedup = _spread(versus.retained), _fmt(versus.finetuning_speedup, 2)
             if row.kind == "cls_truncated":
                 diff = "(the baseline)"
-            elif f"{model}_minus_truncated" in comparison:
-                positive = comparison[f"{model}_minus_truncated_positive_seeds"]
-                seeds = len(comparison[f"{model}_minus_truncated_per_seed"])
-                diff = (
-                    _with_interval(comparison, f"{model}_minus_truncated", f"{model}_minus_truncated_std",
-                                   f"{model}_minus_truncated_ci95", signed=True)
-                    + f": **{comparison[f'{model}_vs_truncated']}** ({positive} of {seeds} seeds positive)"
-                )
+            elif versus.minus_truncated:
+                minus = versus.minus_truncated
+                diff = (_spread(minus, signed=True) + f": **{versus.vs_truncated}** "
+                        f"({minus.positive_seeds} of {len(minus.per_seed)} seeds positive)")
         rows.append(
             f"| {row.row} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
             f"{r['parameters']['exported_model']:,}{'' if cr is None else f' ({cr:.2f})'} | {test} | {rp} | {diff} | {speedup} |"
         )
-    lm = [f"{stage} {_fmt(comparison[f'perplexity_{stage}'], 2)}" for stage in ("lm_baseline", "lm_compress")
-          if f"perplexity_{stage}" in comparison]
+    lm = [f"{stage} {_fmt(numbers['perplexity'], 2)}" for stage, numbers in comparison.lm.items()]
     notes = [
         "",
         f"CR = parameters(predecessor) / parameters(model); RP = test {metric}(model) / test {metric}(predecessor), per "
@@ -281,22 +341,22 @@ def comparison_table(results: dict[str, Any], comparison: dict[str, Any]) -> lis
         "series: `python -m benchmarks.bench_inference --predecessor P --successor S`. Per-seed values: `report.json`.",
     ]
     if lm:
-        speedup = comparison.get("lm_finetuning_speedup")
+        speedup = comparison.lm_finetuning_speedup
         notes.append(f"LM stages, test perplexity: {', '.join(lm)}"
                      + ("" if speedup is None else f"; LM fine-tuning speedup {_fmt(speedup, 2)}") + ".")
     return rows + notes
 
 
-def per_seed_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+def per_seed_table(results: dict[str, Any], comparison: Comparison) -> list[str]:
     """Each downstream model's test metric in every seed (collapsed seeds marked), with its
     paired difference to the truncated predecessor in that seed: what the comparison's
     mean ± std sums up."""
-    metric, seeds = comparison["metric"], comparison["seeds"]
-    labels = _labels(results)
+    metric, seeds = comparison.metric, comparison.seeds
     rows = [f"| model | {' | '.join(f'seed {s}' for s in seeds)} |", "|---|" + "---|" * len(seeds)]
     for stage in [s.name for s in present(results) if s.row]:
         by_seed = {e["seed"]: e for e in results[stage]["per_seed"]}
-        paired = comparison.get(f"{labels[stage][1]}_minus_truncated_per_seed", []) if stage in labels else []
+        versus = comparison.models.get(stage)
+        paired = versus.minus_truncated.per_seed if versus and versus.minus_truncated else []
         diffs = {d["seed"]: d["value"] for d in paired}
         cells = [
             "" if s not in by_seed else _fmt(by_seed[s]["test"].get(metric))
@@ -307,23 +367,21 @@ def per_seed_table(results: dict[str, Any], comparison: dict[str, Any]) -> list[
     return rows
 
 
-def _with_interval(comparison: dict[str, Any], mean: str, std: str, ci95: str, signed: bool = False) -> str:
-    """`mean ± std [low, high]` of comparison keys (`+` shown on differences)."""
-    value = comparison.get(mean)
-    text = _pm(value, comparison.get(std))
-    if signed and value is not None and value > 0:
-        text = "+" + text
-    return f"{text} {_interval(comparison.get(ci95))}"
+def _spread(spread: Spread | None, signed: bool = False) -> str:
+    """`mean ± std [low, high]` (`+` shown on differences)."""
+    value = spread.mean if spread else None
+    text = _pm(value, spread.std if spread else None)
+    return f"{'+' if signed and value is not None and value > 0 else ''}{text} {_interval(spread.ci95 if spread else None)}"
 
 
 def write_series_report(
-    workdir: Path, results: dict[str, Any], comparison: dict[str, Any], cfg: ml_collections.ConfigDict,
+    workdir: Path, results: dict[str, Any], comparison: Comparison, cfg: ml_collections.ConfigDict,
     speeds: dict[str, Throughput] | None = None,
 ) -> None:
     """`speeds` (a depth sweep's measured speeds, {} before they are measured) adds the sweep's
     Pareto table, figure and sentence."""
     workdir = Path(workdir)
-    metric = comparison["metric"]
+    metric = comparison.metric
     figures = plots.plot_series(workdir, plots.series_points(results, metric), metric)
     figures += plots.plot_seeds(workdir, plots.seed_points(results, metric), metric)
     sweep = None if speeds is None else pareto.rows(sweep_models(results, comparison, speeds))
@@ -333,9 +391,9 @@ def write_series_report(
                                                 "throughput": {name: t.to_json() for name, t in speeds.items()}}}
     atomic.write_text(
         workdir / "report.json",
-        _json({"comparison": comparison, "stages": results, **extra, "plots": figures, "config": cfg.to_dict()}),
+        _json({"comparison": comparison.to_json(), "stages": results, **extra, "plots": figures, "config": cfg.to_dict()}),
     )
-    seeds = comparison["seeds"]
+    seeds = comparison.seeds
     lines = [
         "# Theseus Compression series",
         "",
@@ -370,27 +428,26 @@ def write_series_report(
     atomic.write_text(workdir / "report.md", "\n".join(lines) + "\n")
 
 
-def sweep_models(results: dict[str, Any], comparison: dict[str, Any], speeds: dict[str, Throughput]) -> list[pareto.SweepModel]:
+def sweep_models(results: dict[str, Any], comparison: Comparison, speeds: dict[str, Throughput]) -> list[pareto.SweepModel]:
     """The teacher and every depth variant of a depth sweep as per-seed records: test metric from
     the stage records, RP and the paired difference to the truncated model of its depth from the
     comparison, the measured speed-up."""
-    metric, labels, models = comparison["metric"], _labels(results), []
-    per_seed = lambda key: {v["seed"]: v["value"] for v in comparison.get(key) or []}
+    metric, models = comparison.metric, []
+    by_seed = lambda spread: {v["seed"]: v["value"] for v in spread.per_seed} if spread else {}
     for name, r in results.items():
         stage = find(name)
         if name != pareto.TEACHER and not (stage and stage.depth):
             continue
-        suffix, model = labels.get(name, ("", ""))
         test = {e["seed"]: e["test"][metric] for e in r["per_seed"]}
-        teacher = name == pareto.TEACHER
-        diff = per_seed(f"{model}_minus_truncated_per_seed") if stage.student else {}
+        teacher, versus = name == pareto.TEACHER, comparison.models.get(name, Versus(None, None))
+        diff = by_seed(versus.minus_truncated) if stage.student else {}
         truncated = results.get(stage.truncated) if stage.student else None
         models.append(pareto.SweepModel(
             stage=name, method=stage.kind, depth=r["parameters"]["exported_layers"], parameters=r["parameters"]["exported_model"],
             test=test, test_ci95=r.get("test_ci95"),
-            retained={seed: 1.0 for seed in test} if teacher else per_seed(f"retained_performance_per_seed{suffix}"),
-            retained_ci95=[1.0, 1.0] if teacher else comparison.get(f"retained_performance_ci95{suffix}"),
-            minus_truncated=diff, minus_truncated_ci95=comparison.get(f"{model}_minus_truncated_ci95") if diff else None,
+            retained={seed: 1.0 for seed in test} if teacher else by_seed(versus.retained),
+            retained_ci95=[1.0, 1.0] if teacher else versus.retained and versus.retained.ci95,
+            minus_truncated=diff, minus_truncated_ci95=versus.minus_truncated.ci95 if diff else None,
             truncated_collapsed=tuple(summary.collapsed_seeds(truncated)) if truncated else (),
             speedup=speeds[name].speedup if name in speeds else None,
         ))

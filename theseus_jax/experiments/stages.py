@@ -1,12 +1,10 @@
 """What each stage of the study is, in one table: `STAGES` (a series' stages) and `PIPELINES`
-(the stages a config runs alone). `pipelines.run_stage` trains any of them, the schema checks
-series against them and the reports take their titles and students from them; adding a stage
-means one entry here plus its tests.
+(those a config runs alone). `pipelines.run_stage` trains any of them, the schema checks series
+against them, the reports take titles and students from them: a new stage is one entry here.
 
-A stage starts from the first of `starts` available: a stage that ran before it in the series
-(its selected model of the same seed), `predecessor` (the configured model), `truncated` (its
-bottom n layers) or `cls_model` (the configured `cls_model`). The last of `starts` and a teacher
-stage must run before it (`needs`).
+A stage starts from the first available of `starts`: a stage run before it in the series (its
+model of the same seed), `predecessor`, `truncated` (its bottom n layers) or `cls_model` (the
+configured one). The last of `starts` and a teacher stage must run before it (`needs`).
 
 A depth variant, `dataclasses.replace(STAGES["cls_compress"], depth=4)`, is a stage of its own
 (`cls_compress_L4`, its own workdir and report rows) whose successor or truncated model has 4
@@ -60,26 +58,19 @@ STAGES: dict[str, Stage] = {
     for s in (
         Stage("lm_baseline", "mlm", ("predecessor",), "LM fine-tuning, predecessor"),
         Stage("lm_compress", "mlm", ("predecessor",), "LM fine-tuning with Theseus Compression", compresses=True),
-        # Downstream on the LM-fine-tuned predecessor (or the original one without an LM stage).
         _cls("cls_predecessor", ("lm_baseline", "predecessor"), "downstream, predecessor", "predecessor"),
-        # Downstream on the successor compressed during MLM fine-tuning.
         _cls("cls_successor", ("lm_compress",), "downstream, compressed successor", "compressed during MLM fine-tuning",
              student=True),
-        # The original method: compress while training on the task, from the fine-tuned
-        # predecessor classifier when cls_predecessor ran before.
         _cls("cls_compress", ("cls_predecessor", CLS_MODEL), "downstream with Theseus Compression",
              "compressed during downstream training", compresses=True, student=True),
-        # The students distilled from the same seed's cls_predecessor (config.distillation).
         _cls("cls_successor_kd", ("lm_compress",), "downstream, compressed successor, distilled from cls_predecessor",
              "compressed during MLM fine-tuning, distilled", teacher="cls_predecessor", student=True),
         _cls("cls_compress_kd", ("cls_predecessor",),
              "downstream with Theseus Compression and distillation from cls_predecessor",
              "compressed during downstream training, distilled", compresses=True, teacher="cls_predecessor", student=True),
-        # The literature's "vanilla KD" baseline.
         _cls("cls_truncated_kd", ("truncated",),
              "downstream, truncated predecessor distilled from cls_predecessor (vanilla KD)",
              "truncated predecessor, distilled (vanilla KD)", teacher="cls_predecessor", student=True),
-        # Bottom n layers of the predecessor, fine-tuned for the same steps: the baseline.
         _cls("cls_truncated", ("truncated",), "downstream, truncated predecessor (bottom n layers)",
              "truncated predecessor (bottom n layers)"),
     )
@@ -96,9 +87,11 @@ PIPELINES: dict[str, Stage] = {
 
 
 def find(name: str, registry: dict[str, Stage] = STAGES) -> Stage | None:
-    """The stage of a name, depth variants (`<kind>_L<depth>`) included; None if unknown."""
+    """The stage of a name, depth variants (`<kind>_L<depth>` of a compressing or truncated
+    stage) included; None if unknown."""
     kind, _, depth = name.rpartition("_L")
-    if depth.isdigit() and int(depth) > 0 and kind in registry:
+    sized = kind in registry and (registry[kind].compresses or "truncated" in registry[kind].starts)
+    if depth.isdigit() and int(depth) > 0 and sized:  # a depth of its own (cls_successor's is lm_compress's)
         return dataclasses.replace(registry[kind], depth=int(depth))
     return registry.get(name)
 

@@ -9,6 +9,7 @@ never trains or evaluates.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 from pathlib import Path
@@ -100,6 +101,51 @@ PER_SEED_KEYS = (
     "seed", "learning_rate", "selected_step", "validation", "test", "test_ci95", "collapsed", "predicted_classes",
     "largest_class_share", "best_model_dir", "run_dir",
 )
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One run (a seed, a learning rate) as its report.json holds it; `run_record` adds the
+    selected step's numbers. Fields added later have defaults, so older reports load."""
+
+    name: str  # the stage's
+    objective: str
+    metric: str
+    selection: str
+    seed: int
+    learning_rate: float
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    time_until_best_s: float | None
+    total_time_s: float
+    parameters: dict[str, int]  # trained_model, exported_model, exported_layers
+    run_dir: str
+    best_model_dir: str
+    selected_step: int | None
+    validation: dict[str, float]
+    test: dict[str, float]
+    stopped_early: bool = False
+    distillation: dict[str, Any] | None = None  # alpha, temperature, teacher
+    data: dict[str, Any] | None = None
+    test_ci95: list[float] | None = None
+    collapsed: bool = False
+    predicted_classes: dict[str, int] | None = None  # classification only
+    largest_class_share: dict[str, float] | None = None  # classification only
+    compression_ratio: float | None = None  # compression runs only
+    peak_rss_bytes: int | None = None  # the process's peak resident memory at the run's end
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json's keys (`pipeline` repeats the name, `per_seed` holds the run itself)."""
+        out = {"pipeline": self.name, **dataclasses.asdict(self)}
+        out = {k: v for k, v in out.items() if v is not None or k not in OPTIONAL_KEYS}
+        return out | {"per_seed": [{key: out.get(key) for key in PER_SEED_KEYS}]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+OPTIONAL_KEYS = ("predicted_classes", "largest_class_share", "compression_ratio")  # absent rather than null
 
 
 def choose_learning_rate(candidates: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,8 +240,10 @@ def paired_by_seed(
 
 
 def describe(values: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, standard deviation (n - 1; None for one seed) and per-seed values."""
-    mean, std = _mean_std([v["value"] for v in values]) if values else (None, None)
+    """Mean, standard deviation (n - 1; None for one seed) and per-seed values; no mean when a
+    seed has no value (a ratio to 0)."""
+    defined = values and all(v["value"] is not None for v in values)
+    mean, std = _mean_std([v["value"] for v in values]) if defined else (None, None)
     return {"mean": mean, "std": std, "per_seed": values}
 
 
