@@ -54,3 +54,27 @@ def test_base_model_ids():
     assert model_card.base_model_id("packaged", None) == "sentence-transformers/all-MiniLM-L6-v2"
     assert model_card.base_model_id("deepset/gbert-base@v1", None) == "deepset/gbert-base"
     assert model_card.base_model_id("./my/local/model", None) is None
+
+
+def test_the_method_line_follows_the_stage_depth_variants_and_distillation_included(tmp_path):
+    """Each stage's card names how it was made: a depth variant and a distilled Theseus run are
+    compressed models too (the card once looked names up in a table of three stages)."""
+    def made(name, distilled=False):
+        result = _result(tmp_path) | {"name": name, "pipeline": name}
+        if distilled:
+            result["distillation"] = {"alpha": 0.5, "temperature": 2.0, "teacher": "t"}
+        return model_card.how_made(result)
+
+    assert made("cls_compress_L4")[1] and made("cls_compress_L4")[0].startswith("Theseus Compression (BERT-of-Theseus) during downstream")
+    line, compressed = made("cls_compress_kd", distilled=True)
+    assert compressed and line.endswith("distilling a fine-tuned teacher's logits beside the labels")
+    assert made("cls_successor") == (
+        "downstream training of the successor that Theseus Compression (BERT-of-Theseus) made during "
+        "masked-language-model fine-tuning", True)
+    assert made("cls_truncated_L3") == ("downstream training of the base model's bottom 3 layers (truncation)", False)
+    assert made("cls_predecessor") == ("downstream training (a classification head fine-tuned with the whole encoder)", False)
+    lm = _result(tmp_path) | {"name": "lm_baseline", "pipeline": "lm_baseline", "objective": "mlm"}
+    assert model_card.how_made(lm) == ("masked-language-model fine-tuning of the base model on the run's text", False)
+    lm_compress = lm | {"name": "lm_compress", "pipeline": "lm_compress"}
+    assert model_card.how_made(lm_compress)[0].startswith(
+        "Theseus Compression (BERT-of-Theseus) during masked-language-model fine-tuning: the successor")

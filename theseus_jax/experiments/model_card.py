@@ -19,18 +19,35 @@ import ml_collections
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from theseus_jax import atomic
+from theseus_jax.experiments import stages
 from theseus_jax.models.hub import parse_hub_id
 from theseus_jax.tokenization import PACKAGED_MODEL_ID
 
 CARD_FILE = "README.md"
 PIPELINE_TAGS = {"classification": "text-classification", "mlm": "fill-mask"}
-HOW_MADE = {
-    "lm_baseline": "masked-language-model fine-tuning of the base model on the run's text",
-    "lm_compress": "Theseus Compression (BERT-of-Theseus) during masked-language-model fine-tuning: the successor layers "
-    "replaced the base model's modules with a growing probability, then were exported alone",
-    "cls_compress": "Theseus Compression (BERT-of-Theseus) during downstream training: the successor layers replaced "
-    "the base model's modules with a growing probability, then were exported alone",
-}
+THESEUS = "Theseus Compression (BERT-of-Theseus)"
+
+
+def how_made(result: dict[str, Any]) -> tuple[str, bool]:
+    """The card's method line and whether Theseus Compression made the model, from the run's
+    stage in the registry (depth variants included) and whether it distilled."""
+    stage = stages.find(result["name"]) or stages.find(result["name"], stages.PIPELINES)
+    training = "masked-language-model fine-tuning" if result["objective"] == "mlm" else "downstream training"
+    made_by_theseus = bool(stage and (stage.compresses or "lm_compress" in stage.starts))
+    if stage and stage.compresses:
+        made = (f"{THESEUS} during {training}: the successor layers replaced the base model's modules with a growing "
+                "probability, then were exported alone")
+    elif made_by_theseus:
+        made = f"downstream training of the successor that {THESEUS} made during masked-language-model fine-tuning"
+    elif stage and "truncated" in stage.starts:
+        made = f"downstream training of the base model's bottom {result['parameters']['exported_layers']} layers (truncation)"
+    elif result["objective"] == "mlm":
+        made = "masked-language-model fine-tuning of the base model on the run's text"
+    else:
+        made = "downstream training (a classification head fine-tuned with the whole encoder)"
+    if result.get("distillation"):
+        made += ", distilling a fine-tuned teacher's logits beside the labels"
+    return made, made_by_theseus
 
 
 def base_model_id(reference: str, folder: Path | None) -> str | None:
@@ -80,7 +97,7 @@ def render(result: dict[str, Any], cfg: ml_collections.ConfigDict, base_referenc
     sources = (result.get("data") or {}).get("sources", {})
     dataset = Path(sources.get("train") or data.train_path).name or "local data"
     pipeline_tag = PIPELINE_TAGS[result["objective"]]
-    compressed = result["pipeline"] in ("lm_compress", "cls_compress") or result["name"] == "cls_successor"
+    made, compressed = how_made(result)
     card_data = ModelCardData(
         base_model=base,
         library_name="transformers",
@@ -95,9 +112,6 @@ def render(result: dict[str, Any], cfg: ml_collections.ConfigDict, base_referenc
         **_source_metadata(base_folder),
     )
     parameters = result["parameters"]
-    made = HOW_MADE.get(result["pipeline"], "downstream training (a classification head fine-tuned with the whole encoder)")
-    if result["name"] == "cls_successor":
-        made = "downstream training of the successor that Theseus Compression made during masked-language-model fine-tuning"
     ratio = result.get("compression_ratio")
     command = shlex.join(sys.argv) if sys.argv and sys.argv[0].endswith("launch.py") else None
     lines = [
