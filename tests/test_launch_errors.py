@@ -147,6 +147,10 @@ CONFIG_CASES = {
         ["--config.pipeline=series", "--config.series.stages=cls_predecessor,cls_compress,cls_truncated", "--config.distillation.alpha=0.5"],
         ["config.distillation.alpha=0.5", "no stage of series.stages distils", "cls_compress_kd", "cls_truncated_kd"],
     ),
+    "alpha on an MLM pipeline": (
+        ["--config.pipeline=lm_compress", "--config.distillation.alpha=0.5", "--config.lm.data.train_path=/dev/null"],
+        ["config.distillation.alpha=0.5", "pipeline=lm_compress does not distil"],
+    ),
     "unknown pipeline": (["--config.pipeline=train"], ["config.pipeline='train'", "lm_baseline"]),
     "unknown override field": (["--config.cls.lerning_rate=1e-4"], ["--config.cls.lerning_rate", "did you mean --config.cls.learning_rate"]),
     "wrong override type": (["--config.cls.epochs=two"], ["--config.cls.epochs=two"]),

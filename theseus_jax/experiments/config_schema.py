@@ -415,6 +415,8 @@ def _rules(config: ml_collections.ConfigDict) -> list[str]:
     else:
         problems += _depth_rules(config, None)
     alpha, teacher_dir = _value(config, "distillation.alpha", 0.0), str(_value(config, "distillation.teacher", ""))
+    if pipeline in ("lm_baseline", "lm_compress") and alpha:  # MLM stages never distil: alpha would pass unnoticed
+        problems.append(_field("distillation.alpha", alpha, f"pipeline={pipeline} does not distil; set it to 0"))
     if pipeline in ("cls_baseline", "cls_compress") and alpha and not teacher_dir:
         problems.append(_field("distillation.teacher", teacher_dir, "alpha > 0 needs a teacher: a fine-tuned classifier folder"))
     if pipeline in ("cls_baseline", "cls_compress") and alpha and teacher_dir:
