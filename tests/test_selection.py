@@ -235,6 +235,52 @@ def test_the_learning_rate_is_chosen_on_validation():
     assert summary.choose_learning_rate(perplexity)["learning_rate"] == 5e-5  # lower is better
 
 
+def _capped_run(tmp_path, seed, lr, validation, steps, best_step, stopped_early):
+    """A finished classification run by hand: evaluations at `steps`, the selected one at
+    `best_step` (None: no evaluation), its test predictions on four examples."""
+    run_dir = tmp_path / f"seed_{seed}" / f"lr_{lr:g}"
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / summary.PREDICTIONS, labels=np.array([0, 1, 0, 1]),
+             probabilities=np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]))
+    history = [{"epoch": i, "step": step, "validation": {"macro_f1": validation}} for i, step in enumerate(steps)]
+    best = next((h for h in history if h["step"] == best_step), None)
+    return summary.RunRecord(
+        name="cls_truncated", objective="classification", metric="macro_f1", selection="validation", seed=seed,
+        learning_rate=lr, history=history, best=best, time_until_best_s=1.0, total_time_s=2.0,
+        parameters={"trained_model": 10, "exported_model": 10, "exported_layers": 2}, run_dir=str(run_dir),
+        best_model_dir=str(run_dir / "best"), selected_step=best_step, validation={"macro_f1": validation},
+        test={"macro_f1": 0.5}, stopped_early=stopped_early,
+    ).to_json()
+
+
+def test_chosen_runs_that_peaked_at_the_cap_are_counted_per_model(tmp_path):
+    """Peaked at the cap = the selected step is the last evaluation and the run was not stopped
+    early. Counted over the chosen runs only: per seed, the run of the learning rate chosen on
+    validation (seed 1's 1e-4 run peaked at the cap, but 2e-5 is its chosen one)."""
+    from theseus_jax.experiments import report
+
+    runs = {
+        0: [_capped_run(tmp_path, 0, 1e-4, 0.70, [10, 20, 30], 30, False),  # chosen, at the cap: yes
+            _capped_run(tmp_path, 0, 2e-5, 0.60, [10, 20, 30], 10, True)],  # early stopping ended it
+        1: [_capped_run(tmp_path, 1, 1e-4, 0.50, [10, 20, 30], 30, False),  # at the cap, not chosen
+            _capped_run(tmp_path, 1, 2e-5, 0.65, [10, 20, 30], 20, False)],  # chosen, best before the end: no
+        2: [_capped_run(tmp_path, 2, 1e-4, 0.80, [10, 20], 20, True),  # best at its last evaluation, but stopped
+            _capped_run(tmp_path, 2, 2e-5, 0.40, [], None, False)],  # no evaluation: no
+    }
+    assert [[r["peaked_at_cap"] for r in runs[s]] for s in runs] == [[True, False], [True, False], [False, False]]
+    assert [r["per_seed"][0]["peaked_at_cap"] for r in runs[0]] == [True, False]
+    cfg = ml_collections.ConfigDict({"seeds": "0,1,2", "selection": "validation", "bootstrap": {"resamples": 10, "seed": 0}})
+    record = summary.stage_record("cls_truncated", runs, cfg)
+    assert [(e["learning_rate"], e["peaked_at_cap"]) for e in record["per_seed"]] == [(1e-4, True), (2e-5, False), (1e-4, False)]
+    assert summary.peaked_at_cap(record) == (1, 3)
+    table = report.comparison_table({"cls_truncated": record}, report.Comparison("macro_f1", "validation", [0, 1, 2]))
+    assert table[0].endswith("| peaked at the cap |") and table[2].endswith("| 1 of 3 |")
+    assert report.PEAKED_NOTE in table
+    report.write_stage_report(tmp_path, record, cfg)
+    rows = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.rsplit("|", 2)[1].strip() for r in rows] == ["yes", "no", "no"]
+
+
 def _germeval_file(path, n, seed):
     rng = np.random.default_rng(seed)
     lines = [f"tweet {seed} {i} {'du Idiot' if i % 3 == 0 else 'schönes Wetter'} {rng.integers(1e9)}\t"
