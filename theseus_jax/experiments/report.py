@@ -28,6 +28,17 @@ PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
     "test": "steps chosen on the TEST set (the source study's protocol; optimistic)",
 }
+RATE_CHOICE = {  # config.rate_choice: how a stage's seeds got their learning rates
+    "per_seed": "the learning rate of each seed is the one whose run is best on {on}",
+    "first_seed": "the learning rate is the one whose run is best on {on} in seed {first}; the later seeds ran only "
+                  "that rate (rate_choice=first_seed)",
+}
+
+
+def _rate_choice(cfg: ml_collections.ConfigDict, first: int) -> str:
+    return RATE_CHOICE[cfg.get("rate_choice", "per_seed")].format(first=first, on=cfg.selection)
+
+
 COLLAPSED = f"its selected model gives one class at least {summary.COLLAPSE_SHARE:.0%} of its predictions"
 
 
@@ -127,7 +138,7 @@ def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collection
         f"{len(record['per_seed'])} seed(s), learning rates {', '.join(f'{r:g}' for r in record['learning_rates'])}",
         "",
         *_selection_lines(record),
-        f"- the learning rate of each seed is the one whose run is best on {record['selection']}",
+        "- " + _rate_choice(cfg, record["seeds"][0]),
         f"- time until best {_fmt(record['time_until_best_s'], 1)} s, total {_fmt(record['total_time_s'], 1)} s "
         f"(means over seeds); every run of the stage: {_fmt(record['tuning_time_s'], 1)} s",
         "",
@@ -417,7 +428,8 @@ def write_series_report(
         "",
         f"Selection protocol: **{cfg.selection}** ({PROTOCOLS[cfg.selection]}). Seeds: {', '.join(map(str, seeds))}; "
         f"values are means ± standard deviation over seeds (n - 1), intervals are 95% bootstrap intervals "
-        f"({cfg.bootstrap.resamples} resamples of the test examples, seed {cfg.bootstrap.seed}).",
+        f"({cfg.bootstrap.resamples} resamples of the test examples, seed {cfg.bootstrap.seed}). With several learning "
+        f"rates, per stage {_rate_choice(cfg, seeds[0])}.",
         "",
         "| stage | what | metric | validation | test | test 95% interval | learning rate | selected step | "
         "time until best s | total s | parameters | layers |",
