@@ -70,6 +70,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     # intervals. `seed` is the current run's seed, set from `seeds` by the pipelines.
     config.seeds = "0"
     config.seed = 0
+    # A stage with several learning rates (`<lm|cls>.learning_rates`): "per_seed" runs every
+    # seed at every rate and keeps per seed the best on validation; "first_seed" runs the first
+    # seed at every rate and each later seed only at the rate the first chose for that stage
+    # (the same rule for every model, a fraction of the runs).
+    config.rate_choice = "per_seed"
     # "validation": best step, early stopping, exported best model, learning rate and grid
     # ranking chosen on validation data, test evaluated at the chosen steps. "test": the
     # source study's protocol (choices on the test set; optimistic), named in every report.

@@ -79,7 +79,10 @@ def test_series_end_to_end_report(tmp_path, germeval_tsv):
     assert f": **{comparison['successor_vs_truncated']}**" in rows[1]
     truncated = rows[2].split(" | ")  # its RP and speedup against the predecessor, like the students'
     assert truncated[4].startswith(f"{comparison['retained_performance_cls_truncated']:.4f} [")
-    assert truncated[6] == f"{comparison['finetuning_speedup_cls_truncated']:.2f} |"
+    assert truncated[6] == f"{comparison['finetuning_speedup_cls_truncated']:.2f}"
+    # Its one run peaked at the cap if it selected its last (second) evaluation: never stopped early in 2 epochs.
+    run = stages["cls_truncated"]
+    assert truncated[7] == f"{int(run['best']['step'] == run['history'][-1]['step'])} of 1 |"
     # Classes are stratified over the splits: validation holds both.
     cls_data = stages["cls_predecessor"]["data"]
     assert cls_data["validation"]["positives"] > 0 and cls_data["validation"]["negatives"] > 0

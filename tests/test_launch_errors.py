@@ -141,6 +141,7 @@ CONFIG_CASES = {
     ),
     "batch does not split into micro-batches": (["--config.accumulation_steps=3"], ["config.cls.batch_size=8", "accumulation_steps=3"]),
     "more devices than there are": (["--config.num_devices=2"], ["config.num_devices=2", "more than the 1 available"]),
+    "unknown rate choice": (["--config.rate_choice=seed_0"], ["config.rate_choice='seed_0'", "per_seed, first_seed"]),
     "unknown metric": (["--config.cls.metric=f1"], ["config.cls.metric='f1'", "macro_f1, roc_auc, accuracy"]),
     "unknown stage": (["--config.pipeline=series", "--config.series.stages=cls_predecesor"], ["config.series.stages", "cls_predecesor"]),
     "alpha without a distilling stage": (

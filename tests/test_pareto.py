@@ -11,12 +11,12 @@ SEEDS = (0, 1, 2)
 TEACHER = {0: 0.80, 1: 0.70, 2: 0.75}
 
 
-def _model(stage, method, depth, parameters, test, truncated=None, diff_ci=None, speedup=None, collapsed=()):
+def _model(stage, method, depth, parameters, test, truncated=None, diff_ci=None, speedup=None, collapsed=(), peaked=None):
     return pareto.SweepModel(
         stage=stage, method=method, depth=depth, parameters=parameters, test=test, test_ci95=[min(test.values()), max(test.values())],
         retained={s: test[s] / TEACHER[s] for s in SEEDS}, retained_ci95=[0.9, 1.1],
         minus_truncated={} if truncated is None else {s: test[s] - truncated[s] for s in SEEDS},
-        minus_truncated_ci95=diff_ci, truncated_collapsed=collapsed, speedup=speedup,
+        minus_truncated_ci95=diff_ci, truncated_collapsed=collapsed, speedup=speedup, peaked_at_cap=peaked,
     )
 
 
@@ -24,7 +24,8 @@ TRUNCATED = {6: {0: 0.77, 1: 0.68, 2: 0.73}, 4: {0: 0.70, 1: 0.50, 2: 0.70}, 3: 
 MODELS = [
     _model("cls_compress_L3", "cls_compress", 3, 40, {0: 0.70, 1: 0.66, 2: 0.69}, TRUNCATED[3], [-0.01, 0.2], 3.8),
     _model("cls_truncated_L6", "cls_truncated", 6, 60, TRUNCATED[6], speedup=2.0),
-    _model("cls_compress_L6", "cls_compress", 6, 60, {0: 0.79, 1: 0.72, 2: 0.74}, TRUNCATED[6], [0.005, 0.04], 1.9),
+    _model("cls_compress_L6", "cls_compress", 6, 60, {0: 0.79, 1: 0.72, 2: 0.74}, TRUNCATED[6], [0.005, 0.04], 1.9,
+           peaked=(2, 3)),
     _model("cls_predecessor", "cls_predecessor", 12, 100, TEACHER, speedup=1.0),
     _model("cls_compress_L4", "cls_compress", 4, 50, {0: 0.78, 1: 0.69, 2: 0.74}, TRUNCATED[4], [0.01, 0.2], None, (1,)),
 ]
@@ -80,7 +81,8 @@ def test_markdown_and_figure(tmp_path):
     cells = lines[3].split(" | ")  # cls_compress_L6
     assert cells[0] == "| 6" and "`cls_compress_L6`" in cells[1] and cells[2] == "60" and cells[3] == "1.90x"
     assert cells[4] == "0.7500 ± 0.0361 [0.7200, 0.7900]"
-    assert cells[6] == "+0.0233 ± 0.0153 [0.0050, 0.0400]: **better** (3 of 3 seeds positive) |"
+    assert cells[6] == "+0.0233 ± 0.0153 [0.0050, 0.0400]: **better** (3 of 3 seeds positive)"
+    assert cells[7] == "2 of 3 |" and lines[2].endswith("| n/a |")  # the teacher's count unknown here
     assert "not measured" in lines[5] and lines[-1] == pareto.sentence(table)
     points = pareto.points(table)
     assert list(points) == ["cls_predecessor", "cls_compress", "cls_truncated"]  # L4 not measured: left out

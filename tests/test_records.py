@@ -27,8 +27,13 @@ def _same(a, b):
 def test_a_run_report_of_the_previous_code_loads_and_writes_back_its_keys(name):
     stored = json.loads((DATA / name).read_text())
     written = summary.RunRecord.from_json(stored).to_json()
-    # plots and config are the report file's, not the record's; the peak memory is new.
-    _same(written, {k: v for k, v in stored.items() if k not in ("plots", "config")} | {"peak_rss_bytes": None})
+    # plots and config are the report file's, not the record's; the peak memory is new, and so is
+    # the cap flag, derived from the stored history: one evaluation (epoch 1, step 11), selected,
+    # and the run not stopped early, so the budget ended it at its best.
+    assert [h["step"] for h in stored["history"]] == [11] and stored["best"]["step"] == 11 and not stored["stopped_early"]
+    expected = {k: v for k, v in stored.items() if k not in ("plots", "config")} | {"peak_rss_bytes": None, "peaked_at_cap": True}
+    expected["per_seed"] = [e | {"peaked_at_cap": True} for e in stored["per_seed"]]
+    _same(written, expected)
 
 
 def test_a_series_comparison_of_the_previous_code_loads_writes_back_and_renders_the_same_table():
@@ -38,5 +43,6 @@ def test_a_series_comparison_of_the_previous_code_loads_writes_back_and_renders_
     assert comparison.models["cls_compress"].retained.mean == stored["comparison"]["retained_performance_cls_compress"]
     _same(comparison.to_json(), stored["comparison"])
     markdown = (DATA / "series_report.md").read_text()
-    assert "\n".join(report.comparison_table(stored["stages"], comparison)) in markdown
+    table = report.comparison_table(stored["stages"], comparison)
+    assert "\n".join(table) in markdown and "peaked at the cap" not in table[0]  # its records predate the flag
     assert "\n".join(report.per_seed_table(stored["stages"], comparison)) in markdown

@@ -3,6 +3,7 @@ after a crash and from checkpoints older than that rule), learning rate per seed
 
 import dataclasses
 import json
+import re
 import shutil
 
 import jax
@@ -233,6 +234,108 @@ def test_the_learning_rate_is_chosen_on_validation():
     assert summary.choose_learning_rate(candidates)["learning_rate"] == 5e-5  # best validation, first of a tie
     perplexity = [dict(c, metric="perplexity", validation={"perplexity": v}) for c, v in zip(candidates, (9.0, 7.0, 8.0))]
     assert summary.choose_learning_rate(perplexity)["learning_rate"] == 5e-5  # lower is better
+
+
+def _capped_run(tmp_path, seed, lr, validation, steps, best_step, stopped_early):
+    """A finished classification run by hand: evaluations at `steps`, the selected one at
+    `best_step` (None: no evaluation), its test predictions on four examples."""
+    run_dir = tmp_path / f"seed_{seed}" / f"lr_{lr:g}"
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / summary.PREDICTIONS, labels=np.array([0, 1, 0, 1]),
+             probabilities=np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]))
+    history = [{"epoch": i, "step": step, "validation": {"macro_f1": validation}} for i, step in enumerate(steps)]
+    best = next((h for h in history if h["step"] == best_step), None)
+    return summary.RunRecord(
+        name="cls_truncated", objective="classification", metric="macro_f1", selection="validation", seed=seed,
+        learning_rate=lr, history=history, best=best, time_until_best_s=1.0, total_time_s=2.0,
+        parameters={"trained_model": 10, "exported_model": 10, "exported_layers": 2}, run_dir=str(run_dir),
+        best_model_dir=str(run_dir / "best"), selected_step=best_step, validation={"macro_f1": validation},
+        test={"macro_f1": 0.5}, stopped_early=stopped_early,
+    ).to_json()
+
+
+def test_chosen_runs_that_peaked_at_the_cap_are_counted_per_model(tmp_path):
+    """Peaked at the cap = the selected step is the last evaluation and the run was not stopped
+    early. Counted over the chosen runs only: per seed, the run of the learning rate chosen on
+    validation (seed 1's 1e-4 run peaked at the cap, but 2e-5 is its chosen one)."""
+    from theseus_jax.experiments import report
+
+    runs = {
+        0: [_capped_run(tmp_path, 0, 1e-4, 0.70, [10, 20, 30], 30, False),  # chosen, at the cap: yes
+            _capped_run(tmp_path, 0, 2e-5, 0.60, [10, 20, 30], 10, True)],  # early stopping ended it
+        1: [_capped_run(tmp_path, 1, 1e-4, 0.50, [10, 20, 30], 30, False),  # at the cap, not chosen
+            _capped_run(tmp_path, 1, 2e-5, 0.65, [10, 20, 30], 20, False)],  # chosen, best before the end: no
+        2: [_capped_run(tmp_path, 2, 1e-4, 0.80, [10, 20], 20, True),  # best at its last evaluation, but stopped
+            _capped_run(tmp_path, 2, 2e-5, 0.40, [], None, False)],  # no evaluation: no
+    }
+    assert [[r["peaked_at_cap"] for r in runs[s]] for s in runs] == [[True, False], [True, False], [False, False]]
+    assert [r["per_seed"][0]["peaked_at_cap"] for r in runs[0]] == [True, False]
+    cfg = ml_collections.ConfigDict({"seeds": "0,1,2", "selection": "validation", "bootstrap": {"resamples": 10, "seed": 0}})
+    record = summary.stage_record("cls_truncated", runs, cfg)
+    assert [(e["learning_rate"], e["peaked_at_cap"]) for e in record["per_seed"]] == [(1e-4, True), (2e-5, False), (1e-4, False)]
+    assert summary.peaked_at_cap(record) == (1, 3)
+    table = report.comparison_table({"cls_truncated": record}, report.Comparison("macro_f1", "validation", [0, 1, 2]))
+    assert table[0].endswith("| peaked at the cap |") and table[2].endswith("| 1 of 3 |")
+    assert report.PEAKED_NOTE in table
+    report.write_stage_report(tmp_path, record, cfg)
+    rows = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.rsplit("|", 2)[1].strip() for r in rows] == ["yes", "no", "no"]
+
+
+def test_rate_choice_first_seed_runs_the_later_seeds_at_the_first_seeds_choice(tmp_path, germeval_tsv):
+    """A tiny classifier, 2 seeds x 2 learning rates, `rate_choice=first_seed`: seed 0 runs both
+    rates, seed 1 only the one seed 0's runs chose on validation, in the folder it would have
+    anyway; the record says which rate each seed used, and a rerun reuses all three runs."""
+    from test_experiments import _launch, _ok
+
+    workdir = tmp_path / "first_seed"
+    args = ("--config.pipeline=cls_baseline", "--config.cls.epochs=1", "--config.cls.data.max_examples=40",
+            "--config.seeds=0,1", "--config.cls.learning_rates=1e-4,3e-3", "--config.rate_choice=first_seed")
+    _ok(_launch(workdir, germeval_tsv, *args))
+    seed_0 = {lr: json.loads((workdir / "seed_0" / f"lr_{lr:g}" / "report.json").read_text()) for lr in (1e-4, 3e-3)}
+    validation = {lr: r["best"]["validation"]["macro_f1"] for lr, r in seed_0.items()}
+    chosen = 3e-3 if validation[3e-3] > validation[1e-4] else 1e-4  # first of a tie
+    assert [p.name for p in (workdir / "seed_1").iterdir() if p.is_dir()] == [f"lr_{chosen:g}"]
+    record = json.loads((workdir / "report.json").read_text())
+    assert [(e["seed"], e["learning_rate"]) for e in record["per_seed"]] == [(0, chosen), (1, chosen)]
+    assert [c["learning_rate"] for c in record["per_seed"][1]["learning_rate_candidates"]] == [chosen]
+    assert "the later seeds ran only that rate" in (workdir / "report.md").read_text()
+    rerun = _ok(_launch(workdir, germeval_tsv, *args))
+    assert rerun.stderr.count("already finished, reusing") == 3 and not re.search(r"step \d+ of \d+, loss", rerun.stderr)
+
+
+def test_rate_choice_first_seed_runs_the_first_seed_first(tmp_path, monkeypatch):
+    """Asked for seeds 2 and 1 alone, a stage with rate_choice=first_seed runs (or reuses) the
+    first configured seed at every rate first; per stage, the rate it chose is the later seeds'."""
+    from theseus_jax.experiments import pipelines
+    from theseus_jax.experiments.stages import STAGES
+
+    runs = []
+    best = {"cls_truncated": 3e-3, "cls_compress": 1e-3}  # seed 0's best rate of each stage on validation
+
+    def fake_train(stage, cfg, workdir, model, teacher_dir):
+        lr = cfg.cls.learning_rate
+        runs.append((stage.name, cfg.seed, lr, workdir.relative_to(tmp_path).as_posix()))
+        workdir.mkdir(parents=True)  # a real run leaves its folder
+        return {"name": stage.name, "objective": "mlm", "metric": "macro_f1", "selection": "validation", "seed": cfg.seed,
+                "learning_rate": lr, "validation": {"macro_f1": 0.9 if lr == best[stage.name] else 0.5},
+                "test": {"macro_f1": 0.5}, "selected_step": 1, "collapsed": False, "run_dir": str(workdir),
+                "time_until_best_s": 1.0, "total_time_s": 2.0, "parameters": {}}
+
+    monkeypatch.setattr(pipelines, "_train", fake_train)
+    cfg = ml_collections.ConfigDict({"seeds": "0,1,2", "rate_choice": "first_seed", "selection": "validation",
+                                     "cls": {"learning_rate": 1e-4, "learning_rates": "1e-4,3e-3,1e-3"},
+                                     "compression": {"num_successor_layers": 2}, "cls_model": "predecessor"})
+    previous = {"cls_predecessor": {"per_seed": [{"seed": s, "best_model_dir": f"teacher/{s}"} for s in (0, 1, 2)]}}
+    for name in best:
+        record = pipelines.run_stage(STAGES[name], cfg, tmp_path / name, previous, seeds=[2, 1])
+        assert [e["learning_rate"] for e in record["per_seed"]] == [best[name]] * 3
+    assert runs == [
+        *[("cls_truncated", 0, lr, f"cls_truncated/seed_0/lr_{lr:g}") for lr in (1e-4, 3e-3, 1e-3)],
+        ("cls_truncated", 2, 3e-3, "cls_truncated/seed_2/lr_0.003"), ("cls_truncated", 1, 3e-3, "cls_truncated/seed_1/lr_0.003"),
+        *[("cls_compress", 0, lr, f"cls_compress/seed_0/lr_{lr:g}") for lr in (1e-4, 3e-3, 1e-3)],
+        ("cls_compress", 2, 1e-3, "cls_compress/seed_2/lr_0.001"), ("cls_compress", 1, 1e-3, "cls_compress/seed_1/lr_0.001"),
+    ]
 
 
 def _germeval_file(path, n, seed):

@@ -35,6 +35,8 @@ def test_depth_sweep_names_its_stages_and_reuses_them_on_rerun(tmp_path, germeva
     rows = [line for line in section.splitlines() if line.startswith("| ") and "[`cls_" in line]
     assert [r.split("[`")[1].split("`")[0] for r in rows] == STAGES
     assert all(f"{speeds[s]['speedup']:.2f}x" in r for s, r in zip(STAGES, rows))
+    # One epoch, one evaluation: every run selected its last evaluation and trained to the cap.
+    assert all(r.endswith("| 1 of 1 |") for r in rows)
     assert "of the teacher (RP >= 0.99)" in section and "![series_pareto.png](series_pareto.png)" in markdown
     assert (workdir / "series_pareto.png").stat().st_size > 0
 

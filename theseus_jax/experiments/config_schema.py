@@ -146,6 +146,7 @@ SCHEMA: dict[str, Field] = {
     "pipeline": Field(STR, one_of(*PIPELINES, "series")),
     "seed": Field(INT),
     "seeds": Field(STR, number_list(int, at_least(0))),
+    "rate_choice": Field(STR, one_of("per_seed", "first_seed")),
     "selection": Field(STR, one_of("validation", "test")),
     "bootstrap": Field(CONFIG),
     "bootstrap.resamples": Field(INT, at_least(1)),

@@ -36,6 +36,7 @@ class SweepModel:
     minus_truncated_ci95: list[float] | None
     truncated_collapsed: tuple[int, ...] = ()  # seeds where the truncated model of its depth collapsed
     speedup: float | None = None  # measured inference speed-up over the teacher; None: not measured
+    peaked_at_cap: tuple[int, int] | None = None  # k of its n chosen runs peaked at the cap (summary.peaked_at_cap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ParetoRow:
     minus_truncated: Estimate | None  # None: the truncated models and the teacher
     positive_seeds: int | None
     verdict: str | None
+    peaked_at_cap: tuple[int, int] | None  # k of n chosen runs
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +86,7 @@ def row(model: SweepModel) -> ParetoRow:
         minus_truncated=diff,
         positive_seeds=sum(1 for p in paired if p["value"] > 0) if paired else None,
         verdict=summary.verdict(paired, model.minus_truncated_ci95, list(model.truncated_collapsed)) if paired else None,
+        peaked_at_cap=model.peaked_at_cap,
     )
 
 

@@ -6,7 +6,8 @@ truncated baseline) and ends with the comparison: compression ratio, retained pe
 and fine-tuning speedup, on test at the validation-selected steps.
 
 A stage runs once per seed (`config.seeds`) and learning rate (`config.<lm|cls>.learning_rates`),
-and keeps per seed the learning rate whose run is best on validation. Folder layout of a
+and keeps per seed the learning rate whose run is best on validation (`config.rate_choice=first_seed`:
+the first seed runs every rate, each later seed only the one the first chose). Folder layout of a
 stage's workdir (a part appears only when there are several seeds / learning rates):
 
     <stage>/                      one seed, one learning rate: the run itself (as before)
@@ -316,6 +317,15 @@ def _train(stage: Stage, cfg: ml_collections.ConfigDict, workdir: Path, model: s
     return _plain(cfg, workdir, stage.objective, stage.name, model, teacher_dir)
 
 
+def _rates(seed: int, rates: list[float], first: int, runs: dict[int, list[dict[str, Any]]], first_seed: bool) -> list[float]:
+    """The learning rates a seed runs: the stage's set, or with `rate_choice=first_seed` for any
+    seed after the first only the rate the first seed's runs chose on the selection split (their
+    folders stay `lr_<rate>/`, so a rerun reuses them)."""
+    if not first_seed or seed == first:
+        return rates
+    return [summary.choose_learning_rate(runs[first])["learning_rate"]]
+
+
 def run_stage(
     stage: Stage, cfg: ml_collections.ConfigDict, workdir: Path, previous: dict[str, Any] | None = None,
     seeds: list[int] | None = None,
@@ -323,16 +333,20 @@ def run_stage(
     """The stage for every seed (`seeds`: the first of the configured ones, in a seed-major
     series) and learning rate, from the model its `starts` name (`previous`: the records of the
     stages before it in a series), then the stage's record (the learning rate chosen per seed on
-    the selection split). A finished run (its report.json) is reused, not redone."""
+    the selection split; with `rate_choice=first_seed` the later seeds run only the first seed's
+    choice). A finished run (its report.json) is reused, not redone."""
     previous = previous or {}
     if stage.depth:
         cfg = ml_collections.ConfigDict(cfg.to_dict())
         cfg.compression.num_successor_layers = stage.depth
     configured, rates = summary.parse_seeds(cfg.seeds), summary.learning_rates(_settings(cfg, stage.objective))
+    order, first_seed = seeds or configured, cfg.get("rate_choice") == "first_seed"
+    if first_seed:  # the later seeds run the rate the first chose: it runs (or is reused) first
+        order = [configured[0], *(s for s in order if s != configured[0])]
     runs: dict[int, list[dict[str, Any]]] = {}
-    for seed in seeds or configured:
+    for seed in order:
         runs[seed] = []
-        for rate in rates:
+        for rate in _rates(seed, rates, configured[0], runs, first_seed):
             folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
             if (folder / "report.json").exists():
                 log.info("%s: already finished, reusing %s", stage.name, folder / "report.json")

@@ -28,6 +28,17 @@ PROTOCOLS = {
     "validation": "steps, early stopping and learning rates chosen on validation data; test evaluated at the chosen steps",
     "test": "steps chosen on the TEST set (the source study's protocol; optimistic)",
 }
+RATE_CHOICE = {  # config.rate_choice: how a stage's seeds got their learning rates
+    "per_seed": "the learning rate of each seed is the one whose run is best on {on}",
+    "first_seed": "the learning rate is the one whose run is best on {on} in seed {first}; the later seeds ran only "
+                  "that rate (rate_choice=first_seed)",
+}
+
+
+def _rate_choice(cfg: ml_collections.ConfigDict, first: int) -> str:
+    return RATE_CHOICE[cfg.get("rate_choice", "per_seed")].format(first=first, on=cfg.selection)
+
+
 COLLAPSED = f"its selected model gives one class at least {summary.COLLAPSE_SHARE:.0%} of its predictions"
 
 
@@ -74,13 +85,14 @@ def _per_seed_table(result: dict[str, Any]) -> list[str]:
     metric = result["metric"]
     lines = [
         f"| seed | learning rate | selected step | validation {metric} | test {metric} | test 95% interval | "
-        "collapsed (most-predicted class's share) |",
-        "|---|---|---|---|---|---|---|",
+        "collapsed (most-predicted class's share) | peaked at the cap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in result["per_seed"]:
+        peaked = {True: "yes", False: "no"}.get(e.get(summary.PEAKED), "n/a")
         lines.append(
             f"| {e['seed']} | {e['learning_rate']:g} | {e['selected_step']} | {_fmt(e['validation'].get(metric))} | "
-            f"{_fmt(e['test'].get(metric))} | {_interval(e.get('test_ci95'))} | {_collapse_cell(e)} |"
+            f"{_fmt(e['test'].get(metric))} | {_interval(e.get('test_ci95'))} | {_collapse_cell(e)} | {peaked} |"
         )
     return lines
 
@@ -126,7 +138,7 @@ def write_stage_report(workdir: Path, record: dict[str, Any], cfg: ml_collection
         f"{len(record['per_seed'])} seed(s), learning rates {', '.join(f'{r:g}' for r in record['learning_rates'])}",
         "",
         *_selection_lines(record),
-        f"- the learning rate of each seed is the one whose run is best on {record['selection']}",
+        "- " + _rate_choice(cfg, record["seeds"][0]),
         f"- time until best {_fmt(record['time_until_best_s'], 1)} s, total {_fmt(record['total_time_s'], 1)} s "
         f"(means over seeds); every run of the stage: {_fmt(record['tuning_time_s'], 1)} s",
         "",
@@ -305,13 +317,15 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
 def comparison_table(results: dict[str, Any], comparison: Comparison) -> list[str]:
     """One row per downstream model, what a reader compares at a glance; every raw value
     (per seed, std, counts) stays in report.json's `comparison`."""
-    metric = comparison.metric
+    metric, compared = comparison.metric, [s for s in present(results) if s.row]
+    peaks = {s.name: summary.peaked_at_cap(results[s.name]) for s in compared}
+    shown = any(p is not None for p in peaks.values())  # reports written before the flag lack the column
     rows = [
         f"| model | layers | parameters (CR) | test {metric} mean ± std [95% interval] | retained (RP) [interval] | "
-        "minus truncated [interval]: verdict | fine-tuning speedup |",
-        "|---|---|---|---|---|---|---|",
+        "minus truncated [interval]: verdict | fine-tuning speedup |" + (" peaked at the cap |" if shown else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if shown else ""),
     ]
-    for row in [s for s in present(results) if s.row]:
+    for row in compared:
         stage, r, versus = row.name, results[row.name], comparison.models.get(row.name)
         flag = " **collapsed** in seeds " + str(summary.collapsed_seeds(r)) if r.get("collapsed") else ""
         cr = versus.compression_ratio if versus else None
@@ -330,6 +344,7 @@ def comparison_table(results: dict[str, Any], comparison: Comparison) -> list[st
         rows.append(
             f"| {row.row} ([`{stage}`]({stage}/report.md)){flag} | {r['parameters']['exported_layers']} | "
             f"{r['parameters']['exported_model']:,}{'' if cr is None else f' ({cr:.2f})'} | {test} | {rp} | {diff} | {speedup} |"
+            + (f" {_peaks(peaks[stage])} |" if shown else "")
         )
     lm = [f"{stage} {_fmt(numbers['perplexity'], 2)}" for stage, numbers in comparison.lm.items()]
     notes = [
@@ -340,6 +355,8 @@ def comparison_table(results: dict[str, Any], comparison: Comparison) -> list[st
         "fine-tuning speedup = time until the selected step, predecessor / model. Inference speed is not measured by a "
         "series: `python -m benchmarks.bench_inference --predecessor P --successor S`. Per-seed values: `report.json`.",
     ]
+    if shown:
+        notes.append(PEAKED_NOTE)
     if lm:
         speedup = comparison.lm_finetuning_speedup
         notes.append(f"LM stages, test perplexity: {', '.join(lm)}"
@@ -365,6 +382,18 @@ def per_seed_table(results: dict[str, Any], comparison: Comparison) -> list[str]
         ]
         rows.append(f"| `{stage}` | {' | '.join(cells)} |")
     return rows
+
+
+PEAKED_NOTE = (
+    "Peaked at the cap: of the model's chosen runs (per seed, the run of the learning rate chosen for that seed), how "
+    "many had their selected step at their last evaluation and trained to the cap (`epochs`, `max_steps`), not stopped "
+    "early: the budget, not early stopping, ended them while still at their best, so they may have stopped while still "
+    "improving."
+)
+
+
+def _peaks(peaked: tuple[int, int] | None) -> str:
+    return "n/a" if peaked is None else f"{peaked[0]} of {peaked[1]}"
 
 
 def _spread(spread: Spread | None, signed: bool = False) -> str:
@@ -399,7 +428,8 @@ def write_series_report(
         "",
         f"Selection protocol: **{cfg.selection}** ({PROTOCOLS[cfg.selection]}). Seeds: {', '.join(map(str, seeds))}; "
         f"values are means ± standard deviation over seeds (n - 1), intervals are 95% bootstrap intervals "
-        f"({cfg.bootstrap.resamples} resamples of the test examples, seed {cfg.bootstrap.seed}).",
+        f"({cfg.bootstrap.resamples} resamples of the test examples, seed {cfg.bootstrap.seed}). With several learning "
+        f"rates, per stage {_rate_choice(cfg, seeds[0])}.",
         "",
         "| stage | what | metric | validation | test | test 95% interval | learning rate | selected step | "
         "time until best s | total s | parameters | layers |",
@@ -449,7 +479,7 @@ def sweep_models(results: dict[str, Any], comparison: Comparison, speeds: dict[s
             retained_ci95=[1.0, 1.0] if teacher else versus.retained and versus.retained.ci95,
             minus_truncated=diff, minus_truncated_ci95=versus.minus_truncated.ci95 if diff else None,
             truncated_collapsed=tuple(summary.collapsed_seeds(truncated)) if truncated else (),
-            speedup=speeds[name].speedup if name in speeds else None,
+            speedup=speeds[name].speedup if name in speeds else None, peaked_at_cap=summary.peaked_at_cap(r),
         ))
     return models
 
@@ -475,8 +505,8 @@ def pareto_table(table: list[pareto.ParetoRow], metric: str) -> list[str]:
     """A depth sweep's rows (`pareto.rows`), then the sentence a user wants."""
     lines = [
         f"| depth | model | parameters | measured speed-up | test {metric} mean ± std [95% interval] | "
-        "RP [interval] | minus truncated at that depth [interval]: verdict |",
-        "|---|---|---|---|---|---|---|",
+        "RP [interval] | minus truncated at that depth [interval]: verdict | peaked at the cap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
         diff = "" if r.minus_truncated is None else (
@@ -488,6 +518,6 @@ def pareto_table(table: list[pareto.ParetoRow], metric: str) -> list[str]:
             f"| {r.depth} | [`{r.stage}`]({r.stage}/report.md) | {r.parameters:,} | "
             f"{'not measured' if r.speedup is None else f'{r.speedup:.2f}x'} | "
             f"{_pm(r.test.mean, r.test.std)} {_interval(r.test.ci95)} | "
-            f"{_pm(r.retained.mean, r.retained.std, 3)} {_interval(r.retained.ci95)} | {diff} |"
+            f"{_pm(r.retained.mean, r.retained.std, 3)} {_interval(r.retained.ci95)} | {diff} | {_peaks(r.peaked_at_cap)} |"
         )
     return lines + ["", pareto.sentence(table)]

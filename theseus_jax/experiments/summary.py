@@ -97,8 +97,9 @@ def run_record(best: dict[str, Any] | None, objective: str, metric: str, run_dir
     return record
 
 
+PEAKED = "peaked_at_cap"
 PER_SEED_KEYS = (
-    "seed", "learning_rate", "selected_step", "validation", "test", "test_ci95", "collapsed", "predicted_classes",
+    "seed", "learning_rate", "selected_step", PEAKED, "validation", "test", "test_ci95", "collapsed", "predicted_classes",
     "largest_class_share", "best_model_dir", "run_dir",
 )
 
@@ -134,9 +135,17 @@ class RunRecord:
     compression_ratio: float | None = None  # compression runs only
     peak_rss_bytes: int | None = None  # the process's peak resident memory at the run's end
 
+    @property
+    def peaked_at_cap(self) -> bool:
+        """The budget, not early stopping, ended the run while its metric was at its best: the
+        selected step is its last evaluation and it trained to its cap (issue 32's fair budget:
+        a model that often peaks at the cap may have been stopped while still improving).
+        Derived from the history, so reports written before the flag get it too."""
+        return bool(self.best and self.history) and not self.stopped_early and self.best["step"] == self.history[-1]["step"]
+
     def to_json(self) -> dict[str, Any]:
         """report.json's keys (`pipeline` repeats the name, `per_seed` holds the run itself)."""
-        out = {"pipeline": self.name, **dataclasses.asdict(self)}
+        out = {"pipeline": self.name, **dataclasses.asdict(self), PEAKED: self.peaked_at_cap}
         out = {k: v for k, v in out.items() if v is not None or k not in OPTIONAL_KEYS}
         return out | {"per_seed": [{key: out.get(key) for key in PER_SEED_KEYS}]}
 
@@ -155,6 +164,15 @@ def choose_learning_rate(candidates: list[dict[str, Any]]) -> dict[str, Any]:
         if better(run["metric"], run[run["selection"]][run["metric"]], chosen[chosen["selection"]][chosen["metric"]]):
             chosen = run
     return chosen
+
+
+def peaked_at_cap(record: dict[str, Any]) -> tuple[int, int] | None:
+    """(k, n): k of a stage's n chosen runs (per seed, the run of the learning rate chosen for
+    it) peaked at the cap; None for records written before the flag."""
+    entries = record["per_seed"]
+    if not entries or any(e.get(PEAKED) is None for e in entries):
+        return None
+    return sum(bool(e[PEAKED]) for e in entries), len(entries)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
