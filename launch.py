@@ -40,7 +40,7 @@ from theseus_jax.experiments.checkpoints import check_workdir, claim_workdir, un
 from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
 from theseus_jax.experiments.workdir_lock import WorkdirBusy, WorkdirLock
-from theseus_jax.memory import keep_freed_memory
+from theseus_jax import memory
 from theseus_jax.training import parallel
 
 PROG = "launch.py"
@@ -139,16 +139,7 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-# Set to 0 to let glibc return freed memory to the kernel: slower steps, a smaller process
-# (the 12-layer e5 study run held 16.6 GB with freed memory kept; see README).
-KEEP_FREED_MEMORY = "THESEUS_KEEP_FREED_MEMORY"
 COMPILATION_CACHE = Path("~/.cache/theseus-jax/xla")
-
-
-def _keep_freed_memory() -> bool:
-    """Faster CPU steps at the cost of a process that keeps its peak memory, unless
-    THESEUS_KEEP_FREED_MEMORY=0 (theseus_jax.memory); True when malloc was tuned."""
-    return os.environ.get(KEEP_FREED_MEMORY, "1") != "0" and keep_freed_memory()
 
 
 def _cache_compilations() -> None:
@@ -206,7 +197,7 @@ def main(argv: list[str]) -> int:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; overrides take the form --config.FIELD=VALUE")
         _setup_logging()
-        _keep_freed_memory()
+        memory.configure_allocator()  # before JAX starts its threads
         _cache_compilations()
         workdir = Path(_WORKDIR.value)
         try:

@@ -268,11 +268,11 @@ def test_launch_keeps_compiled_steps_on_disk_unless_told_otherwise(tmp_path, env
 
 @pytest.mark.parametrize("value, kept", [(None, "True"), ("0", "False")])
 def test_launch_keeps_freed_memory_unless_told_otherwise(value, kept):
-    """launch.py tunes glibc's malloc (faster steps, peak memory kept) unless THESEUS_KEEP_FREED_MEMORY=0."""
+    """launch.py's allocator policy tunes glibc's malloc (faster steps) unless THESEUS_KEEP_FREED_MEMORY=0."""
     variables = {k: v for k, v in os.environ.items() if k != "THESEUS_KEEP_FREED_MEMORY"} | {"PYTHONPATH": str(REPO)}
     if value is not None:
         variables["THESEUS_KEEP_FREED_MEMORY"] = value
-    result = subprocess.run([sys.executable, "-c", "import launch; print(launch._keep_freed_memory())"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", "import launch; print(launch.memory.configure_allocator())"], cwd=REPO,
                             capture_output=True, text=True, env=variables, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == kept
