@@ -152,12 +152,25 @@ def _cache_compilations() -> None:
         jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
+# Fields that change how a run is carried out, not its result: a rerun with another value resumes.
+RUN_SETTINGS = ("max_memory_gb",)
+
+
+def _identity(config) -> dict:
+    """The config as a workdir records it (`claim_workdir`), without RUN_SETTINGS."""
+    return {k: v for k, v in config.to_dict().items() if k not in RUN_SETTINGS}
+
+
 def run(config, workdir: Path, overwrite: bool = False) -> dict:
     """Checks config and data, takes the workdir and runs the pipeline (every process of
     a multi-host run calls it; process 0 holds the lock and writes the files)."""
     validate_config(config)
     parallel.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     validate_devices(config, jax.device_count())
+    if config.max_memory_gb and jax.process_count() > 1:  # one host stopping alone would leave the others waiting
+        log.warning("max_memory_gb is ignored with several processes")
+    else:
+        memory.set_cap(config.max_memory_gb)
     writer = parallel.is_writer()
     existed = workdir.exists()
     lock = WorkdirLock(workdir)
@@ -173,7 +186,7 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
             if writer:
                 workdir.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
-                resumed = claim_workdir(workdir, config.to_dict(), overwrite, get_base_config().to_dict())
+                resumed = claim_workdir(workdir, _identity(config), overwrite, _identity(get_base_config()))
         except UserError as err:
             error = err
         if not parallel.agree(error is None):  # every process stops when process 0 must

@@ -14,8 +14,8 @@ model; `uptime` is recorded before and after.
 Allocator policies (`POLICIES`) are environments for the JAX process (what launch.py reads).
 
     python -m benchmarks.bench_memory --models e5-small,bert-base,xlmr-base --output docs/memory-benchmarks.md
-    python -m benchmarks.bench_memory --models e5-small --policies keep,keep-no-release,glibc,jemalloc --repeats 2
-    python -m benchmarks.bench_memory --stage --policies default,keep-no-release --output docs/memory-benchmarks.md
+    python -m benchmarks.bench_memory --models e5-small --policies phases,keep,glibc,jemalloc-tuned --repeats 2
+    python -m benchmarks.bench_memory --stage --policies phases,keep --output docs/memory-benchmarks.md
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ LIB = Path("/usr/lib/x86_64-linux-gnu")
 KEEP = "THESEUS_KEEP_FREED_MEMORY"
 # name -> (environment of the JAX process, what it is)
 POLICIES: dict[str, tuple[dict[str, str], str]] = {
-    "default": ({}, "the project's default (theseus_jax.memory)"),
+    "phases": ({KEEP: "phases"}, "the default: one arena, blocks up to 32 MiB kept, larger ones mapped, heap trimmed after "
+               "evaluations and checkpoints (theseus_jax.memory)"),
+    "keep": ({KEEP: "keep"}, "every freed block kept: one arena, no mmap, no trimming (the default before issue 31)"),
     "glibc": ({KEEP: "0"}, "glibc malloc, default settings"),
-    "keep-no-release": ({"THESEUS_RELEASE_FREED_MEMORY": "0"}, "freed memory kept, never released (before issue 31)"),
     "jemalloc": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2")}, "jemalloc 5.3, default settings"),
     "jemalloc-tuned": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2"),
                         "MALLOC_CONF": "oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:0,narenas:2,background_thread:true"},
@@ -174,7 +175,7 @@ def run_child(command: list[str], env: dict[str, str]) -> tuple[int, int, str]:
 
 
 def measure(framework: str, model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = thread_env(args.threads) | (POLICIES[policy][0] if framework == "jax" else {})
+    env = thread_env(args.threads) | POLICIES.get(policy, ({}, ""))[0]
     command = [sys.executable, "-m", "benchmarks.bench_memory", "--worker", framework, "--model", model,
                "--rounds", str(args.rounds), "--threads", str(args.threads)]
     status, peak, out = run_child(command, env)
@@ -237,10 +238,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--model", choices=sorted(MODELS), help=argparse.SUPPRESS)
     parser.add_argument("--models", type=comma_choices(MODELS), default=["e5-small"])
-    parser.add_argument("--policies", type=comma_choices(POLICIES), default=["default"], help="JAX allocator policies")
+    parser.add_argument("--policies", type=comma_choices(POLICIES), default=["phases"], help="JAX allocator policies")
     parser.add_argument("--repeats", type=int, default=1, help="alternating repeats of every configuration")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of steps over the lengths per process")
-    parser.add_argument("--no-hf", action="store_true", help="ours only")
+    parser.add_argument("--frameworks", type=comma_choices(["torch", "jax"]), default=["torch", "jax"],
+                        help="HF PyTorch (once per model and repeat) and ours (once per policy)")
     parser.add_argument("--stage", action="store_true", help="the whole-stage figure instead (launch.py per policy)")
     parser.add_argument("--stage-examples", type=int, default=640, help="GermEval tweets per split (max_examples)")
     parser.add_argument("--e5", default=str(Path("~/.cache/theseus-jax/e5small").expanduser()),
@@ -266,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     stage.append(measure_stage(policy, args, Path(tmp) / "run"))
             continue
         for model in args.models:
-            for policy in args.policies:
-                if not args.no_hf:
-                    rows.append(measure("torch", model, policy, args))
-                rows.append(measure("jax", model, policy, args))
+            if "torch" in args.frameworks:
+                rows.append(measure("torch", model, "-", args))
+            if "jax" in args.frameworks:
+                rows += [measure("jax", model, policy, args) for policy in args.policies]
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "stage": stage}, indent=1))
     body = markdown(rows, stage, args, machine_description(), (before, uptime()))

@@ -1,34 +1,40 @@
-"""The process's memory: keeping freed memory between training steps, releasing it between
-phases, and reading the resident size.
+"""The process's memory: the malloc policy, releasing freed memory between phases, the
+resident size and the memory cap.
 
 XLA:CPU frees a step's temporary buffers (gigabytes for a 12-layer model) when the step
-ends, and glibc's malloc hands such large blocks straight back to the kernel (mmap, heap
-trimming), so every step page-faults them in again: a bert-base training step on the
-2-core AMD EPYC took about 800,000 page faults and 1.4 s of kernel time out of 5 s
-(BENCHMARKS.md). One arena, no mmap for large blocks and no automatic trimming keep the
-memory in the process instead. Left at that, a whole stage's heap only grows: evaluations,
-checkpoints and exports allocate other sizes than the steps, the free holes they leave do
-not fit the next phase, and the resident size reached about twice the live bytes (issue 31,
-docs/memory-benchmarks.md). So the trainer releases the free pages (`malloc_trim`) when a
-phase ends: the steps of one phase still reuse their memory, the next phase faults in only
-what it needs.
+ends, and glibc's malloc hands large blocks straight back to the kernel (mmap above a
+threshold that adapts up to 32 MiB, heap trimming), so every step page-faults them in
+again: a bert-base step on the 2-core AMD EPYC took about 800,000 page faults and 1.4 s of
+kernel time out of 5 s (BENCHMARKS.md). Keeping every freed block (one arena, no mmap, no
+trimming: `keep_freed_memory`) removed that cost, but over a whole stage the heap only
+grew: evaluations, checkpoints and exports allocate other sizes than the steps, and the
+resident size reached twice the live bytes (issue 31, docs/memory-benchmarks.md). The
+default policy (`phases`) keeps the step's blocks up to glibc's largest mmap threshold
+(32 MiB) in one arena and never trims on its own, so steps reuse them; larger blocks
+(embedding-table gradients, checkpoint and export copies) are mapped and unmapped, leaving
+no holes; and the trainer returns the heap's free pages (`malloc_trim`) when a phase ends.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import os
 from pathlib import Path
 from typing import Mapping
 
+from theseus_jax.errors import UserError
+
 # mallopt parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-# Set to 0 for glibc's default malloc (freed memory returned at once: slower steps).
-KEEP_FREED_MEMORY = "THESEUS_KEEP_FREED_MEMORY"
-# Set to 0 to keep freed memory across phases too (the behaviour before issue 31).
-RELEASE_FREED_MEMORY = "THESEUS_RELEASE_FREED_MEMORY"
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses a larger M_MMAP_THRESHOLD on 64-bit
+# The malloc policy: "phases" (default, above), "keep" (every freed block kept: faster only
+# where large blocks dominate, a process that keeps its peak) or "0" (glibc's defaults).
+MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
+POLICIES = ("phases", "keep", "0")
 _release = False
+_cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -39,32 +45,37 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> bool:
-    """Tunes glibc's malloc as above; False where there is no glibc `mallopt` (nothing changed).
-
-    Call it before JAX starts its threads (before the first computation): threads that
-    already own an arena keep it.
-    """
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:
-        return False
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    """The "keep" policy (every freed block kept); False where there is no glibc `mallopt`.
+    Call it before JAX starts its threads: threads that already own an arena keep it."""
+    return configure_allocator({MALLOC_POLICY: "keep"}) == "keep"
 
 
-def configure_allocator(environ: Mapping[str, str] = os.environ) -> bool:
-    """The process's malloc policy from the environment (launch.py and the benchmarks call it
-    before JAX starts): freed memory kept during phases and released at their ends, unless
-    THESEUS_KEEP_FREED_MEMORY=0 or THESEUS_RELEASE_FREED_MEMORY=0. True when malloc was tuned."""
+def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
+    """Sets the process's malloc policy from THESEUS_KEEP_FREED_MEMORY (`POLICIES`; "1" or
+    unset: "phases"); launch.py and the benchmarks call it before JAX starts its threads.
+    Returns the policy in force ("0" where there is no glibc `mallopt`)."""
     global _release
-    kept = environ.get(KEEP_FREED_MEMORY, "1") != "0" and keep_freed_memory()
-    _release = kept and environ.get(RELEASE_FREED_MEMORY, "1") != "0"
-    return kept
+    policy = environ.get(MALLOC_POLICY, "phases").strip() or "phases"
+    policy = "phases" if policy == "1" else policy
+    if policy not in POLICIES:
+        raise UserError(f"{MALLOC_POLICY}={policy}: unknown malloc policy; choose one of {', '.join(POLICIES)}")
+    mallopt = getattr(_libc(), "mallopt", None)
+    if policy == "0" or mallopt is None:
+        return "0"
+    if policy == "keep":
+        settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
+    else:
+        settings = ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 64 << 20))
+    if not all(mallopt(param, value) == 1 for param, value in settings):
+        return "0"
+    _release = policy == "phases"
+    return policy
 
 
 def release_freed_memory() -> bool:
-    """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) where
-    `configure_allocator` keeps them; call it when a phase (training chunk, evaluation,
-    checkpoint, export) ends. True when something was released."""
+    """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) under the
+    "phases" policy; the trainer calls it when an evaluation or a checkpoint ends. True when
+    something was released."""
     trim = getattr(_libc(), "malloc_trim", None) if _release else None
     return bool(trim and trim(0))
 
@@ -86,3 +97,35 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MemoryCapExceeded(UserError):
+    """The process's resident memory passed `max_memory_gb`; raised where a checkpoint was
+    just saved, so a rerun resumes (with a higher cap, or with the knobs the message names)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OverCap:
+    """The peak resident size that passed the cap (both in bytes)."""
+
+    peak: int
+    cap: int
+
+    def message(self, where: str) -> str:
+        return (f"resident memory reached {self.peak / 1e9:.2f} GB, over max_memory_gb={self.cap / 1e9:g}, {where}; "
+                "lower batch_size or max_length, raise accumulation_steps, set model.remat=True, or raise "
+                "max_memory_gb, then rerun the same command to resume")
+
+
+def set_cap(gigabytes: float) -> None:
+    """The process's memory cap (`max_memory_gb`; 0 = none), which `over_cap` checks."""
+    global _cap_bytes
+    _cap_bytes = int(gigabytes * 1e9)
+
+
+def over_cap() -> OverCap | None:
+    """The peak resident size if it passed the cap set by `set_cap`, else None. A prediction
+    before training is not offered: XLA:CPU reports no buffer sizes, and the resident size
+    depends on the allocator and the phases (docs/memory-benchmarks.md)."""
+    peak = peak_rss_bytes()
+    return OverCap(peak, _cap_bytes) if _cap_bytes and peak > _cap_bytes else None

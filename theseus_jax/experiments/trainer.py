@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from theseus_jax import atomic, faults
+from theseus_jax import atomic, faults, memory
 from theseus_jax.errors import UserError
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
 from theseus_jax.experiments import preemption
@@ -135,6 +135,7 @@ def evaluate(
         result["perplexity"] = perplexity(totals["loss_sum"], totals["count"])
         result["mlm_accuracy"] = totals["correct"] / max(totals["count"], 1.0)
         return result, {}
+    memory.release_freed_memory()  # the evaluation's buffers: other sizes than the steps'
     order = np.argsort(np.concatenate(parts["index"]))
     predictions = {key: np.concatenate(value)[order] for key, value in parts.items()}
     result.update(classification_metrics(predictions["labels"], predictions["probabilities"]))
@@ -231,8 +232,10 @@ def prefetch(batches: Iterable[Batch], transfer: Callable[[Batch], Any], size: i
 
 class _PendingMetrics:
     """Per-step metrics left on the device until `flush`, which fetches them in one
-    transfer, then logs every step, updates the progress bar and checks the loss. Without a
-    terminal (a run under nohup or a scheduler: no bar) each flush logs one progress line."""
+    transfer, then logs every step, updates the progress bar (with the resident memory, now
+    and at its peak), checks the loss and the memory cap (`over_cap`, for the loop to stop
+    at). Without a terminal (a run under nohup or a scheduler: no bar) each flush logs one
+    progress line."""
 
     def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog", total_steps: int) -> None:
         self.name, self.checkpoint_dir, self.step_log, self.total_steps = name, checkpoint_dir, step_log, total_steps
@@ -241,6 +244,12 @@ class _PendingMetrics:
         self.bar: Any = None
         self.last_flush = time.perf_counter()  # reset after evaluations: s/step counts training only
         self.epoch = 0
+        self.over_cap: memory.OverCap | None = None
+
+    def check_memory(self) -> memory.OverCap | None:
+        """The memory cap's verdict (it stays once passed)."""
+        self.over_cap = self.over_cap or memory.over_cap()
+        return self.over_cap
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -265,14 +274,17 @@ class _PendingMetrics:
             self.step_log.write(step, scalars)
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
         now = time.perf_counter()
         previous, self.last_flush = self.last_flush, now
+        rss = f"{memory.rss_bytes() / 1e9:.1f} GB (peak {memory.peak_rss_bytes() / 1e9:.1f})"
+        self.check_memory()
+        if self.bar is not None and not self.bar.disable:
+            self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars} | {"RSS": rss})
         if self.bar is not None and self.bar.disable:
             log.info(
-                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step", self.name, self.epoch + 1, steps[-1],
+                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step, RSS %s", self.name, self.epoch + 1, steps[-1],
                 self.total_steps, scalars["loss"],
-                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", (now - previous) / len(steps),
+                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", (now - previous) / len(steps), rss,
             )
 
 
@@ -385,9 +397,11 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                     "below 1 here (compression.replacing_steps ends the phase)", job.name)
     pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, total_steps)
 
-    def stopped(signum: int, saved: bool) -> preemption.Stopped:
+    def stopped(signum: int | memory.OverCap, saved: bool) -> Exception:
         where = f"at step {step} of {total_steps}"
         saved_in = f", checkpoint saved in {workdir / 'checkpoints'}" if saved else ""
+        if isinstance(signum, memory.OverCap):
+            return memory.MemoryCapExceeded(f"{job.name}: {signum.message(where + saved_in)}")
         name = signal.Signals(signum).name
         return preemption.Stopped(f"{job.name}: stopped by {name} {where}{saved_in}; rerun the same command to resume", signum)
 
@@ -406,7 +420,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 progress.batch += 1
                 pending.add(step, metrics)
                 faults.point("train_step")
-                stop = preemption.requested(step)
+                stop = preemption.requested(step) or pending.over_cap  # a signal, or memory past max_memory_gb
                 # An epoch's last step stops after the epoch's evaluation and checkpoint, below.
                 stop_now = bool(stop) and progress.batch < total
                 evaluate_now = bool(job.eval_every_steps) and step % job.eval_every_steps == 0 and progress.batch < total
@@ -426,6 +440,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             bar.close()
             if not progress.stopped_early:
                 run_evaluation(epoch)
+            stop = stop or pending.check_memory()
             progress.epoch, progress.batch = epoch + 1, 0
             progress.elapsed_s = elapsed()
             checkpoints.save(step, state, progress, best_params)
