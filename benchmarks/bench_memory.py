@@ -45,8 +45,8 @@ LIB = Path("/usr/lib/x86_64-linux-gnu")
 KEEP = "THESEUS_KEEP_FREED_MEMORY"
 # name -> (environment of the JAX process, what it is)
 POLICIES: dict[str, tuple[dict[str, str], str]] = {
-    "phases": ({KEEP: "phases"}, "the default: one arena, blocks up to 32 MiB kept, larger ones mapped, heap trimmed after "
-               "evaluations and checkpoints (theseus_jax.memory)"),
+    "phases": ({KEEP: "phases"}, "the default: freed memory kept during a phase (one arena, no mmap, no automatic trim), "
+               "the heap trimmed after evaluations, checkpoints and exports (theseus_jax.memory)"),
     "keep": ({KEEP: "keep"}, "every freed block kept: one arena, no mmap, no trimming (the default before issue 31)"),
     "glibc": ({KEEP: "0"}, "glibc malloc, default settings"),
     "jemalloc": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2")}, "jemalloc 5.3, default settings"),

@@ -35,7 +35,7 @@ from theseus_jax import memory
 assert memory.configure_allocator({memory.MALLOC_POLICY: "phases"}) == "phases"
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
-blocks = [libc.malloc(1 << 20) for _ in range(256)]  # 256 MiB in the heap (below the mmap threshold)
+blocks = [libc.malloc(1 << 20) for _ in range(256)]  # 256 MiB in the heap
 for block in blocks:
     ctypes.memset(block, 1, 1 << 20)
 for block in blocks:
@@ -53,18 +53,11 @@ def _faults_of_second_block(mode: str, size: int) -> int:
 
 
 @glibc
-def test_keep_holds_every_freed_block():
+@pytest.mark.parametrize("policy", ["keep", "phases"])
+def test_the_policies_hold_a_freed_block(policy):
     pages = 128 * MIB // 4096  # above glibc's largest mmap threshold (32 MiB)
     assert _faults_of_second_block("default", 128 * MIB) >= 0.9 * pages  # glibc unmapped it: every page again
-    assert _faults_of_second_block("keep", 128 * MIB) < 0.01 * pages
-
-
-@glibc
-def test_phases_holds_step_sized_blocks_and_returns_larger_ones():
-    """16 MiB (an attention or FFN buffer): kept; 128 MiB (an embedding-table gradient): mapped
-    and returned, so it leaves no hole in the heap."""
-    assert _faults_of_second_block("phases", 16 * MIB) < 0.01 * (16 * MIB // 4096)
-    assert _faults_of_second_block("phases", 128 * MIB) >= 0.9 * (128 * MIB // 4096)
+    assert _faults_of_second_block(policy, 128 * MIB) < 0.01 * pages
 
 
 @glibc

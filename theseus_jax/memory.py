@@ -5,14 +5,16 @@ XLA:CPU frees a step's temporary buffers (gigabytes for a 12-layer model) when t
 ends, and glibc's malloc hands large blocks straight back to the kernel (mmap above a
 threshold that adapts up to 32 MiB, heap trimming), so every step page-faults them in
 again: a bert-base step on the 2-core AMD EPYC took about 800,000 page faults and 1.4 s of
-kernel time out of 5 s (BENCHMARKS.md). Keeping every freed block (one arena, no mmap, no
-trimming: `keep_freed_memory`) removed that cost, but over a whole stage the heap only
-grew: evaluations, checkpoints and exports allocate other sizes than the steps, and the
-resident size reached twice the live bytes (issue 31, docs/memory-benchmarks.md). The
-default policy (`phases`) keeps the step's blocks up to glibc's largest mmap threshold
-(32 MiB) in one arena and never trims on its own, so steps reuse them; larger blocks
-(embedding-table gradients, checkpoint and export copies) are mapped and unmapped, leaving
-no holes; and the trainer returns the heap's free pages (`malloc_trim`) when a phase ends.
+kernel time out of 5 s (BENCHMARKS.md). One arena, no mmap and no automatic trimming keep
+freed memory in the process instead (`keep`). Left at that over a whole stage, the heap
+only grew: evaluations, checkpoints and exports allocate other sizes than the steps, the
+holes they leave do not fit the next phase, and an e5-small stage reached 11.2 GB for
+about 6 GB of live bytes (issue 31, docs/memory-benchmarks.md). The default (`phases`)
+keeps freed memory the same way and returns the heap's free pages to the kernel
+(`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export): the steps of a
+phase reuse their memory, the next phase faults in only what it touches (6.75 GB for that
+stage, at `keep`'s step time). Sending blocks over 32 MiB to mmap instead left no holes
+either but cost 0.6-0.8 s per e5-small step (its 384 MB embedding-table buffers).
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ from typing import Mapping
 from theseus_jax.errors import UserError
 
 # mallopt parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
-MMAP_THRESHOLD_MAX = 32 << 20  # glibc refuses a larger M_MMAP_THRESHOLD on 64-bit
-# The malloc policy: "phases" (default, above), "keep" (every freed block kept: faster only
-# where large blocks dominate, a process that keeps its peak) or "0" (glibc's defaults).
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+# The malloc policy: "phases" (default, above), "keep" (freed memory never returned: the
+# process keeps its peak and fragmentation) or "0" (glibc's defaults: slower steps).
 MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
 POLICIES = ("phases", "keep", "0")
 _release = False
@@ -62,10 +63,7 @@ def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
     mallopt = getattr(_libc(), "mallopt", None)
     if policy == "0" or mallopt is None:
         return "0"
-    if policy == "keep":
-        settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
-    else:
-        settings = ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 64 << 20))
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim on its own
     if not all(mallopt(param, value) == 1 for param, value in settings):
         return "0"
     _release = policy == "phases"
@@ -74,7 +72,7 @@ def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
 
 def release_freed_memory() -> bool:
     """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) under the
-    "phases" policy; the trainer calls it when an evaluation or a checkpoint ends. True when
+    "phases" policy; called when an evaluation, a checkpoint or an export ends. True when
     something was released."""
     trim = getattr(_libc(), "malloc_trim", None) if _release else None
     return bool(trim and trim(0))
