@@ -8,12 +8,14 @@ of one training step at each bucket length (32, 64, 128), an evaluation pass at 
 kernel's ru_maxrss of the finished child, checked against the worker's own VmHWM), the
 median length-128 step after the first round, and for JAX the peak bytes of live
 `jax.Array`s at phase ends (XLA:CPU's `memory_stats()` reports nothing, so XLA's
-temporaries are not counted there: the RSS is the figure). Frameworks alternate model by
-model; `uptime` is recorded before and after.
+temporaries are not counted there: the RSS is the figure). Per model and repeat: HF first,
+then ours per policy (`--frameworks` picks one side, to give each process a timing window
+of its own); `uptime` is recorded before and after.
 
 Allocator policies (`POLICIES`) are environments for the JAX process (what launch.py reads).
 
     python -m benchmarks.bench_memory --models e5-small,bert-base,xlmr-base --output docs/memory-benchmarks.md
+    python -m benchmarks.bench_memory --models e5-small --frameworks jax --policies phases --rounds 4 --json out.json
     python -m benchmarks.bench_memory --models e5-small --policies phases,keep,glibc,jemalloc-tuned --repeats 2
     python -m benchmarks.bench_memory --stage --policies phases,keep --output docs/memory-benchmarks.md
 """
