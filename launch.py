@@ -34,13 +34,13 @@ import ml_collections
 from ml_collections import config_flags
 
 from configs.base import get_base_config
+from theseus_jax import memory
 from theseus_jax.errors import UserError, one_line, run_cli, show_tracebacks
 from theseus_jax.experiments import datasets, preemption
 from theseus_jax.experiments.checkpoints import check_workdir, claim_workdir, unclaim_workdir
 from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
 from theseus_jax.experiments.workdir_lock import WorkdirBusy, WorkdirLock
-from theseus_jax import memory
 from theseus_jax.training import parallel
 
 PROG = "launch.py"
@@ -167,10 +167,11 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
     validate_config(config)
     parallel.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     validate_devices(config, jax.device_count())
-    if config.max_memory_gb and jax.process_count() > 1:  # one host stopping alone would leave the others waiting
+    cap = config.get("max_memory_gb", 0.0)
+    if cap and jax.process_count() > 1:  # one host stopping alone would leave the others waiting
         log.warning("max_memory_gb is ignored with several processes")
     else:
-        memory.set_cap(config.max_memory_gb)
+        memory.set_cap(cap)
     writer = parallel.is_writer()
     existed = workdir.exists()
     lock = WorkdirLock(workdir)

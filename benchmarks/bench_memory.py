@@ -49,6 +49,7 @@ KEEP = "THESEUS_KEEP_FREED_MEMORY"
 POLICIES: dict[str, tuple[dict[str, str], str]] = {
     "phases": ({KEEP: "phases"}, "the default: freed memory kept during a phase (one arena, no mmap, no automatic trim), "
                "the heap trimmed after evaluations, checkpoints and exports (theseus_jax.memory)"),
+    "lean": ({KEEP: "lean"}, "as phases, but blocks over 32 MiB (glibc's largest mmap threshold) mapped and returned at once"),
     "keep": ({KEEP: "keep"}, "every freed block kept: one arena, no mmap, no trimming (the default before issue 31)"),
     "glibc": ({KEEP: "0"}, "glibc malloc, default settings"),
     "jemalloc": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2")}, "jemalloc 5.3, default settings"),

@@ -30,9 +30,9 @@ touch()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 RELEASE = """
-import ctypes
+import ctypes, sys
 from theseus_jax import memory
-assert memory.configure_allocator({memory.MALLOC_POLICY: "phases"}) == "phases"
+assert memory.configure_allocator({memory.MALLOC_POLICY: sys.argv[1]}) == sys.argv[1]
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 blocks = [libc.malloc(1 << 20) for _ in range(256)]  # 256 MiB in the heap
@@ -61,8 +61,17 @@ def test_the_policies_hold_a_freed_block(policy):
 
 
 @glibc
-def test_release_returns_the_kept_pages():
-    out = subprocess.run([sys.executable, "-c", RELEASE], cwd=REPO, capture_output=True, text=True, check=True)
+def test_lean_holds_step_sized_blocks_and_returns_larger_ones():
+    """16 MiB (an attention or FFN buffer): kept; 128 MiB (an embedding-table gradient): mapped
+    and returned, so it leaves no hole in the heap."""
+    assert _faults_of_second_block("lean", 16 * MIB) < 0.01 * (16 * MIB // 4096)
+    assert _faults_of_second_block("lean", 128 * MIB) >= 0.9 * (128 * MIB // 4096)
+
+
+@glibc
+@pytest.mark.parametrize("policy", ["phases", "lean"])
+def test_release_returns_the_kept_pages(policy):
+    out = subprocess.run([sys.executable, "-c", RELEASE, policy], cwd=REPO, capture_output=True, text=True, check=True)
     dropped, released = out.stdout.split()
     assert released == "True"
     assert int(dropped) >= 200 * MIB
@@ -72,7 +81,7 @@ def test_an_unknown_policy_is_a_user_error():
     from theseus_jax import memory
     from theseus_jax.errors import UserError
 
-    with pytest.raises(UserError, match="THESEUS_KEEP_FREED_MEMORY=fast: unknown malloc policy; choose one of phases, keep, 0"):
+    with pytest.raises(UserError, match="THESEUS_KEEP_FREED_MEMORY=fast: unknown malloc policy; choose one of phases, lean, keep, 0"):
         memory.configure_allocator({memory.MALLOC_POLICY: "fast"})
 
 

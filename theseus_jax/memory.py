@@ -29,11 +29,13 @@ from typing import Mapping
 from theseus_jax.errors import UserError
 
 # mallopt parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-# The malloc policy: "phases" (default, above), "keep" (freed memory never returned: the
-# process keeps its peak and fragmentation) or "0" (glibc's defaults: slower steps).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
+# The malloc policy: "phases" (default, above); "lean" (as phases, but blocks over 32 MiB,
+# glibc's largest mmap threshold, are mapped and returned at once: no holes from them, a
+# 2.3 GB lower e5-small stage peak, 0.6-0.8 s slower e5-small steps); "keep" (freed memory
+# never returned: the process keeps its peak and fragmentation); "0" (glibc's defaults).
 MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
-POLICIES = ("phases", "keep", "0")
+POLICIES = ("phases", "lean", "keep", "0")
 _release = False
 _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
 
@@ -63,16 +65,20 @@ def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
     mallopt = getattr(_libc(), "mallopt", None)
     if policy == "0" or mallopt is None:
         return "0"
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim on its own
+    settings = ((M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, -1))  # -1: never trim on its own
+    if policy == "lean":
+        settings += ((M_MMAP_THRESHOLD, 32 << 20), (M_TOP_PAD, 64 << 20))
+    else:
+        settings += ((M_MMAP_MAX, 0),)
     if not all(mallopt(param, value) == 1 for param, value in settings):
         return "0"
-    _release = policy == "phases"
+    _release = policy in ("phases", "lean")
     return policy
 
 
 def release_freed_memory() -> bool:
     """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) under the
-    "phases" policy; called when an evaluation, a checkpoint or an export ends. True when
+    "phases" and "lean" policies; called when an evaluation, a checkpoint or an export ends. True when
     something was released."""
     trim = getattr(_libc(), "malloc_trim", None) if _release else None
     return bool(trim and trim(0))
