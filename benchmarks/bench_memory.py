@@ -168,7 +168,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_child(command: list[str], env: dict[str, str]) -> tuple[int, int, str]:
-    """(exit status, peak RSS bytes of the child from the kernel's rusage, its stdout)."""
+    """(exit status, peak RSS bytes of the child from the kernel's rusage, its stdout). Linux
+    counts the forked copy of this process too (ru_maxrss survives exec), so the driver must
+    stay small beside its children: the workers report their own VmHWM to check it."""
     with tempfile.TemporaryFile("w+") as out:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, text=True)
         _, status, usage = os.wait4(child.pid, 0)

@@ -9,9 +9,13 @@ MIB = 1 << 20
 
 
 def test_the_childs_peak_counts_what_it_touched():
-    status, peak, out = run_child([sys.executable, "-c", f"b = bytearray({300 * MIB}); print(len(b))"], {})
-    assert status == 0 and out.strip() == str(300 * MIB)
-    assert 300 * MIB <= peak < 300 * MIB + 200 * MIB  # the bytes plus an interpreter
+    """At least the child's own VmHWM (Linux also carries the forked copy of the parent into
+    ru_maxrss, which is why the benchmark's driver stays small and its rows show both)."""
+    code = (f"b = bytearray({300 * MIB}); "
+            "print(next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')))")
+    status, peak, out = run_child([sys.executable, "-c", code], {})
+    assert status == 0 and int(out) >= 300 * MIB
+    assert peak >= int(out) - 4 * MIB
 
 
 def test_a_failing_child_reports_its_status():
