@@ -8,13 +8,14 @@ again: a bert-base step on the 2-core AMD EPYC took about 800,000 page faults an
 kernel time out of 5 s (BENCHMARKS.md). One arena, no mmap and no automatic trimming keep
 freed memory in the process instead (`keep`). Left at that over a whole stage, the heap
 only grew: evaluations, checkpoints and exports allocate other sizes than the steps, the
-holes they leave do not fit the next phase, and an e5-small stage reached 11.2 GB for
-about 6 GB of live bytes (issue 31, docs/memory-benchmarks.md). The default (`phases`)
+holes they leave do not fit the next phase, and an e5-small stage reached 11.8 GB for
+5-8 GB of live bytes (issue 31, docs/memory-benchmarks.md). The default (`phases`)
 keeps freed memory the same way and returns the heap's free pages to the kernel
 (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export): the steps of a
-phase reuse their memory, the next phase faults in only what it touches (6.75 GB for that
-stage, at `keep`'s step time). Sending blocks over 32 MiB to mmap instead left no holes
-either but cost 0.6-0.8 s per e5-small step (its 384 MB embedding-table buffers).
+phase reuse their memory, the next phase faults in only what it touches (9.35 GB for a
+640-tweet stage, at `keep`'s step time). `lean` also sends blocks over 32 MiB to mmap: no
+holes from them (7.04 GB for that stage), at 0.6-0.8 s per e5-small step (its 384 MB
+embedding-table buffers faulted in every step).
 """
 
 from __future__ import annotations
