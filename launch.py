@@ -34,13 +34,13 @@ import ml_collections
 from ml_collections import config_flags
 
 from configs.base import get_base_config
+from theseus_jax import memory
 from theseus_jax.errors import UserError, one_line, run_cli, show_tracebacks
 from theseus_jax.experiments import datasets, preemption
 from theseus_jax.experiments.checkpoints import check_workdir, claim_workdir, unclaim_workdir
 from theseus_jax.experiments.config_schema import CONFIG, SCHEMA, used_parts, validate_config, validate_devices
 from theseus_jax.experiments.pipelines import PIPELINES
 from theseus_jax.experiments.workdir_lock import WorkdirBusy, WorkdirLock
-from theseus_jax.memory import keep_freed_memory
 from theseus_jax.training import parallel
 
 PROG = "launch.py"
@@ -139,16 +139,7 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-# Set to 0 to let glibc return freed memory to the kernel: slower steps, a smaller process
-# (the 12-layer e5 study run held 16.6 GB with freed memory kept; see README).
-KEEP_FREED_MEMORY = "THESEUS_KEEP_FREED_MEMORY"
 COMPILATION_CACHE = Path("~/.cache/theseus-jax/xla")
-
-
-def _keep_freed_memory() -> bool:
-    """Faster CPU steps at the cost of a process that keeps its peak memory, unless
-    THESEUS_KEEP_FREED_MEMORY=0 (theseus_jax.memory); True when malloc was tuned."""
-    return os.environ.get(KEEP_FREED_MEMORY, "1") != "0" and keep_freed_memory()
 
 
 def _cache_compilations() -> None:
@@ -161,12 +152,26 @@ def _cache_compilations() -> None:
         jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
+# Fields that change how a run is carried out, not its result: a rerun with another value resumes.
+RUN_SETTINGS = ("max_memory_gb",)
+
+
+def _identity(config) -> dict:
+    """The config as a workdir records it (`claim_workdir`), without RUN_SETTINGS."""
+    return {k: v for k, v in config.to_dict().items() if k not in RUN_SETTINGS}
+
+
 def run(config, workdir: Path, overwrite: bool = False) -> dict:
     """Checks config and data, takes the workdir and runs the pipeline (every process of
     a multi-host run calls it; process 0 holds the lock and writes the files)."""
     validate_config(config)
     parallel.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     validate_devices(config, jax.device_count())
+    cap = config.get("max_memory_gb", 0.0)
+    if cap and jax.process_count() > 1:  # one host stopping alone would leave the others waiting
+        log.warning("max_memory_gb is ignored with several processes")
+    else:
+        memory.set_cap(cap)
     writer = parallel.is_writer()
     existed = workdir.exists()
     lock = WorkdirLock(workdir)
@@ -182,7 +187,7 @@ def run(config, workdir: Path, overwrite: bool = False) -> dict:
             if writer:
                 workdir.mkdir(parents=True, exist_ok=True)
                 lock.acquire()
-                resumed = claim_workdir(workdir, config.to_dict(), overwrite, get_base_config().to_dict())
+                resumed = claim_workdir(workdir, _identity(config), overwrite, _identity(get_base_config()))
         except UserError as err:
             error = err
         if not parallel.agree(error is None):  # every process stops when process 0 must
@@ -206,7 +211,7 @@ def main(argv: list[str]) -> int:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; overrides take the form --config.FIELD=VALUE")
         _setup_logging()
-        _keep_freed_memory()
+        memory.configure_allocator()  # before JAX starts its threads
         _cache_compilations()
         workdir = Path(_WORKDIR.value)
         try:

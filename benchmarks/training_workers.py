@@ -169,6 +169,20 @@ def lone_dot_seconds(lhs: str, rhs: str, dimension_numbers: Any) -> float:
 # --- PyTorch -------------------------------------------------------------------------------
 
 
+def torch_adamw(trained: list[tuple[str, Any]]) -> Any:
+    """HF's fine-tuning AdamW over (name, parameter) pairs: weight decay 0.01 except biases and
+    LayerNorms, fused where torch has it."""
+    import torch
+
+    no_decay = [p for name, p in trained if name.endswith("bias") or "LayerNorm" in name]
+    decay = [p for name, p in trained if not (name.endswith("bias") or "LayerNorm" in name)]
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, foreach=True)
+
+
 def torch_case(case: Case, device: str) -> Callable[[list[bool] | None], float]:
     """One HF training step (AdamW, global-norm clipping at 1.0, same freezing) -> seconds."""
     import torch
@@ -210,13 +224,7 @@ def torch_case(case: Case, device: str) -> Callable[[list[bool] | None], float]:
             return model(input_ids=raw["input_ids"], attention_mask=raw["attention_mask"],
                          token_type_ids=raw["token_type_ids"], labels=labels).loss
 
-    no_decay = [p for name, p in trained if name.endswith("bias") or "LayerNorm" in name]
-    decay = [p for name, p in trained if not (name.endswith("bias") or "LayerNorm" in name)]
-    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        opt = torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, foreach=True)
+    opt = torch_adamw(trained)
     params = [p for _, p in trained]
 
     def run(mask: list[bool] | None) -> float:
@@ -275,9 +283,9 @@ def main() -> None:
         info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
     else:
-        from theseus_jax.memory import keep_freed_memory
+        from theseus_jax import memory
 
-        keep_freed_memory()  # as launch.py does, before JAX starts its threads
+        memory.configure_allocator()  # as launch.py does, before JAX starts its threads
         import jax
 
         info = {"device": jax.devices()[0].device_kind, "versions": {"jax": jax.__version__}}

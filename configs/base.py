@@ -148,6 +148,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Step metrics reach the host in chunks of this many steps (the loop never waits per step).
     config.log_every_steps = 50
     config.keep_checkpoints = 2
+    # Stop (exit 2, checkpoint saved, resumable) once the process's resident memory passes this
+    # many GB; 0 = no cap. Checked at progress updates and after evaluations, so the peak
+    # may pass it by what one step or evaluation adds. Not part of the run's identity: a rerun
+    # with another cap resumes.
+    config.max_memory_gb = 0.0
     # A finished run (its report.json written) needs no checkpoints: best/ holds the selected
     # model. They are removed (1-3 GB per e5-small run) unless this is True.
     config.keep_final_checkpoints = False

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -201,6 +202,31 @@ def test_a_signal_saves_the_step_in_flight_and_the_rerun_resumes_to_the_same_res
     assert best(workdir) == best(reference)
 
 
+def test_the_memory_cap_stops_with_a_checkpoint_and_a_higher_cap_resumes_to_the_same_result(tmp_path, germeval_tsv, reference):
+    """max_memory_gb below any process's size: the first check (the metrics flushed before
+    step 4's checkpoint) finds it passed, step 5 saves and stops with exit 2 and one line
+    naming the size, the cap and the knobs; a rerun without the cap resumes at step 5."""
+    workdir = tmp_path / "capped"
+    stopped = subprocess.run(_command(workdir, germeval_tsv, *RESUMED_RUN, "--config.max_memory_gb=0.01"), cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("launch.py:")]
+    assert errors == [stopped.stderr.strip().splitlines()[-1]] and "Traceback" not in stopped.stderr
+    assert re.fullmatch(
+        rf"launch.py: error: cls_compress: resident memory reached \d+\.\d\d GB, over max_memory_gb=0.01, at step 5 of "
+        rf"{len(_steps(reference))}, checkpoint saved in {re.escape(str(workdir / 'checkpoints'))}; lower batch_size or "
+        "max_length, raise accumulation_steps, set model.remat=True, or raise max_memory_gb, then rerun the same command to resume",
+        errors[0],
+    ), errors[0]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 5]
+    assert re.search(r"cls_compress: epoch 1, step 4 of \d+, .* s/step, RSS \d+\.\d GB \(peak \d+\.\d\)", stopped.stderr)
+    resumed = _ok(subprocess.run(_command(workdir, germeval_tsv, *RESUMED_RUN), cwd=REPO, capture_output=True, text=True,
+                                 timeout=600))
+    assert "resuming at step 5" in resumed.stderr
+    assert _history(workdir) == _history(reference)
+    assert _steps(workdir) == _steps(reference)
+
+
 def test_workdir_of_another_config_is_refused(tmp_path, germeval_tsv):
     workdir = tmp_path / "run"
     _ok(_launch(workdir, germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.epochs=1"))
@@ -284,13 +310,13 @@ def test_launch_keeps_compiled_steps_on_disk_unless_told_otherwise(tmp_path, env
     assert result.stdout.split() == [directory.format(home=tmp_path), str(size)]
 
 
-@pytest.mark.parametrize("value, kept", [(None, "True"), ("0", "False")])
+@pytest.mark.parametrize("value, kept", [(None, "phases"), ("1", "phases"), ("keep", "keep"), ("0", "0")])
 def test_launch_keeps_freed_memory_unless_told_otherwise(value, kept):
-    """launch.py tunes glibc's malloc (faster steps, peak memory kept) unless THESEUS_KEEP_FREED_MEMORY=0."""
+    """launch.py's malloc policy: "phases" unless THESEUS_KEEP_FREED_MEMORY names another."""
     variables = {k: v for k, v in os.environ.items() if k != "THESEUS_KEEP_FREED_MEMORY"} | {"PYTHONPATH": str(REPO)}
     if value is not None:
         variables["THESEUS_KEEP_FREED_MEMORY"] = value
-    result = subprocess.run([sys.executable, "-c", "import launch; print(launch._keep_freed_memory())"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-c", "import launch; print(launch.memory.configure_allocator())"], cwd=REPO,
                             capture_output=True, text=True, env=variables, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == kept

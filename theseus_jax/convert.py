@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from theseus_jax import atomic
+from theseus_jax import atomic, memory
 from theseus_jax.errors import ArgumentParser, CheckpointError, MissingCheckpoint, run_cli
 from theseus_jax.models.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from theseus_jax.models.families import FAMILIES, Family
@@ -449,6 +449,7 @@ def save_hf_checkpoint(
         save_file(tensors, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"})
         for f in files:
             shutil.copy2(f, staging / f.name)
+    memory.release_freed_memory()  # the export's copies: other sizes than the training steps'
     return target
 
 

@@ -1,34 +1,100 @@
-"""Keeping freed memory in the process between training steps.
+"""The process's memory: the malloc policy, releasing freed memory between phases, the
+resident size and the memory cap.
 
 XLA:CPU frees a step's temporary buffers (gigabytes for a 12-layer model) when the step
-ends, and glibc's malloc hands such large blocks straight back to the kernel (mmap, heap
-trimming), so every step page-faults them in again: a bert-base training step on the
-2-core AMD EPYC took about 800,000 page faults and 1.4 s of kernel time out of 5 s
-(BENCHMARKS.md). One arena, no mmap for large blocks and no trimming keep the memory in
-the process instead; its resident size then stays at its peak.
+ends, and glibc's malloc hands large blocks straight back to the kernel (mmap above a
+threshold that adapts up to 32 MiB, heap trimming), so every step page-faults them in
+again: a bert-base step on the 2-core AMD EPYC took about 800,000 page faults and 1.4 s of
+kernel time out of 5 s (BENCHMARKS.md). One arena, no mmap and no automatic trimming keep
+freed memory in the process instead (`keep`). Left at that over a whole stage, the heap
+only grew: evaluations, checkpoints and exports allocate other sizes than the steps, the
+holes they leave do not fit the next phase, and an e5-small stage reached 11.8 GB for
+5-8 GB of live bytes (issue 31, docs/memory-benchmarks.md). The default (`phases`)
+keeps freed memory the same way and returns the heap's free pages to the kernel
+(`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export): the steps of a
+phase reuse their memory, the next phase faults in only what it touches (9.35 GB for a
+640-tweet stage, at `keep`'s step time). `lean` also sends blocks over 32 MiB to mmap: no
+holes from them (7.04 GB for that stage), at 0.6-0.8 s per e5-small step (its 384 MB
+embedding-table buffers faulted in every step).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+
+from theseus_jax.errors import UserError
 
 # mallopt parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
+# The malloc policy: "phases" (default, above); "lean" (as phases, but blocks over 32 MiB,
+# glibc's largest mmap threshold, are mapped and returned at once: no holes from them, a
+# 2.3 GB lower e5-small stage peak, 0.6-0.8 s slower e5-small steps); "keep" (freed memory
+# never returned: the process keeps its peak and fragmentation); "0" (glibc's defaults).
+MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
+POLICIES = ("phases", "lean", "keep", "0")
+_release = False
+_cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def keep_freed_memory() -> bool:
-    """Tunes glibc's malloc as above; False where there is no glibc `mallopt` (nothing changed).
+    """The "keep" policy (every freed block kept); False where there is no glibc `mallopt`.
+    Call it before JAX starts its threads: threads that already own an arena keep it."""
+    return configure_allocator({MALLOC_POLICY: "keep"}) == "keep"
 
-    Call it before JAX starts its threads (before the first computation): threads that
-    already own an arena keep it.
-    """
+
+def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
+    """Sets the process's malloc policy from THESEUS_KEEP_FREED_MEMORY (`POLICIES`; "1" or
+    unset: "phases"); launch.py and the benchmarks call it before JAX starts its threads.
+    Returns the policy in force ("0" where there is no glibc `mallopt`)."""
+    global _release
+    policy = environ.get(MALLOC_POLICY, "phases").strip() or "phases"
+    policy = "phases" if policy == "1" else policy
+    if policy not in POLICIES:
+        raise UserError(f"{MALLOC_POLICY}={policy}: unknown malloc policy; choose one of {', '.join(POLICIES)}")
+    mallopt = getattr(_libc(), "mallopt", None)
+    if policy == "0" or mallopt is None:
+        return "0"
+    settings = ((M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, -1))  # -1: never trim on its own
+    if policy == "lean":
+        settings += ((M_MMAP_THRESHOLD, 32 << 20), (M_TOP_PAD, 64 << 20))
+    else:
+        settings += ((M_MMAP_MAX, 0),)
+    if not all(mallopt(param, value) == 1 for param, value in settings):
+        return "0"
+    _release = policy in ("phases", "lean")
+    return policy
+
+
+def release_freed_memory() -> bool:
+    """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) under the
+    "phases" and "lean" policies; called when an evaluation, a checkpoint or an export ends. True when
+    something was released."""
+    trim = getattr(_libc(), "malloc_trim", None) if _release else None
+    return bool(trim and trim(0))
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (VmRSS; 0 where /proc is absent)."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: never trim
-    return all(mallopt(param, value) == 1 for param, value in settings)
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def peak_rss_bytes() -> int:
@@ -36,3 +102,35 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MemoryCapExceeded(UserError):
+    """The process's resident memory passed `max_memory_gb`; raised where a checkpoint was
+    just saved, so a rerun resumes (with a higher cap, or with the knobs the message names)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OverCap:
+    """The peak resident size that passed the cap (both in bytes)."""
+
+    peak: int
+    cap: int
+
+    def message(self, where: str) -> str:
+        return (f"resident memory reached {self.peak / 1e9:.2f} GB, over max_memory_gb={self.cap / 1e9:g}, {where}; "
+                "lower batch_size or max_length, raise accumulation_steps, set model.remat=True, or raise "
+                "max_memory_gb, then rerun the same command to resume")
+
+
+def set_cap(gigabytes: float) -> None:
+    """The process's memory cap (`max_memory_gb`; 0 = none), which `over_cap` checks."""
+    global _cap_bytes
+    _cap_bytes = int(gigabytes * 1e9)
+
+
+def over_cap() -> OverCap | None:
+    """The peak resident size if it passed the cap set by `set_cap`, else None. A prediction
+    before training is not offered: XLA:CPU reports no buffer sizes, and the resident size
+    depends on the allocator and the phases (docs/memory-benchmarks.md)."""
+    peak = peak_rss_bytes()
+    return OverCap(peak, _cap_bytes) if _cap_bytes and peak > _cap_bytes else None

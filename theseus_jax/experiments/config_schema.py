@@ -183,6 +183,7 @@ SCHEMA: dict[str, Field] = {
     "checkpoint_every_steps": Field(INT, at_least(1)),
     "log_every_steps": Field(INT, at_least(1)),
     "keep_checkpoints": Field(INT, at_least(1)),
+    "max_memory_gb": Field(FLOAT, at_least(0)),
     "keep_final_checkpoints": Field(BOOL),
     "early_stopping": Field(CONFIG),
     "early_stopping.patience": Field(INT, at_least(0)),

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from theseus_jax import atomic, faults
+from theseus_jax import atomic, faults, memory
 from theseus_jax.errors import UserError
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
 from theseus_jax.experiments import preemption
@@ -181,6 +181,7 @@ def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str
         result["perplexity"] = perplexity(totals["loss_sum"], totals["count"])
         result["mlm_accuracy"] = totals["correct"] / max(totals["count"], 1.0)
         return result, {}
+    memory.release_freed_memory()  # the evaluation's buffers: other sizes than the steps'
     order = np.argsort(np.concatenate(parts["index"]))
     predictions = {key: np.concatenate(value)[order] for key, value in parts.items()}
     result.update(classification_metrics(predictions["labels"], predictions["probabilities"]))
@@ -277,8 +278,10 @@ def prefetch(batches: Iterable[Any], transfer: Callable[[Any], Any], size: int =
 
 class _PendingMetrics:
     """Per-step metrics left on the device until `flush`, which fetches them in one
-    transfer, then logs every step, updates the progress bar and checks the loss. Without a
-    terminal (a run under nohup or a scheduler: no bar) each flush logs one progress line."""
+    transfer, then logs every step, updates the progress bar (with the resident memory, now
+    and at its peak), checks the loss and the memory cap (`over_cap`, for the loop to stop
+    at). Without a terminal (a run under nohup or a scheduler: no bar) each flush logs one
+    progress line."""
 
     def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog", step: int, total_steps: int) -> None:
         self.name, self.checkpoint_dir, self.step_log, self.total_steps = name, checkpoint_dir, step_log, total_steps
@@ -287,11 +290,19 @@ class _PendingMetrics:
         self.bar = tqdm(total=total_steps, initial=step, desc=name, disable=None)
         self.last_flush = time.perf_counter()  # reset after evaluations: s/step counts training only
         self.epoch = 0
+        self.over_cap: memory.OverCap | None = None
+
+    def check_memory(self) -> memory.OverCap | None:
+        """The memory cap's verdict (it stays once passed)."""
+        self.over_cap = self.over_cap or memory.over_cap()
+        return self.over_cap
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def add(self, step: int, epoch: int, metrics: dict[str, jax.Array]) -> None:
+        if self.metrics:  # the device one step ahead, no more: a deeper queue raised an e5-small stage's peak by 2-7 GB
+            jax.block_until_ready(self.metrics[-1])
         self.steps.append(step)
         self.metrics.append(metrics)
         self.epoch = epoch
@@ -311,14 +322,17 @@ class _PendingMetrics:
                 )
             self.step_log.write(step, scalars)
             self.bar.update(1)
-            self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars})
         now = time.perf_counter()
         previous, self.last_flush = self.last_flush, now
+        rss = f"{memory.rss_bytes() / 1e9:.1f} GB (peak {memory.peak_rss_bytes() / 1e9:.1f})"
+        self.check_memory()
+        if not self.bar.disable:
+            self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars} | {"RSS": rss})
         if self.bar.disable:
             log.info(
-                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step", self.name, self.epoch + 1, steps[-1],
+                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step, RSS %s", self.name, self.epoch + 1, steps[-1],
                 self.total_steps, scalars["loss"],
-                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", (now - previous) / len(steps),
+                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", (now - previous) / len(steps), rss,
             )
 
 
@@ -356,6 +370,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         log.info("%s: resuming at step %d (epoch %d, batch %d)", job.name, int(state.step), progress.epoch, progress.batch)
     writer = parallel.is_writer()  # process 0 writes the files; every process trains
     step_log = _StepLog(workdir, int(state.step), enabled=writer)
+    memory.release_freed_memory()  # loading (checkpoint reads, conversions) ends here
     session_start = time.perf_counter() - progress.elapsed_s
 
     def elapsed() -> float:
@@ -408,10 +423,12 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                     "below 1 here (compression.replacing_steps ends the phase)", job.name)
     pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, step, total_steps)
 
-    def stopped(signum: int, saved: bool) -> preemption.Stopped:
-        saved_in = f", checkpoint saved in {workdir / 'checkpoints'}" if saved else ""
-        return preemption.Stopped(f"{job.name}: stopped by {signal.Signals(signum).name} at step {step} of {total_steps}"
-                                  f"{saved_in}; rerun the same command to resume", signum)
+    def stopped(signum: int | memory.OverCap, saved: bool) -> Exception:
+        where = f"at step {step} of {total_steps}" + (f", checkpoint saved in {workdir / 'checkpoints'}" if saved else "")
+        if isinstance(signum, memory.OverCap):
+            return memory.MemoryCapExceeded(f"{job.name}: {signum.message(where)}")
+        return preemption.Stopped(f"{job.name}: stopped by {signal.Signals(signum).name} {where}; "
+                                  "rerun the same command to resume", signum)
 
     try:
         stop = preemption.requested(step)  # a signal while the previous stage finished: train nothing
@@ -420,12 +437,12 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         left = 0 if progress.stopped_early else max(total_steps - step, 0)
         batches = itertools.islice(batches_from(job.train_loader, job.epochs, progress.epoch, progress.batch), left)
         for epoch, batch in prefetch(batches, lambda b: (b[0], parallel.shard_batch(b[1], mesh))):
-            state, metrics = train_step(state, batch, rng)  # dispatched: the device runs ahead
+            state, metrics = train_step(state, batch, rng)  # dispatched: the device runs up to a step ahead (pending.add)
             step += 1
             progress.batch += 1
             pending.add(step, epoch, metrics)
             faults.point("train_step")
-            stop = preemption.requested(step)
+            stop = preemption.requested(step) or pending.over_cap  # a signal, or memory past max_memory_gb
             now = decide(
                 step, progress.batch, job.train_loader.num_batches(epoch), total_steps, bool(stop), len(pending),
                 eval_every_steps=job.eval_every_steps, checkpoint_every_steps=job.checkpoint_every_steps,
