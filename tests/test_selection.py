@@ -282,6 +282,7 @@ def test_chosen_runs_that_peaked_at_the_cap_are_counted_per_model(tmp_path):
     assert [r.rsplit("|", 2)[1].strip() for r in rows] == ["yes", "no", "no"]
 
 
+@pytest.mark.slow  # 25 s end to end; the rule itself runs by default in the next test (a fake trainer)
 def test_rate_choice_first_seed_runs_the_later_seeds_at_the_first_seeds_choice(tmp_path, germeval_tsv):
     """A tiny classifier, 2 seeds x 2 learning rates, `rate_choice=first_seed`: seed 0 runs both
     rates, seed 1 only the one seed 0's runs chose on validation, in the folder it would have

@@ -113,6 +113,8 @@ def write_run_report(workdir: Path, result: dict[str, Any], cfg: ml_collections.
         f"(total {_fmt(result['total_time_s'], 1)} s)",
         f"- parameters: {result['parameters']['exported_model']:,} in the exported model "
         f"({result['parameters']['exported_layers']} layers); best model in `{result['best_model_dir']}`",
+        "- peak resident memory of the process by the run's end: "
+        + (f"{result['peak_rss_bytes'] / 1e9:.2f} GB" if result.get("peak_rss_bytes") else "not recorded"),
         "",
         "| epoch | step | time s | validation loss | " + " | ".join(f"validation {c}" for c in columns)
         + f" | test {result['metric']} |",
