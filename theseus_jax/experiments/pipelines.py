@@ -41,7 +41,7 @@ import ml_collections
 from theseus_jax.compression import schedules, theseus
 from theseus_jax.errors import UserError
 from theseus_jax import atomic, throughput
-from theseus_jax.experiments import datasets, model_card, pareto, report, stages, summary, teacher
+from theseus_jax.experiments import config_schema, datasets, model_card, pareto, report, stages, summary, teacher
 from theseus_jax.experiments.stages import CLS_MODEL, CONFIGURED_TEACHER, STAGES, Stage, find
 from theseus_jax.experiments.trainer import TrainingJob, run_steps, train
 from theseus_jax.memory import peak_rss_bytes
@@ -376,9 +376,8 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """The study's testing series (stages checked by the schema), each stage in its own
     sub-workdir, then the comparison. A depth sweep (`compression.depths`) runs its students and
     truncated models per depth and ends by measuring their inference speed (`_speeds`)."""
-    names = [s.strip() for s in cfg.series.stages.split(",") if s.strip()]
     depths = stages.parse_depths(cfg.compression.depths)
-    chosen = stages.series(names, depths)
+    chosen = stages.series(config_schema.series_stages(cfg), depths)
     seeds = summary.parse_seeds(cfg.seeds)
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
