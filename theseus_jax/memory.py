@@ -4,18 +4,17 @@ resident size and the memory cap.
 XLA:CPU frees a step's temporary buffers (gigabytes for a 12-layer model) when the step
 ends, and glibc's malloc hands large blocks straight back to the kernel (mmap above a
 threshold that adapts up to 32 MiB, heap trimming), so every step page-faults them in
-again: a bert-base step on the 2-core AMD EPYC took about 800,000 page faults and 1.4 s of
-kernel time out of 5 s (BENCHMARKS.md). One arena, no mmap and no automatic trimming keep
-freed memory in the process instead (`keep`). Left at that over a whole stage, the heap
-only grew: evaluations, checkpoints and exports allocate other sizes than the steps, the
-holes they leave do not fit the next phase, and an e5-small stage reached 11.8 GB for
-5-8 GB of live bytes (issue 31, docs/memory-benchmarks.md). The default (`phases`)
-keeps freed memory the same way and returns the heap's free pages to the kernel
-(`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export): the steps of a
-phase reuse their memory, the next phase faults in only what it touches (9.35 GB for a
-640-tweet stage, at `keep`'s step time). `lean` also sends blocks over 32 MiB to mmap: no
-holes from them (7.04 GB for that stage), at 0.6-0.8 s per e5-small step (its 384 MB
-embedding-table buffers faulted in every step).
+again. The policies (`THESEUS_KEEP_FREED_MEMORY`):
+- `keep`: one arena, no mmap, no automatic trimming: freed memory stays for the next step;
+  over a whole stage the heap only grows, as evaluations, checkpoints and exports leave
+  holes of other sizes than the steps';
+- `phases` (default): as `keep`, and the heap's free pages go back to the kernel
+  (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export): the steps of a
+  phase reuse their memory at `keep`'s speed;
+- `lean`: as `phases`, with blocks over 32 MiB (glibc's largest mmap threshold) mapped and
+  returned at once: no holes from them, at the price of faulting them in every step;
+- `0`: glibc's defaults.
+Measured memory and speed of each: docs/memory-benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,10 +30,6 @@ from theseus_jax.errors import UserError
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
-# The malloc policy: "phases" (default, above); "lean" (as phases, but blocks over 32 MiB,
-# glibc's largest mmap threshold, are mapped and returned at once: no holes from them, a
-# 2.3 GB lower e5-small stage peak, 0.6-0.8 s slower e5-small steps); "keep" (freed memory
-# never returned: the process keeps its peak and fragmentation); "0" (glibc's defaults).
 MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
 POLICIES = ("phases", "lean", "keep", "0")
 _release = False
@@ -46,12 +41,6 @@ def _libc() -> ctypes.CDLL | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-
-
-def keep_freed_memory() -> bool:
-    """The "keep" policy (every freed block kept); False where there is no glibc `mallopt`.
-    Call it before JAX starts its threads: threads that already own an arena keep it."""
-    return configure_allocator({MALLOC_POLICY: "keep"}) == "keep"
 
 
 def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
