@@ -290,12 +290,7 @@ class _PendingMetrics:
         self.bar = tqdm(total=total_steps, initial=step, desc=name, disable=None)
         self.last_flush = time.perf_counter()  # reset after evaluations: s/step counts training only
         self.epoch = 0
-        self.over_cap: memory.OverCap | None = None
-
-    def check_memory(self) -> memory.OverCap | None:
-        """The memory cap's verdict (it stays once passed)."""
-        self.over_cap = self.over_cap or memory.over_cap()
-        return self.over_cap
+        self.over_cap: memory.OverCap | None = None  # the memory cap's verdict: it stays once passed
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -325,10 +320,10 @@ class _PendingMetrics:
         now = time.perf_counter()
         previous, self.last_flush = self.last_flush, now
         rss = f"{memory.rss_bytes() / 1e9:.1f} GB (peak {memory.peak_rss_bytes() / 1e9:.1f})"
-        self.check_memory()
+        self.over_cap = self.over_cap or memory.over_cap()
         if not self.bar.disable:
             self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars} | {"RSS": rss})
-        if self.bar.disable:
+        else:
             log.info(
                 "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step, RSS %s", self.name, self.epoch + 1, steps[-1],
                 self.total_steps, scalars["loss"],
