@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
         if len(argv) > 1:
             raise UserError(f"unexpected arguments {argv[1:]}; overrides take the form --config.FIELD=VALUE")
         _setup_logging()
-        memory.configure_allocator()  # before JAX starts its threads
+        memory.configure_memory()  # before JAX's first computation
         _cache_compilations()
         workdir = Path(_WORKDIR.value)
         try:

@@ -76,7 +76,7 @@ def vm_hwm_bytes() -> int:
 def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -> dict[str, Any]:
     from theseus_jax import memory
 
-    memory.configure_allocator()  # as launch.py does, before JAX starts its threads
+    memory.configure_memory()  # as launch.py does, before JAX starts its threads
     import jax
     import jax.numpy as jnp
     import numpy as np

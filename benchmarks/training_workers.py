@@ -285,7 +285,7 @@ def main() -> None:
     else:
         from theseus_jax import memory
 
-        memory.configure_allocator()  # as launch.py does, before JAX starts its threads
+        memory.configure_memory()  # as launch.py does, before JAX starts its threads
         import jax
 
         info = {"device": jax.devices()[0].device_kind, "versions": {"jax": jax.__version__}}

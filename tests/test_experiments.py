@@ -319,7 +319,7 @@ def test_the_malloc_policy_follows_theseus_keep_freed_memory():
         "import os; from theseus_jax import memory\n"
         "for value in (None, '1', 'keep', '0'):\n"
         "    os.environ.pop(memory.MALLOC_POLICY, None) if value is None else os.environ.update({memory.MALLOC_POLICY: value})\n"
-        "    print(memory.configure_allocator())\n"
+        "    print(memory.configure_memory())\n"
     )
     variables = {k: v for k, v in os.environ.items() if k != "THESEUS_KEEP_FREED_MEMORY"} | {"PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=variables, timeout=120)

@@ -1,5 +1,9 @@
-"""The process's memory: the malloc policy, releasing freed memory between phases, the
-resident size and the memory cap.
+"""The process's memory: XLA:CPU's schedule, the malloc policy, releasing freed memory between
+phases, the resident size and the memory cap.
+
+XLA:CPU's default scheduler orders a step's operations so that independent ones can run at
+once, which keeps more of the step's temporary buffers alive together; its memory-optimized
+scheduler computes the same results in an order that needs less (`with_memory_scheduler`).
 
 XLA:CPU frees a step's temporary buffers (gigabytes for a 12-layer model) when the step
 ends, and glibc's malloc hands large blocks straight back to the kernel (mmap above a
@@ -24,12 +28,14 @@ import ctypes.util
 import dataclasses
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import MutableMapping
 
 from theseus_jax.errors import UserError
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
+XLA_SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
+MEMORY_SCHEDULER = "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
 POLICIES = ("phases", "lean", "keep", "0")
 _release = False
@@ -43,15 +49,25 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def configure_allocator(environ: Mapping[str, str] = os.environ) -> str:
-    """Sets the process's malloc policy from THESEUS_KEEP_FREED_MEMORY (`POLICIES`; "1" or
-    unset: "phases"); launch.py and the benchmarks call it before JAX starts its threads.
-    Returns the policy in force ("0" where there is no glibc `mallopt`)."""
+def with_memory_scheduler(xla_flags: str) -> str:
+    """`xla_flags` plus XLA:CPU's memory-optimized scheduler, unless they already choose a scheduler."""
+    if XLA_SCHEDULER_FLAG in xla_flags:
+        return xla_flags
+    return f"{xla_flags} {XLA_SCHEDULER_FLAG}={MEMORY_SCHEDULER}".strip()
+
+
+def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
+    """Sets XLA:CPU's memory-optimized scheduler (in `environ["XLA_FLAGS"]`, read when JAX
+    compiles its first computation) and the process's malloc policy from
+    THESEUS_KEEP_FREED_MEMORY (`POLICIES`; "1" or unset: "phases"). launch.py and the
+    benchmarks call it before JAX's first computation. Returns the malloc policy in force ("0"
+    where there is no glibc `mallopt`)."""
     global _release
     policy = environ.get(MALLOC_POLICY, "phases").strip() or "phases"
     policy = "phases" if policy == "1" else policy
     if policy not in POLICIES:
         raise UserError(f"{MALLOC_POLICY}={policy}: unknown malloc policy; choose one of {', '.join(POLICIES)}")
+    environ["XLA_FLAGS"] = with_memory_scheduler(environ.get("XLA_FLAGS", ""))
     mallopt = getattr(_libc(), "mallopt", None)
     if policy == "0" or mallopt is None:
         return "0"
