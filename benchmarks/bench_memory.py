@@ -12,12 +12,18 @@ temporaries are not counted there: the RSS is the figure). Per model and repeat:
 then ours per policy (`--frameworks` picks one side, to give each process a timing window
 of its own); `uptime` is recorded before and after.
 
-Allocator policies (`POLICIES`) are environments for the JAX process (what launch.py reads).
+Allocator policies (`POLICIES`) are environments for the JAX process (what launch.py reads);
+the JAX worker calls `configure_memory` as launch.py does, so XLA:CPU's memory-optimized
+scheduler is on unless a policy's XLA_FLAGS choose another.
 
     python -m benchmarks.bench_memory --models e5-small,bert-base,xlmr-base --output docs/memory-benchmarks.md
     python -m benchmarks.bench_memory --models e5-small --frameworks jax --policies phases --rounds 4 --json out.json
     python -m benchmarks.bench_memory --models e5-small --policies phases,keep,glibc,jemalloc-tuned --repeats 2
     python -m benchmarks.bench_memory --stage --policies phases,keep --output docs/memory-benchmarks.md
+    python -m benchmarks.bench_memory --stage --stage-model xlmr-base --policies phases,lean
+
+`--stage-model xlmr-base` runs the stage on a random xlm-roberta-base-shaped model (batch 16,
+evaluation 32) built in a temporary folder with the e5 folder's XLM-R tokenizer.
 """
 
 from __future__ import annotations
@@ -50,7 +56,13 @@ POLICIES: dict[str, tuple[dict[str, str], str]] = {
     "phases": ({KEEP: "phases"}, "the default: freed memory kept during a phase (one arena, no mmap, no automatic trim), "
                "the heap trimmed after evaluations, checkpoints and exports (theseus_jax.memory)"),
     "lean": ({KEEP: "lean"}, "as phases, but blocks over 32 MiB (glibc's largest mmap threshold) mapped and returned at once"),
+    "lean-thp": ({KEEP: "lean", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+                 "as lean, with glibc asking for transparent huge pages (2 MiB) on its mappings: a mapped block "
+                 "faults in 512 times fewer pages"),
     "keep": ({KEEP: "keep"}, "every freed block kept: one arena, no mmap, no trimming (the default before issue 31)"),
+    "phases-concurrency-schedule": ({KEEP: "phases", "XLA_FLAGS": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"},
+                                    "as phases, with XLA:CPU's default scheduler (ordered for concurrency) instead of "
+                                    "the memory-optimized one `configure_memory` sets"),
     "glibc": ({KEEP: "0"}, "glibc malloc, default settings"),
     "jemalloc": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2")}, "jemalloc 5.3, default settings"),
     "jemalloc-tuned": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2"),
@@ -179,8 +191,16 @@ def run_child(command: list[str], env: dict[str, str]) -> tuple[int, int, str]:
         return child.returncode, usage.ru_maxrss * 1024, out.read()
 
 
+def policy_env(policy: str, threads: int) -> dict[str, str]:
+    """The JAX process's environment: the thread pinning plus the policy's variables (its XLA
+    flags appended to the pinning's)."""
+    env = thread_env(threads)
+    extra = POLICIES.get(policy, ({}, ""))[0]
+    return env | extra | {"XLA_FLAGS": f"{env['XLA_FLAGS']} {extra.get('XLA_FLAGS', '')}".strip()}
+
+
 def measure(framework: str, model: str, policy: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = thread_env(args.threads) | POLICIES.get(policy, ({}, ""))[0]
+    env = policy_env(policy, args.threads)
     command = [sys.executable, "-m", "benchmarks.bench_memory", "--worker", framework, "--model", model,
                "--rounds", str(args.rounds), "--threads", str(args.threads)]
     status, peak, out = run_child(command, env)
@@ -193,12 +213,30 @@ def measure(framework: str, model: str, policy: str, args: argparse.Namespace) -
     return row
 
 
-def measure_stage(policy: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    command = [sys.executable, "launch.py", *STAGE_FLAGS, f"--workdir={workdir}", f"--config.model.path={args.e5}",
-               f"--config.cls.data.max_examples={args.stage_examples}"]
+def random_xlmr_folder(tokenizer_from: Path, out: Path) -> Path:
+    """A random xlm-roberta-base-shaped classifier saved as an HF folder, with the tokenizer
+    files of `tokenizer_from` (the e5 folder: the same XLM-R SentencePiece vocabulary)."""
+    import shutil
+
+    import transformers
+
+    config = transformers.XLMRobertaConfig(**XLMR_BASE, num_labels=2, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    transformers.XLMRobertaForSequenceClassification(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_from / name).exists():
+            shutil.copy(tokenizer_from / name, out / name)
+    return out
+
+
+def measure_stage(policy: str, args: argparse.Namespace, workdir: Path, model: Path) -> dict[str, Any]:
+    batch = MODELS[args.stage_model][1]
+    command = [sys.executable, "launch.py", *STAGE_FLAGS, f"--workdir={workdir}", f"--config.model.path={model}",
+               f"--config.cls.data.max_examples={args.stage_examples}", f"--config.cls.batch_size={batch}",
+               f"--config.cls.eval_batch_size={2 * batch}"]
     start = time.perf_counter()
-    status, peak, _ = run_child(command, thread_env(args.threads) | POLICIES[policy][0])
-    row = {"policy": policy, "status": status, "peak_rss_bytes": peak, "wall_s": time.perf_counter() - start}
+    status, peak, _ = run_child(command, policy_env(policy, args.threads))
+    row = {"model": args.stage_model, "policy": policy, "status": status, "peak_rss_bytes": peak,
+           "wall_s": time.perf_counter() - start}
     print(json.dumps(row), flush=True)
     return row
 
@@ -230,10 +268,12 @@ def markdown(rows: list[dict[str, Any]], stage: list[dict[str, Any]], args: argp
             lines.append(f"| {r['model']} | {MODELS[r['model']][1]} | {'ours' if r['framework'] == 'jax' else 'HF PyTorch'} | "
                          f"{r['policy']} | {gb(r['peak_rss_bytes'])} | {r['step_median_s']:.2f} | {live} |")
     if stage:
-        lines += ["", f"Whole stage: `launch.py {' '.join(STAGE_FLAGS)} --config.cls.data.max_examples={args.stage_examples}` "
-                  "(e5-small, batch 32, max length 128, buckets 32/64/128, validation and test every improvement/end, export): "
-                  "peak RSS of the launch.py process.", "", "| allocator policy | peak RSS GB | wall s | exit |", "|---|---|---|---|"]
-        lines += [f"| {r['policy']} | {gb(r['peak_rss_bytes'])} | {r['wall_s']:.0f} | {r['status']} |" for r in stage]
+        batch = MODELS[args.stage_model][1]
+        lines += ["", f"Whole stage: `launch.py {' '.join(STAGE_FLAGS)} --config.cls.data.max_examples={args.stage_examples} "
+                  f"--config.cls.batch_size={batch} --config.cls.eval_batch_size={2 * batch}` ({args.stage_model}, max length 128, "
+                  "buckets 32/64/128, validation and test every improvement/end, export): peak RSS of the launch.py process.",
+                  "", "| model | allocator policy | peak RSS GB | wall s | exit |", "|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['policy']} | {gb(r['peak_rss_bytes'])} | {r['wall_s']:.0f} | {r['status']} |" for r in stage]
     lines += ["", "Policies: " + "; ".join(f"`{name}`: {POLICIES[name][1]}" for name in args.policies) + "."]
     return "\n".join(lines)
 
@@ -250,6 +290,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="HF PyTorch (once per model and repeat) and ours (once per policy)")
     parser.add_argument("--stage", action="store_true", help="the whole-stage figure instead (launch.py per policy)")
     parser.add_argument("--stage-examples", type=int, default=640, help="GermEval tweets per split (max_examples)")
+    parser.add_argument("--stage-model", choices=["e5-small", "xlmr-base"], default="e5-small",
+                        help="the stage's model: the real e5 folder, or a random xlm-roberta-base shape")
     parser.add_argument("--e5", default=str(Path("~/.cache/theseus-jax/e5small").expanduser()),
                         help="the e5-small HF folder (../shared/tools/e5small_to_hf.py)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -270,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.stage:
             for policy in args.policies:
                 with tempfile.TemporaryDirectory() as tmp:
-                    stage.append(measure_stage(policy, args, Path(tmp) / "run"))
+                    model = Path(args.e5) if args.stage_model == "e5-small" else random_xlmr_folder(Path(args.e5), Path(tmp) / "model")
+                    stage.append(measure_stage(policy, args, Path(tmp) / "run", model))
             continue
         for model in args.models:
             if "torch" in args.frameworks:

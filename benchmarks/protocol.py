@@ -40,11 +40,12 @@ def time_calls(fn: Callable[[], object], budget_s: float, min_reps: int, max_rep
 
 def thread_env(threads: int) -> dict[str, str]:
     """Environment pinning both frameworks to `threads` compute threads."""
+    # Only "--name=value" flags: XLA stops reading XLA_FLAGS at the first token that is not one
+    # (a bare "intra_op_parallelism_threads=2" here once hid every flag after it).
     flags = os.environ.get("XLA_FLAGS", "")
     return os.environ | {
         "OMP_NUM_THREADS": str(threads),
-        "XLA_FLAGS": f"{flags} --xla_cpu_multi_thread_eigen={str(threads > 1).lower()} "
-        f"intra_op_parallelism_threads={threads}".strip(),
+        "XLA_FLAGS": f"{flags} --xla_cpu_multi_thread_eigen={str(threads > 1).lower()}".strip(),
     }
 
 

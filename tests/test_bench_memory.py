@@ -21,3 +21,15 @@ def test_the_childs_peak_counts_what_it_touched():
 def test_a_failing_child_reports_its_status():
     status, _, _ = run_child([sys.executable, "-c", "raise SystemExit(3)"], {})
     assert status == 3
+
+
+def test_the_workers_xla_flags_are_all_read(monkeypatch):
+    """XLA stops reading XLA_FLAGS at the first token that is not a --flag: a policy's scheduler
+    flag appended after a bare word was silently ignored."""
+    from benchmarks.bench_memory import policy_env
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    flags = policy_env("phases-concurrency-schedule", 2)["XLA_FLAGS"].split()
+    assert all(flag.startswith("--") for flag in flags)
+    assert flags == ["--xla_cpu_enable_fast_math=false", "--xla_cpu_multi_thread_eigen=true",
+                     "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"]

@@ -103,7 +103,7 @@ def test_without_mallopt_the_policy_falls_back_to_glibc_defaults(monkeypatch, li
 
 @pytest.mark.parametrize("flags, expected", [
     ("", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"),
-    ("--xla_cpu_multi_thread_eigen=false", "--xla_cpu_multi_thread_eigen=false --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"),
+    ("--xla_cpu_multi_thread_eigen=false", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED --xla_cpu_multi_thread_eigen=false"),
     ("--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT", "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT"),
 ])
 def test_the_memory_scheduler_is_added_unless_the_user_chose_one(flags, expected):

@@ -50,10 +50,11 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def with_memory_scheduler(xla_flags: str) -> str:
-    """`xla_flags` plus XLA:CPU's memory-optimized scheduler, unless they already choose a scheduler."""
+    """`xla_flags` with XLA:CPU's memory-optimized scheduler first (XLA stops reading at the first
+    token that is not a flag), unless they already choose a scheduler."""
     if XLA_SCHEDULER_FLAG in xla_flags:
         return xla_flags
-    return f"{xla_flags} {XLA_SCHEDULER_FLAG}={MEMORY_SCHEDULER}".strip()
+    return f"{XLA_SCHEDULER_FLAG}={MEMORY_SCHEDULER} {xla_flags}".strip()
 
 
 def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
