@@ -232,7 +232,7 @@ def measure_stage(policy: str, args: argparse.Namespace, workdir: Path, model: P
     batch = MODELS[args.stage_model][1]
     command = [sys.executable, "launch.py", *STAGE_FLAGS, f"--workdir={workdir}", f"--config.model.path={model}",
                f"--config.cls.data.max_examples={args.stage_examples}", f"--config.cls.batch_size={batch}",
-               f"--config.cls.eval_batch_size={2 * batch}"]
+               f"--config.cls.eval_batch_size={2 * batch}", f"--config.max_memory_gb={args.stage_cap}"]
     start = time.perf_counter()
     status, peak, _ = run_child(command, policy_env(policy, args.threads))
     row = {"model": args.stage_model, "policy": policy, "status": status, "peak_rss_bytes": peak,
@@ -270,7 +270,8 @@ def markdown(rows: list[dict[str, Any]], stage: list[dict[str, Any]], args: argp
     if stage:
         batch = MODELS[args.stage_model][1]
         lines += ["", f"Whole stage: `launch.py {' '.join(STAGE_FLAGS)} --config.cls.data.max_examples={args.stage_examples} "
-                  f"--config.cls.batch_size={batch} --config.cls.eval_batch_size={2 * batch}` ({args.stage_model}, max length 128, "
+                  f"--config.cls.batch_size={batch} --config.cls.eval_batch_size={2 * batch} "
+                  f"--config.max_memory_gb={args.stage_cap:g}` ({args.stage_model}, max length 128, "
                   "buckets 32/64/128, validation and test every improvement/end, export): peak RSS of the launch.py process.",
                   "", "| model | allocator policy | peak RSS GB | wall s | exit |", "|---|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['policy']} | {gb(r['peak_rss_bytes'])} | {r['wall_s']:.0f} | {r['status']} |" for r in stage]
@@ -290,6 +291,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="HF PyTorch (once per model and repeat) and ours (once per policy)")
     parser.add_argument("--stage", action="store_true", help="the whole-stage figure instead (launch.py per policy)")
     parser.add_argument("--stage-examples", type=int, default=640, help="GermEval tweets per split (max_examples)")
+    parser.add_argument("--stage-cap", type=float, default=0.0, help="the stage's max_memory_gb (0: none)")
     parser.add_argument("--stage-model", choices=["e5-small", "xlmr-base"], default="e5-small",
                         help="the stage's model: the real e5 folder, or a random xlm-roberta-base shape")
     parser.add_argument("--e5", default=str(Path("~/.cache/theseus-jax/e5small").expanduser()),

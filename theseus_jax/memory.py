@@ -40,6 +40,7 @@ MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
 POLICIES = ("phases", "lean", "keep", "0")
 _release = False
 _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
+TRIM_SHARE = 0.9  # under a cap, kept memory is returned once the resident size passes this share of it
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -132,6 +133,13 @@ def set_cap(gigabytes: float) -> None:
     """The process's memory cap (`max_memory_gb`; 0 = none), which `over_cap` checks."""
     global _cap_bytes
     _cap_bytes = int(gigabytes * 1e9)
+
+
+def trim_near_cap() -> bool:
+    """Under a memory cap, returns the heap's free pages (as at a phase end) once the resident
+    size passes `TRIM_SHARE` of the cap: memory kept for speed gives way before the cap stops
+    the stage. Called between training steps; True when it trimmed."""
+    return bool(_cap_bytes) and rss_bytes() > TRIM_SHARE * _cap_bytes and release_freed_memory()
 
 
 def over_cap() -> OverCap | None:
