@@ -59,7 +59,7 @@ for block in blocks:
     libc.free(ctypes.c_void_p(block))
 kept = memory.rss_bytes()
 memory.set_cap(kept / 1e9 / float(sys.argv[1]))  # the resident size is this share of the cap
-trimmed = memory.trim_near_cap()
+trimmed = memory.trim_over_keep_limit()
 print(kept - memory.rss_bytes(), trimmed)
 """
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
@@ -104,6 +104,20 @@ def test_kept_memory_gives_way_near_the_cap(share, trims):
     dropped, trimmed = out.stdout.split()
     assert trimmed == str(trims)
     assert (int(dropped) >= 200 * MIB) == trims
+
+
+def test_without_a_cap_memory_is_kept_up_to_a_share_of_the_machine(monkeypatch):
+    """40% of the machine's memory (os.sysconf, an independent reader: /proc/meminfo's MemTotal)
+    without a cap, 90% of the cap with one."""
+    from theseus_jax import memory
+
+    with open("/proc/meminfo") as meminfo:
+        total = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:"))
+    monkeypatch.setattr(memory, "_cap_bytes", 0)
+    assert abs(memory.keep_limit_bytes() - 0.4 * min(total, memory.machine_memory_bytes())) <= 1
+    assert memory.machine_memory_bytes() <= total
+    memory.set_cap(10)
+    assert memory.keep_limit_bytes() == 9_000_000_000
 
 
 def test_an_unknown_policy_is_a_user_error():

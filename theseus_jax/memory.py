@@ -13,8 +13,10 @@ again. The policies (`THESEUS_KEEP_FREED_MEMORY`):
   over a whole stage the heap only grows, as evaluations, checkpoints and exports leave
   holes of other sizes than the steps';
 - `phases` (default): as `keep`, and the heap's free pages go back to the kernel
-  (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export): the steps of a
-  phase reuse their memory at `keep`'s speed;
+  (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export), and between
+  steps once the resident size passes the keep limit (`keep_limit_bytes`: 90% of
+  `max_memory_gb`, or without a cap 40% of the machine's memory, so that a second job fits):
+  the steps of a phase reuse their memory at `keep`'s speed while it is below that;
 - `lean`: as `phases`, with blocks over 32 MiB (glibc's largest mmap threshold) mapped and
   returned at once: no holes from them, at the price of faulting them in every step;
 - `0`: glibc's defaults.
@@ -41,6 +43,7 @@ POLICIES = ("phases", "lean", "keep", "0")
 _release = False
 _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
 TRIM_SHARE = 0.9  # under a cap, kept memory is returned once the resident size passes this share of it
+RAM_SHARE = 0.4  # without a cap, once it passes this share of the machine's memory
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -135,11 +138,27 @@ def set_cap(gigabytes: float) -> None:
     _cap_bytes = int(gigabytes * 1e9)
 
 
-def trim_near_cap() -> bool:
-    """Under a memory cap, returns the heap's free pages (as at a phase end) once the resident
-    size passes `TRIM_SHARE` of the cap: memory kept for speed gives way before the cap stops
-    the stage. Called between training steps; True when it trimmed."""
-    return bool(_cap_bytes) and rss_bytes() > TRIM_SHARE * _cap_bytes and release_freed_memory()
+def machine_memory_bytes() -> int:
+    """The memory this process may use: the machine's, or its cgroup's limit where lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def keep_limit_bytes() -> int:
+    """The resident size up to which freed memory is kept between steps: `TRIM_SHARE` of the cap,
+    or without one `RAM_SHARE` of `machine_memory_bytes` (two such jobs fit side by side)."""
+    return int(TRIM_SHARE * _cap_bytes) if _cap_bytes else int(RAM_SHARE * machine_memory_bytes())
+
+
+def trim_over_keep_limit() -> bool:
+    """Returns the heap's free pages (as at a phase end) once the resident size passes
+    `keep_limit_bytes`: memory kept for speed gives way before the machine or the cap runs out.
+    Called between training steps; True when it trimmed."""
+    return rss_bytes() > keep_limit_bytes() and release_freed_memory()
 
 
 def over_cap() -> OverCap | None:

@@ -298,7 +298,7 @@ class _PendingMetrics:
     def add(self, step: int, epoch: int, metrics: dict[str, jax.Array]) -> None:
         if self.metrics:  # the device one step ahead, no more: a deeper queue raised an e5-small stage's peak by 2-7 GB
             jax.block_until_ready(self.metrics[-1])
-            memory.trim_near_cap()
+            memory.trim_over_keep_limit()
         self.steps.append(step)
         self.metrics.append(metrics)
         self.epoch = epoch
