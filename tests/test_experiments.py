@@ -158,6 +158,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, germeval_tsv, reference
     assert report["compression_ratio"] > 1
 
 
+@pytest.mark.slow  # 30-90 s; the default suite stays under 15 minutes on 2 cores
 def test_a_run_killed_after_its_first_best_resumes_to_the_same_test_result(tmp_path, germeval_tsv, reference):
     """SIGKILL after step 14: past epoch 1's evaluation (the first best, whose test evaluation
     waits for the run's end) and the step-11 and step-12 checkpoints. The killed run has
@@ -229,6 +230,7 @@ def test_the_memory_cap_stops_with_a_checkpoint_and_a_higher_cap_resumes_to_the_
     assert _steps(workdir) == _steps(reference)
 
 
+@pytest.mark.slow  # 30-90 s; the default suite stays under 15 minutes on 2 cores
 def test_workdir_of_another_config_is_refused(tmp_path, germeval_tsv):
     workdir = tmp_path / "run"
     _ok(_launch(workdir, germeval_tsv, "--config.pipeline=cls_baseline", "--config.cls.epochs=1"))

@@ -31,6 +31,7 @@ def _paragraphs() -> list[str]:
     return texts
 
 
+@pytest.mark.slow  # 30-90 s; the default suite stays under 15 minutes on 2 cores
 def test_mlm_compression_lowers_successor_loss_and_exports_to_transformers(tmp_path, torch):
     transformers = pytest.importorskip("transformers")
     model_dir = packaged_model_dir()

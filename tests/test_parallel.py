@@ -81,6 +81,7 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow  # 30-90 s; the default suite stays under 15 minutes on 2 cores
 @pytest.mark.parametrize("mode", ["devices", "hosts"])
 def test_run_matches_the_one_device_run(runs, mode):
     """Same global batches and seed: same loss curve and final parameters to float32
