@@ -74,14 +74,6 @@ STAGE_FLAGS = ("--config=configs/germeval_e5.py", "--config.pipeline=cls_baselin
                "--config.cls.learning_rates=", "--config.cls.epochs=2", "--config.checkpoint_every_steps=10")
 
 
-def vm_hwm_bytes() -> int:
-    """This process's peak resident memory as /proc reports it (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 # --- the two workers (one configuration, one process) ---------------------------------------
 
 
@@ -173,7 +165,9 @@ def worker(args: argparse.Namespace) -> None:
             result = jax_work(model, batch, args.rounds, Path(tmp) / "export")
         else:
             result = torch_work(model, batch, args.rounds, Path(tmp) / "export", args.threads)
-    print("@@result " + json.dumps(result | {"vm_hwm_bytes": vm_hwm_bytes()}), flush=True)
+    from theseus_jax.memory import proc_status_bytes
+
+    print("@@result " + json.dumps(result | {"vm_hwm_bytes": proc_status_bytes("VmHWM")}), flush=True)
 
 
 # --- the driver ----------------------------------------------------------------------------

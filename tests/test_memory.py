@@ -31,34 +31,25 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 touch()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
-RELEASE = """
+HEAP_KEPT = """
 import ctypes, sys
 from theseus_jax import memory
 assert memory.configure_memory({memory.MALLOC_POLICY: sys.argv[1]}) == sys.argv[1]
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
-blocks = [libc.malloc(1 << 20) for _ in range(256)]  # 256 MiB in the heap
+blocks = [libc.malloc(1 << 20) for _ in range(256)]  # 256 MiB in the heap, kept once freed
 for block in blocks:
     ctypes.memset(block, 1, 1 << 20)
 for block in blocks:
     libc.free(ctypes.c_void_p(block))
 kept = memory.rss_bytes()
+"""
+RELEASE = HEAP_KEPT + """
 released = memory.release_freed_memory()
 print(kept - memory.rss_bytes(), released)
 """
-NEAR_CAP = """
-import ctypes, sys
-from theseus_jax import memory
-assert memory.configure_memory({memory.MALLOC_POLICY: "phases"}) == "phases"
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-blocks = [libc.malloc(1 << 20) for _ in range(256)]  # 256 MiB kept in the heap once freed
-for block in blocks:
-    ctypes.memset(block, 1, 1 << 20)
-for block in blocks:
-    libc.free(ctypes.c_void_p(block))
-kept = memory.rss_bytes()
-memory.set_cap(kept / 1e9 / float(sys.argv[1]))  # the resident size is this share of the cap
+NEAR_CAP = HEAP_KEPT + """
+memory.set_cap(kept / 1e9 / float(sys.argv[2]))  # the resident size is this share of the cap
 trimmed = memory.trim_over_keep_limit()
 print(kept - memory.rss_bytes(), trimmed)
 """
@@ -100,7 +91,8 @@ def test_release_returns_the_kept_pages(policy):
 def test_kept_memory_gives_way_near_the_cap(share, trims):
     """Resident at 95% of max_memory_gb: the kept 256 MiB go back to the kernel (VmRSS drops);
     at 80%, below the 90% line, they stay for the next step."""
-    out = subprocess.run([sys.executable, "-c", NEAR_CAP, str(share)], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", NEAR_CAP, "phases", str(share)], cwd=REPO, capture_output=True, text=True,
+                         check=True)
     dropped, trimmed = out.stdout.split()
     assert trimmed == str(trims)
     assert (int(dropped) >= 200 * MIB) == trims

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import MutableMapping
@@ -46,6 +47,7 @@ TRIM_SHARE = 0.9  # under a cap, kept memory is returned once the resident size 
 RAM_SHARE = 0.4  # without a cap, once it passes this share of the machine's memory
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -95,16 +97,21 @@ def release_freed_memory() -> bool:
     return bool(trim and trim(0))
 
 
-def rss_bytes() -> int:
-    """The process's resident memory now (VmRSS; 0 where /proc is absent)."""
+def proc_status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (`VmRSS`, `VmHWM`, ...) in bytes; 0 where /proc is absent."""
     try:
         status = Path("/proc/self/status").read_text()
     except OSError:
         return 0
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (VmRSS)."""
+    return proc_status_bytes("VmRSS")
 
 
 def peak_rss_bytes() -> int:
@@ -138,6 +145,7 @@ def set_cap(gigabytes: float) -> None:
     _cap_bytes = int(gigabytes * 1e9)
 
 
+@functools.cache
 def machine_memory_bytes() -> int:
     """The memory this process may use: the machine's, or its cgroup's limit where lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -157,8 +165,9 @@ def keep_limit_bytes() -> int:
 def trim_over_keep_limit() -> bool:
     """Returns the heap's free pages (as at a phase end) once the resident size passes
     `keep_limit_bytes`: memory kept for speed gives way before the machine or the cap runs out.
-    Called between training steps; True when it trimmed."""
-    return rss_bytes() > keep_limit_bytes() and release_freed_memory()
+    Called between training steps (only the trimming policies read the resident size); True
+    when it trimmed."""
+    return _release and rss_bytes() > keep_limit_bytes() and release_freed_memory()
 
 
 def over_cap() -> OverCap | None:
