@@ -51,6 +51,13 @@ MODELS = {"e5-small": (E5_SMALL, 32), "bert-base": (BERT_BASE, 16), "xlmr-base":
 LENGTHS = (32, 64, 128)
 LIB = Path("/usr/lib/x86_64-linux-gnu")
 KEEP = "THESEUS_KEEP_FREED_MEMORY"
+
+
+def jemalloc(conf: str) -> dict[str, str]:
+    """The environment that runs the process on Debian's jemalloc with MALLOC_CONF `conf` (glibc's policy off)."""
+    return {KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2")} | ({"MALLOC_CONF": conf} if conf else {})
+
+
 # name -> (environment of the JAX process, what it is)
 POLICIES: dict[str, tuple[dict[str, str], str]] = {
     "phases": ({KEEP: "phases"}, "the default: freed memory kept during a phase (one arena, no mmap, no automatic trim), "
@@ -64,10 +71,18 @@ POLICIES: dict[str, tuple[dict[str, str], str]] = {
                                     "as phases, with XLA:CPU's default scheduler (ordered for concurrency) instead of "
                                     "the memory-optimized one `configure_memory` sets"),
     "glibc": ({KEEP: "0"}, "glibc malloc, default settings"),
-    "jemalloc": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2")}, "jemalloc 5.3, default settings"),
-    "jemalloc-tuned": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libjemalloc.so.2"),
-                        "MALLOC_CONF": "oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:0,narenas:2,background_thread:true"},
+    "jemalloc": (jemalloc(""), "jemalloc 5.3, default settings"),
+    "jemalloc-tuned": (jemalloc("oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:0,narenas:2,background_thread:true"),
                        "jemalloc 5.3: no huge-allocation arena, 30 s dirty decay, 2 arenas, background purging"),
+    "jemalloc-decay5": (jemalloc("narenas:1,dirty_decay_ms:5000,muzzy_decay_ms:0"),
+                        "jemalloc 5.3: one arena, freed pages returned after 5 s unused"),
+    "jemalloc-decay15": (jemalloc("narenas:1,dirty_decay_ms:15000,muzzy_decay_ms:0"),
+                         "jemalloc 5.3: one arena, freed pages returned after 15 s unused"),
+    "jemalloc-nodecay": (jemalloc("narenas:1,dirty_decay_ms:-1,muzzy_decay_ms:-1"),
+                         "jemalloc 5.3: one arena, freed pages never returned"),
+    "jemalloc-fit1": (jemalloc("narenas:1,dirty_decay_ms:-1,muzzy_decay_ms:-1,lg_extent_max_active_fit:1"),
+                      "jemalloc 5.3: one arena, freed pages never returned, a free extent reused only for "
+                      "requests of at least half its size"),
     "tcmalloc": ({KEEP: "0", "LD_PRELOAD": str(LIB / "libtcmalloc_minimal.so.4")}, "tcmalloc (gperftools 2.10), default settings"),
 }
 STAGE_FLAGS = ("--config=configs/germeval_e5.py", "--config.pipeline=cls_baseline", "--config.seeds=0",

@@ -163,14 +163,16 @@ def _checkpointed_steps(workdir):
 
 def test_a_run_killed_after_its_best_tests_the_kept_parameters_at_its_end(tmp_path, uninterrupted):
     """Killed in epoch 5, after the step-16 checkpoint and the best (step 12 or before): the
-    rerun restores the selected step's parameters from the checkpoint, trains on and tests
-    them once at its end, as the uninterrupted run did."""
+    rerun reads the selected step's parameters from disk, trains on and tests them once at
+    its end, as the uninterrupted run did."""
     _, reference, reference_dir = uninterrupted
     encoded, labels = _token_data(32, seed=0)
     killed = _frozen_job(encoded, labels, kill_train_at=(4, 2))
     with pytest.raises(Killed):
         train(killed, tmp_path)
     assert killed.test_loader.passes == 0 and _checkpointed_steps(tmp_path)[-1] == 16 >= reference.best["step"]
+    written = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "best_params").iterdir() if p.name.isdigit())
+    assert written[-1] == reference.best["step"] and len(written) <= 2  # written when selected, the last two kept
     resumed = _frozen_job(encoded, labels)
     progress = train(resumed, tmp_path)
     assert resumed.test_loader.passes == 1
@@ -178,6 +180,33 @@ def test_a_run_killed_after_its_best_tests_the_kept_parameters_at_its_end(tmp_pa
     assert _without_times([progress.best]) == _without_times([reference.best])
     saved = lambda workdir: dict(np.load(workdir / "test_predictions.npz"))
     assert all(np.array_equal(saved(tmp_path)[k], saved(reference_dir)[k]) for k in saved(reference_dir))
+
+
+class _LiveBytes:
+    """A loader that records the bytes of all live jax arrays as each of its passes starts."""
+
+    def __init__(self, loader):
+        self.loader, self.seen = loader, []
+
+    def num_batches(self, epoch):
+        return self.loader.num_batches(epoch)
+
+    def batches(self, epoch, start_batch=0):
+        self.seen.append(sum(a.nbytes for a in jax.live_arrays()))
+        yield from self.loader.batches(epoch, start_batch)
+
+
+def test_the_selected_parameters_wait_for_the_test_on_disk_not_in_memory(tmp_path):
+    """Evaluations run every 2 steps, the first one selects: at every later evaluation the
+    live arrays (other tests' included, the same at each) hold no more than at the first,
+    where the earlier code held one more parameter set, its copy of the selection."""
+    encoded, labels = _token_data(32, seed=0)
+    job = _frozen_job(encoded, labels)
+    job.validation_loader = probe = _LiveBytes(job.validation_loader)
+    progress = train(job, tmp_path)
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(job.params))
+    assert "test" in progress.best and len(probe.seen) == 12
+    assert max(probe.seen[1:]) - probe.seen[0] < params_bytes / 4
 
 
 def test_a_run_killed_during_its_end_test_evaluation_tests_on_rerun_without_training(tmp_path, uninterrupted):
@@ -221,6 +250,38 @@ def test_a_checkpoint_without_kept_parameters_resumes(tmp_path, uninterrupted):
     assert resumed.test_loader.passes == 0
     assert progress.best["step"] == reference.best["step"] and progress.best["test"] == recorded
     assert [h["validation"] for h in progress.history] == [h["validation"] for h in reference.history]
+
+
+def test_a_checkpoint_holding_the_kept_parameters_resumes_and_tests_them(tmp_path, uninterrupted):
+    """The previous format: the selected step's parameters as a `best` item of every
+    checkpoint, no best_params/ folder. The rerun finds them there, trains on and tests them
+    once, as the uninterrupted run did."""
+    from theseus_jax.training import steps
+
+    _, reference, reference_dir = uninterrupted
+    encoded, labels = _token_data(32, seed=0)
+    with pytest.raises(Killed):
+        train(_frozen_job(encoded, labels, kill_train_at=(4, 2)), tmp_path)
+    target = _frozen_job(encoded, labels)
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    state, progress = checkpoints.restore(steps.create_train_state(target.params, target.tx))
+    best = checkpoints.restore_best(state.params, progress.best["step"])
+    checkpoints.close()
+    shutil.rmtree(tmp_path / "checkpoints")
+    old = ocp.CheckpointManager(
+        (tmp_path / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(create=True),
+        item_names=("state", "progress", "best"),
+    )  # as the previous Checkpoints.save wrote it
+    old.save(16, args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress.to_json()),
+                                         best=ocp.args.StandardSave(best)))
+    old.close()
+
+    resumed = _frozen_job(encoded, labels)
+    progress = train(resumed, tmp_path)
+    assert resumed.test_loader.passes == 1
+    assert _without_times([progress.best]) == _without_times([reference.best])
+    with np.load(tmp_path / "test_predictions.npz") as mine, np.load(reference_dir / "test_predictions.npz") as theirs:
+        assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files)
 
 
 def _run_candidate(seed, lr, value):

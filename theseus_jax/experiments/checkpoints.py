@@ -1,11 +1,11 @@
 """Resumable runs: orbax checkpoints of the train state plus the loop's position.
 
-A checkpoint holds the `TrainState` (step, parameters, optimizer state), a JSON
+A checkpoint holds the `TrainState` (step, parameters, optimizer state) and a JSON
 `progress` record (data position: epoch, batch within the epoch; evaluation history, best
-metric, the wall-clock time spent so far) and, while the selected step still awaits its
-test evaluation, that step's parameters (`best`), so a run killed after its best can
-evaluate them at its end; checkpoints written before that item existed restore without
-it. The PRNG needs no saving: every step folds its number into the run's seed key. Orbax
+metric, the wall-clock time spent so far). The selected step's parameters, which the test
+evaluation at the run's end reads, are written once when selected (`save_best`, in
+`best_params/` beside the step folders) rather than kept in memory until then; checkpoints
+of earlier versions held them as a `best` item, which `restore_best` still reads. The PRNG needs no saving: every step folds its number into the run's seed key. Orbax
 writes each checkpoint into a temporary directory and renames it when complete, so a kill
 at any moment leaves the previous checkpoint intact.
 """
@@ -58,15 +58,26 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
             item_names=("state", "progress", "best"),
         )
+        self.best_directory = Path(directory).absolute() / "best_params"
+        self._best_manager: ocp.CheckpointManager | None = None
+
+    def _best(self, create: bool = False) -> ocp.CheckpointManager | None:
+        """The manager of `best_params/`, made when first written (a run that never selects has no such folder)."""
+        if self._best_manager is None and (create or self.best_directory.is_dir()):
+            # The last two selections: a resume from the checkpoint before a new selection needs the one before it.
+            self._best_manager = ocp.CheckpointManager(
+                self.best_directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True),
+                item_names=("params",),
+            )
+        return self._best_manager
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, progress: Progress, best: Any = None) -> None:
-        """Saves `state` and `progress`, and the selected step's parameters `best` if given."""
+    def save(self, step: int, state: Any, progress: Progress) -> None:
+        """Saves `state` and `progress`."""
         items = {"state": ocp.args.StandardSave(state), "progress": ocp.args.JsonSave(progress.to_json())}
-        if best is not None:
-            items["best"] = ocp.args.StandardSave(best)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         faults.point("checkpoint")  # crash tests: a kill while the checkpoint is written
         # Written before training goes on: orbax's host copy of the state (1.4 GB for e5-small
@@ -84,16 +95,34 @@ class Checkpoints:
         )
         return restored["state"], Progress.from_json(restored["progress"])
 
-    def restore_best(self, target_params: Any) -> Any:
-        """The latest checkpoint's `best` parameters, in the structure (and shardings) of
-        `target_params`; only a checkpoint saved with `best` holds them (KeyError otherwise)."""
-        step = self.manager.latest_step()
-        return self.manager.restore(step, args=ocp.args.Composite(best=ocp.args.StandardRestore(target_params)))["best"]
+    def save_best(self, step: int, params: Any) -> None:
+        """Writes the parameters selected at `step` (the trainer then saves a checkpoint whose
+        progress records the selection, so a resume finds them)."""
+        manager = self._best(create=True)
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
+        manager.wait_until_finished()
+        memory.release_freed_memory()
+
+    def has_best(self, step: int) -> bool:
+        manager = self._best()
+        return manager is not None and step in manager.all_steps()
+
+    def restore_best(self, target_params: Any, step: int) -> Any:
+        """The parameters selected at `step`, in the structure (and shardings) of
+        `target_params`: from `save_best`, or from the latest checkpoint's `best` item
+        (checkpoints of earlier versions; KeyError where neither holds them)."""
+        if self.has_best(step):
+            restored = self._best().restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target_params)))
+            return restored["params"]
+        latest = self.manager.latest_step()
+        return self.manager.restore(latest, args=ocp.args.Composite(best=ocp.args.StandardRestore(target_params)))["best"]
 
     def close(self) -> None:
         """Waits for asynchronous writes to finish."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        for manager in (self.manager, self._best_manager):
+            if manager is not None:
+                manager.wait_until_finished()
+                manager.close()
 
 
 class WorkdirConflict(UserError):

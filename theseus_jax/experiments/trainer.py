@@ -3,13 +3,13 @@
 One loop serves every pipeline (MLM or classification, plain or Theseus). It evaluates
 the validation split after every epoch, every K steps if asked and where `max_steps` ends
 the run (the per-step choices are `decide`, a pure function); a new best on the
-selection split exports the model as a Hugging Face checkpoint and keeps a device copy of
-its parameters. The test split is evaluated once, on that copy, when training ends (one
-test pass per run, not one per improvement), so a test number exists at the selected
-step only and never steers a choice (unless `selection="test"`, the source study's
-protocol, asks for test at every evaluation). It writes resumable orbax checkpoints
-(holding the kept copy until its test evaluation, so a run killed after its best still
-tests it at its end), logs scalars for every step and stops with a clear message on a
+selection split exports the model as a Hugging Face checkpoint and writes its parameters
+beside the checkpoints (not a copy in memory: 0.5-1.1 GB for base-size models). The test
+split is evaluated once, on those, when training ends (one test pass per run, not one per
+improvement), so a test number exists at the selected step only and never steers a choice
+(unless `selection="test"`, the source study's protocol, asks for test at every
+evaluation). It writes resumable orbax checkpoints, so a run killed after its best still
+tests it at its end, logs scalars for every step and stops with a clear message on a
 non-finite loss. The step loop never waits on the device: metrics stay there
 and reach the host every `log_every_steps` steps (and before every evaluation and
 checkpoint), while the next batches are already being transferred.
@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -203,15 +202,9 @@ def write_predictions(workdir: Path, texts: list[str], predictions: dict[str, np
         np.savez(f, **predictions)
 
 
-def kept_copy(params: Params) -> Params:
-    """A device copy of `params` with their shardings, which the train step's donation of
-    the state leaves intact."""
-    return jax.tree.map(jnp.copy, params)
-
-
 def awaits_test(progress: Progress) -> bool:
     """Whether the selected entry still lacks its test metrics (validation selection, before
-    the run's end evaluation): its parameters must be kept, in memory and in checkpoints."""
+    the run's end evaluation): its parameters must be kept on disk (`Checkpoints.save_best`)."""
     return progress.best is not None and "test" not in progress.best
 
 
@@ -358,11 +351,10 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     state = parallel.replicate(steps.create_train_state(job.params, job.tx), mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=job.keep_checkpoints)
     progress = Progress()
-    best_params: Params | None = None  # the selected step's parameters while awaits_test(progress)
     if checkpoints.latest_step() is not None:
         state, progress = checkpoints.restore(state)
-        if awaits_test(progress):
-            best_params = checkpoints.restore_best(state.params)
+        if awaits_test(progress) and not checkpoints.has_best(progress.best["step"]):  # a checkpoint of an earlier version
+            checkpoints.save_best(progress.best["step"], checkpoints.restore_best(state.params, progress.best["step"]))
         log.info("%s: resuming at step %d (epoch %d, batch %d)", job.name, int(state.step), progress.epoch, progress.batch)
     writer = parallel.is_writer()  # process 0 writes the files; every process trains
     step_log = _StepLog(workdir, int(state.step), enabled=writer)
@@ -384,17 +376,18 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         if writer and predictions and job.test_texts is not None:
             write_predictions(workdir, job.test_texts, predictions)
 
-    def run_evaluation(epoch: int) -> None:
-        """Evaluates, exports a new best model, keeps its parameters for the test evaluation
-        at the end and decides on early stopping."""
-        nonlocal best_params
+    def run_evaluation(epoch: int) -> bool:
+        """Evaluates, exports a new best model, writes its parameters for the test evaluation
+        at the end and decides on early stopping. True at a new best, which the caller
+        checkpoints (a resume must find the parameters its progress selects)."""
         entry: dict[str, Any] = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed()}
         entry["validation"], _ = evaluate_split(state.params, job.validation_loader, "validation", entry["step"])
         if job.selection == "test":  # the source study's protocol: choose on test, said in every report
             entry["test"], test_predictions = evaluate_split(state.params, job.test_loader, "test", entry["step"])
         value = entry[job.selection][job.metric]
         previous_best = None if progress.best is None else progress.best[job.selection][job.metric]
-        if previous_best is None or better(job.metric, value, previous_best):
+        new_best = previous_best is None or better(job.metric, value, previous_best)
+        if new_best:
             progress.best = entry
             if writer:
                 config, params = job.export(jax.device_get(state.params))
@@ -402,7 +395,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             if job.selection == "test":
                 publish_test(test_predictions)
             else:
-                best_params = kept_copy(state.params)
+                checkpoints.save_best(entry["step"], state.params)
         progress.history.append(entry)
         log.info("%s: epoch %d, step %d: %s %s=%.4f (best %.4f)", job.name, epoch + 1, entry["step"], job.selection,
                  job.metric, value, progress.best[job.selection][job.metric])
@@ -411,6 +404,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             replacing=replacing_at(job.compression, entry["step"]),
         )
         progress.stopped_early = stops_early(count, job.early_stopping_patience, entry["step"], total_steps)
+        return new_best and job.selection != "test"
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
     total_steps = run_steps(job.train_loader, job.epochs, job.max_steps)
@@ -446,24 +440,27 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             )
             if now.flush:
                 pending.flush()
+            selected = False
             if now.evaluate:
-                run_evaluation(epoch)
+                selected = run_evaluation(epoch)
                 pending.last_flush = time.perf_counter()  # s/step counts training only
             if now.epoch_end:
                 progress.epoch, progress.batch = epoch + 1, 0
-            if now.save or progress.stopped_early:
+            if now.save or selected or progress.stopped_early:
                 progress.elapsed_s = elapsed()
-                checkpoints.save(step, state, progress, best_params)
+                checkpoints.save(step, state, progress)
             if now.stop:
                 raise stopped(stop, saved=True)
             if progress.stopped_early:
                 break
         pending.bar.close()
         if awaits_test(progress):  # trained to the end or stopped early, now or before a rerun: test, once
+            best_params = checkpoints.restore_best(state.params, progress.best["step"])  # read back, freed after the pass
             metrics, predictions = evaluate_split(best_params, job.test_loader, "test", progress.best["step"])
+            best_params = None
             record_test(progress, metrics)
             publish_test(predictions)
-            best_params, progress.elapsed_s = None, elapsed()
+            progress.elapsed_s = elapsed()
             log.info("%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"],
                      job.metric, progress.best["validation"][job.metric], job.metric, metrics[job.metric])
     finally:
