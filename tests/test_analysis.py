@@ -1,6 +1,7 @@
 """Analysis: CKA against the kernel (HSIC) formula, layer comparison on known cases."""
 
 import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,6 +153,25 @@ def test_grid_runs_every_point_once_and_resumes(tmp_path):
     assert table[2].startswith("| ") and best.name in table[4]
     assert (tmp_path / "summary.csv").read_text().count("\n") == 9
     assert (tmp_path / "grid_starting_rate.png").exists()
+
+
+def test_grid_reads_a_series_point_through_its_comparison_record(tmp_path):
+    """A point that ran a series (teacher, Theseus student, truncated): the row holds the first
+    student's numbers, the predecessor's test metric and the stages' summed time."""
+    from theseus_jax.analysis import grid
+    from theseus_jax.experiments import report
+
+    point = grid.grid_points([2e-5], [0.3], [0.85], ["0"])[0]
+    student = report.Versus(0.69, 0.78, compression_ratio=1.9, finetuning_speedup=1.5,
+                            retained=report.Spread(0.985, None, [], None))
+    comparison = report.Comparison("macro_f1", "validation", [0], predecessor=report.Versus(0.70, 0.80),
+                                   models={"cls_compress": student, "cls_truncated": report.Versus(0.66, 0.75)})
+    stages = {"cls_predecessor": {"total_time_s": 10.0}, "cls_compress": {"total_time_s": 6.0}, "cls_truncated": {"total_time_s": 4.0}}
+    (tmp_path / point.name).mkdir()
+    (tmp_path / point.name / "report.json").write_text(json.dumps({"comparison": comparison.to_json(), "stages": stages}))
+    [row] = grid.summarise(tmp_path, [point])
+    assert (row["metric"], row["selection"], row["value"], row["test"], row["baseline"]) == ("macro_f1", "validation", 0.78, 0.69, 0.70)
+    assert (row["compression_ratio"], row["retained_performance"], row["finetuning_speedup"], row["time_s"]) == (1.9, 0.985, 1.5, 20.0)
 
 
 def test_screen_runs_the_teacher_first_substitutes_it_and_ranks_on_validation(tmp_path):

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 from theseus_jax import atomic
 from theseus_jax.errors import ArgumentParser, UserError, run_cli
+from theseus_jax.experiments.report import Comparison, Versus
 
 LAUNCH = Path(__file__).resolve().parents[2] / "launch.py"
 
@@ -110,17 +111,17 @@ def _point_result(point: GridPoint, report: dict[str, Any]) -> dict[str, Any]:
     """One summary row from a point's report (a series or a single compression run)."""
     row: dict[str, Any] = dataclasses.asdict(point) | {"name": point.name}
     if "comparison" in report:
-        comparison = report["comparison"]
-        metric = comparison["metric"]
+        comparison = Comparison.from_json(report["comparison"], report["stages"])
+        successor = comparison.successor() or Versus(None, None)
         row.update(
-            metric=metric,
-            selection=comparison.get("selection", "test"),
-            value=comparison.get(f"validation_{metric}_successor"),
-            test=comparison.get(f"{metric}_successor"),
-            baseline=comparison.get(f"{metric}_predecessor"),
-            compression_ratio=comparison.get("compression_ratio"),
-            retained_performance=comparison.get("retained_performance"),
-            finetuning_speedup=comparison.get("finetuning_speedup"),
+            metric=comparison.metric,
+            selection=comparison.selection,
+            value=successor.validation,
+            test=successor.test,
+            baseline=comparison.predecessor.test,
+            compression_ratio=successor.compression_ratio,
+            retained_performance=successor.retained.mean if successor.retained else None,
+            finetuning_speedup=successor.finetuning_speedup,
             time_s=sum(s.get("total_time_s") or 0 for s in report["stages"].values()),
         )
     else:

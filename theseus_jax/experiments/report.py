@@ -257,6 +257,10 @@ class Comparison:
         out |= {f"{key}_{stage}": value for stage, numbers in self.lm.items() for key, value in numbers.items()}
         return out | ({} if self.lm_finetuning_speedup is None else {"lm_finetuning_speedup": self.lm_finetuning_speedup})
 
+    def successor(self) -> Versus | None:
+        """The first student's comparison (report.json's unsuffixed keys); None in a series without one."""
+        return next((self.models[stage.name] for stage in present(self.models, student=True)), None)
+
     @classmethod
     def from_json(cls, data: dict[str, Any], stages: Iterable[str]) -> Comparison:
         """`stages`: the series' stage names (report.json's `stages`), which the keys' words stand for."""
