@@ -172,7 +172,7 @@ def test_a_run_killed_after_its_best_tests_the_kept_parameters_at_its_end(tmp_pa
         train(killed, tmp_path)
     assert killed.test_loader.passes == 0 and _checkpointed_steps(tmp_path)[-1] == 16 >= reference.best["step"]
     written = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "best_params").iterdir() if p.name.isdigit())
-    assert written[-1] == reference.best["step"] and len(written) <= 2  # written when selected, the last two kept
+    assert written == [reference.best["step"]]  # earlier selections deleted once a checkpoint recorded this one
     resumed = _frozen_job(encoded, labels)
     progress = train(resumed, tmp_path)
     assert resumed.test_loader.passes == 1
@@ -207,6 +207,25 @@ def test_the_selected_parameters_wait_for_the_test_on_disk_not_in_memory(tmp_pat
     params_bytes = sum(x.nbytes for x in jax.tree.leaves(job.params))
     assert "test" in progress.best and len(probe.seen) == 12
     assert max(probe.seen[1:]) - probe.seen[0] < params_bytes / 4
+
+
+def test_a_run_killed_after_a_selection_its_last_checkpoint_does_not_record_resumes_as_if_never_killed(
+    tmp_path, uninterrupted
+):
+    """Killed in epoch 2, after the evaluation at step 6 selected anew but before the step-8
+    checkpoint: the step-4 checkpoint's selection is still on disk beside the newer one, and
+    the rerun retrains from step 4 to the uninterrupted run's history, selection and test."""
+    _, reference, reference_dir = uninterrupted
+    encoded, labels = _token_data(32, seed=0)
+    with pytest.raises(Killed):
+        train(_frozen_job(encoded, labels, kill_train_at=(1, 3)), tmp_path)
+    assert _checkpointed_steps(tmp_path) == [4]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints" / "best_params").iterdir()) == [4, 6]
+    progress = train(_frozen_job(encoded, labels), tmp_path)
+    assert _without_times(progress.history) == _without_times(reference.history)
+    assert _without_times([progress.best]) == _without_times([reference.best])
+    with np.load(tmp_path / "test_predictions.npz") as mine, np.load(reference_dir / "test_predictions.npz") as theirs:
+        assert all(np.array_equal(mine[k], theirs[k]) for k in theirs.files)
 
 
 def test_a_run_killed_during_its_end_test_evaluation_tests_on_rerun_without_training(tmp_path, uninterrupted):

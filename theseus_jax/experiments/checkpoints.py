@@ -4,7 +4,8 @@ A checkpoint holds the `TrainState` (step, parameters, optimizer state) and a JS
 `progress` record (data position: epoch, batch within the epoch; evaluation history, best
 metric, the wall-clock time spent so far). The selected step's parameters, which the test
 evaluation at the run's end reads, are written once when selected (`save_best`, in
-`best_params/` beside the step folders) rather than kept in memory until then; checkpoints
+`best_params/` beside the step folders, until a checkpoint records a newer selection) rather
+than kept in memory until then; checkpoints
 of earlier versions held them as a `best` item, which `restore_best` still reads. The PRNG needs no saving: every step folds its number into the run's seed key. Orbax
 writes each checkpoint into a temporary directory and renames it when complete, so a kill
 at any moment leaves the previous checkpoint intact.
@@ -64,10 +65,9 @@ class Checkpoints:
     def _best(self, create: bool = False) -> ocp.CheckpointManager | None:
         """The manager of `best_params/`, made when first written (a run that never selects has no such folder)."""
         if self._best_manager is None and (create or self.best_directory.is_dir()):
-            # The last two selections: a resume from the checkpoint before a new selection needs the one before it.
-            self._best_manager = ocp.CheckpointManager(
+            self._best_manager = ocp.CheckpointManager(  # every selection kept until a checkpoint records a newer one
                 self.best_directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, cleanup_tmp_directories=True),
+                options=ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True),
                 item_names=("params",),
             )
         return self._best_manager
@@ -76,7 +76,8 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, progress: Progress) -> None:
-        """Saves `state` and `progress`."""
+        """Saves `state` and `progress`, then deletes the written selections other than the
+        one `progress` records (a resume reads the latest checkpoint only)."""
         items = {"state": ocp.args.StandardSave(state), "progress": ocp.args.JsonSave(progress.to_json())}
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         faults.point("checkpoint")  # crash tests: a kill while the checkpoint is written
@@ -84,6 +85,10 @@ class Checkpoints:
         # with AdamW) would otherwise live beside the next steps' buffers (+2 GB at the peak
         # of an e5-small stage, docs/memory-benchmarks.md).
         self.manager.wait_until_finished()
+        best = self._best()
+        for selected in best.all_steps() if best else ():
+            if progress.best is None or selected != progress.best["step"]:
+                best.delete(selected)
         memory.release_freed_memory()
 
     def restore(self, target_state: Any) -> tuple[Any, Progress]:
@@ -96,9 +101,11 @@ class Checkpoints:
         return restored["state"], Progress.from_json(restored["progress"])
 
     def save_best(self, step: int, params: Any) -> None:
-        """Writes the parameters selected at `step` (the trainer then saves a checkpoint whose
-        progress records the selection, so a resume finds them)."""
+        """Writes the parameters selected at `step`; those of earlier selections stay until a
+        checkpoint records this one, for a resume from the checkpoint before it."""
         manager = self._best(create=True)
+        if step in manager.all_steps():  # written before a kill, the run resumed from an earlier checkpoint
+            manager.delete(step)
         manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
         manager.wait_until_finished()
         memory.release_freed_memory()

@@ -376,18 +376,16 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         if writer and predictions and job.test_texts is not None:
             write_predictions(workdir, job.test_texts, predictions)
 
-    def run_evaluation(epoch: int) -> bool:
+    def run_evaluation(epoch: int) -> None:
         """Evaluates, exports a new best model, writes its parameters for the test evaluation
-        at the end and decides on early stopping. True at a new best, which the caller
-        checkpoints (a resume must find the parameters its progress selects)."""
+        at the end and decides on early stopping."""
         entry: dict[str, Any] = {"epoch": epoch, "step": int(state.step), "elapsed_s": elapsed()}
         entry["validation"], _ = evaluate_split(state.params, job.validation_loader, "validation", entry["step"])
         if job.selection == "test":  # the source study's protocol: choose on test, said in every report
             entry["test"], test_predictions = evaluate_split(state.params, job.test_loader, "test", entry["step"])
         value = entry[job.selection][job.metric]
         previous_best = None if progress.best is None else progress.best[job.selection][job.metric]
-        new_best = previous_best is None or better(job.metric, value, previous_best)
-        if new_best:
+        if previous_best is None or better(job.metric, value, previous_best):
             progress.best = entry
             if writer:
                 config, params = job.export(jax.device_get(state.params))
@@ -404,7 +402,6 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             replacing=replacing_at(job.compression, entry["step"]),
         )
         progress.stopped_early = stops_early(count, job.early_stopping_patience, entry["step"], total_steps)
-        return new_best and job.selection != "test"
 
     step = int(state.step)  # host copy: reading state.step would wait for the device
     total_steps = run_steps(job.train_loader, job.epochs, job.max_steps)
@@ -440,13 +437,12 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             )
             if now.flush:
                 pending.flush()
-            selected = False
             if now.evaluate:
-                selected = run_evaluation(epoch)
+                run_evaluation(epoch)
                 pending.last_flush = time.perf_counter()  # s/step counts training only
             if now.epoch_end:
                 progress.epoch, progress.batch = epoch + 1, 0
-            if now.save or selected or progress.stopped_early:
+            if now.save or progress.stopped_early:
                 progress.elapsed_s = elapsed()
                 checkpoints.save(step, state, progress)
             if now.stop:
