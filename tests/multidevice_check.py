@@ -121,7 +121,7 @@ def main(mode: str, out_dir: Path, restore_dir: Path) -> None:
 
     ckpt = Checkpoints(out_dir / f"ckpt_{mode}")
     ckpt.save_best(int(state.step), state.params)
-    ckpt.save(int(state.step), state, Progress(epoch=1))
+    ckpt.save(int(state.step), state, Progress(epoch=1, best={"step": int(state.step)}))  # awaiting its test
     ckpt.close()
     restored, progress, restored_kept = restore_on_this_mesh(restore_dir)
     result["restored_devices"] = len(jax.tree.leaves(restored.params)[0].sharding.device_set)

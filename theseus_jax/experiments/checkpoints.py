@@ -5,10 +5,10 @@ A checkpoint holds the `TrainState` (step, parameters, optimizer state) and a JS
 metric, the wall-clock time spent so far). The selected step's parameters, which the test
 evaluation at the run's end reads, are written once when selected (`save_best`, in
 `best_params/` beside the step folders, until a checkpoint records a newer selection) rather
-than kept in memory until then; checkpoints
-of earlier versions held them as a `best` item, which `restore_best` still reads. The PRNG needs no saving: every step folds its number into the run's seed key. Orbax
-writes each checkpoint into a temporary directory and renames it when complete, so a kill
-at any moment leaves the previous checkpoint intact.
+than kept in memory until then; checkpoints of earlier versions held them as a `best` item,
+which `restore_best` still reads. The PRNG needs no saving: every step folds its number into
+the run's seed key. Orbax writes each checkpoint into a temporary directory and renames it
+when complete, so a kill at any moment leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
