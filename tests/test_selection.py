@@ -157,8 +157,8 @@ def test_test_is_evaluated_once_at_the_end_on_the_selected_step(uninterrupted):
     assert progress.elapsed_s > progress.history[-1]["elapsed_s"] >= progress.best["elapsed_s"]
 
 
-def _checkpointed_steps(workdir):
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+def _checkpointed_steps(workdir, folder="checkpoints"):
+    return sorted(int(p.name) for p in (workdir / folder).iterdir() if p.name.isdigit())
 
 
 def test_a_run_killed_after_its_best_tests_the_kept_parameters_at_its_end(tmp_path, uninterrupted):
@@ -171,8 +171,8 @@ def test_a_run_killed_after_its_best_tests_the_kept_parameters_at_its_end(tmp_pa
     with pytest.raises(Killed):
         train(killed, tmp_path)
     assert killed.test_loader.passes == 0 and _checkpointed_steps(tmp_path)[-1] == 16 >= reference.best["step"]
-    written = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "best_params").iterdir() if p.name.isdigit())
-    assert written == [reference.best["step"]]  # earlier selections deleted once a checkpoint recorded this one
+    # earlier selections deleted once a checkpoint recorded this one
+    assert _checkpointed_steps(tmp_path, "checkpoints/best_params") == [reference.best["step"]]
     resumed = _frozen_job(encoded, labels)
     progress = train(resumed, tmp_path)
     assert resumed.test_loader.passes == 1

@@ -451,9 +451,9 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 break
         pending.bar.close()
         if awaits_test(progress):  # trained to the end or stopped early, now or before a rerun: test, once
-            best_params = checkpoints.restore_best(state.params, progress.best["step"])  # read back, freed after the pass
-            metrics, predictions = evaluate_split(best_params, job.test_loader, "test", progress.best["step"])
-            best_params = None
+            selected = checkpoints.restore_best(state.params, progress.best["step"])  # read back for this pass only
+            metrics, predictions = evaluate_split(selected, job.test_loader, "test", progress.best["step"])
+            del selected
             record_test(progress, metrics)
             publish_test(predictions)
             progress.elapsed_s = elapsed()
