@@ -124,10 +124,17 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
 
     times: list[float] = []
     rng = jax.random.key(1)
+    temporaries: dict[int, int] = {}
+    phase_end()  # as the trainer does once loading ends
     for r in range(rounds):
         for length in LENGTHS:
+            data = inputs(batch, length)
+            if length not in temporaries:  # compiled here, as the trainer does
+                temporaries[length] = memory.note_step_temporaries(
+                    train_step.lower(state, data, rng).compile().memory_analysis())
             start = time.perf_counter()
-            state, metrics = train_step(state, inputs(batch, length), rng)
+            memory.between_steps(temporaries[length])  # as the trainer does before each step
+            state, metrics = train_step(state, data, rng)
             jax.block_until_ready(metrics["loss"])
             if r and length == LENGTHS[-1]:
                 times.append(time.perf_counter() - start)

@@ -13,10 +13,10 @@ again. The policies (`THESEUS_KEEP_FREED_MEMORY`):
   over a whole stage the heap only grows, as evaluations, checkpoints and exports leave
   holes of other sizes than the steps';
 - `phases` (default): as `keep`, and the heap's free pages go back to the kernel
-  (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export), and between
-  steps once the resident size passes the keep limit (`keep_limit_bytes`: 90% of
-  `max_memory_gb`, or without a cap 40% of the machine's memory, so that a second job fits):
-  the steps of a phase reuse their memory at `keep`'s speed while it is below that;
+  (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export, a compilation),
+  and between steps (`between_steps`) once the kept memory passes the keep limit
+  (`keep_limit_bytes`: about one step's XLA temporaries), or would pass it beside a larger
+  step: the steps of a phase reuse their memory at `keep`'s speed;
 - `lean`: as `phases`, with blocks over 32 MiB (glibc's largest mmap threshold) mapped and
   returned at once: no holes from them, at the price of faulting them in every step;
 - `0`: glibc's defaults.
@@ -30,8 +30,9 @@ import ctypes.util
 import dataclasses
 import functools
 import os
+import time
 from pathlib import Path
-from typing import MutableMapping
+from typing import Callable, MutableMapping
 
 from theseus_jax.errors import UserError
 
@@ -41,11 +42,18 @@ XLA_SCHEDULER_FLAG = "--xla_cpu_scheduler_type"
 MEMORY_SCHEDULER = "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 MALLOC_POLICY = "THESEUS_KEEP_FREED_MEMORY"
 POLICIES = ("phases", "lean", "keep", "0")
-_release = False
-_cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
 TRIM_SHARE = 0.9  # under a cap, kept memory is returned once the resident size passes this share of it
 RAM_SHARE = 0.4  # without a cap, once it passes this share of the machine's memory
+KEPT_STEPS = 1.25  # and once it holds this many steps' temporaries beyond the resident size after a release
+LARGE_TEMPORARIES = 64 << 20  # steps with smaller temporaries do not wait for them (`between_steps`)
+FREED_WAIT_S = 0.1  # the longest wait for a step's temporaries to be freed (`between_steps`)
+FREED_SLACK = 64 << 20  # what other threads may allocate meanwhile (batches on their way)
 
+_release = False  # the policy trims
+_cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
+_step_temporaries = 0  # the largest XLA temporary allocation of the training steps compiled so far
+_released_rss = 0  # the resident size after the last release between phases: the process without kept memory
+_in_use_before_step = 0  # malloc's bytes in use before the last step was dispatched (`between_steps`)
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
@@ -89,12 +97,26 @@ def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
     return policy
 
 
-def release_freed_memory() -> bool:
+def release_freed_memory(step_running: bool = False) -> bool:
     """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) under the
-    "phases" and "lean" policies; called when an evaluation, a checkpoint or an export ends. True when
-    something was released."""
+    "phases" and "lean" policies; called when an evaluation, a checkpoint or an export ends,
+    and before a compilation. Unless a step is running, the resident size after it is the
+    process without kept memory (`keep_limit_bytes`). True when something was released."""
+    global _released_rss
     trim = getattr(_libc(), "malloc_trim", None) if _release else None
-    return bool(trim and trim(0))
+    released = bool(trim and trim(0))
+    if not step_running:
+        _released_rss = rss_bytes() if trim else 0
+    return released
+
+
+def note_step_temporaries(analysis: object) -> int:
+    """Records a compiled training step's temporary bytes (`compiled.memory_analysis()`; None
+    where the backend reports none) for `keep_limit_bytes`, and returns them."""
+    global _step_temporaries
+    temporaries = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+    _step_temporaries = max(_step_temporaries, temporaries)
+    return temporaries
 
 
 def proc_status_bytes(field: str) -> int:
@@ -158,21 +180,69 @@ def machine_memory_bytes() -> int:
 
 def keep_limit_bytes() -> int:
     """The resident size up to which freed memory is kept between steps: `TRIM_SHARE` of the cap,
-    or without one `RAM_SHARE` of `machine_memory_bytes` (two such jobs fit side by side)."""
-    return int(TRIM_SHARE * _cap_bytes) if _cap_bytes else int(RAM_SHARE * machine_memory_bytes())
+    or without one `RAM_SHARE` of `machine_memory_bytes` (two such jobs fit side by side); and
+    at most `KEPT_STEPS` times the largest step's temporaries (`note_step_temporaries`) beyond
+    the resident size after the last release at a phase's end: the next step reuses one
+    block of that size; more is memory glibc did not reuse, and it only grows while kept."""
+    limit = int(TRIM_SHARE * _cap_bytes) if _cap_bytes else int(RAM_SHARE * machine_memory_bytes())
+    if _step_temporaries and _released_rss:
+        limit = min(limit, _released_rss + int(KEPT_STEPS * _step_temporaries))
+    return limit
 
 
-def trim_over_keep_limit() -> bool:
-    """Returns the heap's free pages (as at a phase end) once the resident size passes
-    `keep_limit_bytes`: memory kept for speed gives way before the machine or the cap runs out.
-    Called between training steps (only the trimming policies read the resident size); True
-    when it trimmed."""
-    return _release and rss_bytes() > keep_limit_bytes() and release_freed_memory()
+class _MallocInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallocInfo] | None:
+    mallinfo2 = getattr(_libc(), "mallinfo2", None)  # glibc 2.33 and later
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallocInfo
+    return mallinfo2
+
+
+def heap_in_use_bytes() -> int:
+    """Bytes malloc has handed out and not had back (glibc `mallinfo2`); 0 where it is absent."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return 0
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def between_steps(temporaries: int) -> None:
+    """Called once a training step's outputs are ready, before the next one (whose XLA
+    temporaries are `temporaries` bytes) is dispatched; only under the trimming policies.
+
+    XLA:CPU frees a step's temporaries on its own thread just after the step's outputs are
+    ready, and takes the next step's when that step is dispatched: dispatched before the free,
+    it gets a block of its own beside them. So this first waits, at most `FREED_WAIT_S`, until
+    malloc's bytes in use are back where they were before the last step (where the steps'
+    temporaries are `LARGE_TEMPORARIES` or more). Then the kept memory goes back to the kernel
+    if the resident size passes `keep_limit_bytes`, or would pass it once a step whose
+    temporaries are more than all the kept memory (which they cannot fit in) takes a block
+    beside it.
+    """
+    global _in_use_before_step
+    if not _release:
+        return
+    if _in_use_before_step:
+        deadline = time.monotonic() + FREED_WAIT_S
+        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
+            time.sleep(0.001)
+    rss = rss_bytes()
+    unreusable = temporaries if _released_rss and temporaries > rss - _released_rss else 0
+    if rss + unreusable > keep_limit_bytes():
+        release_freed_memory(step_running=True)
+    _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
 
 def over_cap() -> OverCap | None:
     """The peak resident size if it passed the cap set by `set_cap`, else None. A prediction
-    before training is not offered: XLA:CPU reports no buffer sizes, and the resident size
-    depends on the allocator and the phases (docs/memory-benchmarks.md)."""
+    before training is not offered: a step's XLA temporaries are known once it is compiled
+    (`note_step_temporaries`), but what else is resident beside them depends on the allocator
+    and the phases (docs/memory-benchmarks.md)."""
     peak = peak_rss_bytes()
     return OverCap(peak, _cap_bytes) if _cap_bytes and peak > _cap_bytes else None

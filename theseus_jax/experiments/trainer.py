@@ -166,6 +166,8 @@ def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str
     the predictions in example order (`index`, `labels`, `probabilities`)."""
     totals = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
     parts: dict[str, list[np.ndarray]] = {"index": [], "labels": [], "probabilities": []}
+    jax.block_until_ready(params)
+    memory.release_freed_memory()  # the training steps' kept memory: the evaluation's buffers have other sizes
     for batch in tqdm(loader.batches(0), total=loader.num_batches(0), desc=desc, leave=False, disable=None):
         out = jax.device_get(eval_step(params, batch))
         for key in totals:
@@ -175,12 +177,12 @@ def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str
             parts["index"].append(np.asarray(batch["example_index"])[real])
             parts["probabilities"].append(np.asarray(out["probabilities"])[real])
             parts["labels"].append(np.asarray(batch["labels"])[real])
+    memory.release_freed_memory()  # the evaluation's buffers
     result: dict[str, Any] = {"loss": totals["loss_sum"] / max(totals["count"], 1.0)}
     if objective == "mlm":
         result["perplexity"] = perplexity(totals["loss_sum"], totals["count"])
         result["mlm_accuracy"] = totals["correct"] / max(totals["count"], 1.0)
         return result, {}
-    memory.release_freed_memory()  # the evaluation's buffers: other sizes than the steps'
     order = np.argsort(np.concatenate(parts["index"]))
     predictions = {key: np.concatenate(value)[order] for key, value in parts.items()}
     result.update(classification_metrics(predictions["labels"], predictions["probabilities"]))
@@ -289,9 +291,6 @@ class _PendingMetrics:
         return len(self.steps)
 
     def add(self, step: int, epoch: int, metrics: dict[str, jax.Array]) -> None:
-        if self.metrics:  # the device one step ahead, no more: a deeper queue raised an e5-small stage's peak by 2-7 GB
-            jax.block_until_ready(self.metrics[-1])
-            memory.trim_over_keep_limit()
         self.steps.append(step)
         self.metrics.append(metrics)
         self.epoch = epoch
@@ -423,8 +422,16 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             raise stopped(stop, saved=False)
         left = 0 if progress.stopped_early else max(total_steps - step, 0)
         batches = itertools.islice(batches_from(job.train_loader, job.epochs, progress.epoch, progress.batch), left)
+        temporaries: dict[tuple[tuple[int, ...], ...], int] = {}  # XLA's temporary bytes per batch shape
         for epoch, batch in prefetch(batches, lambda b: (b[0], parallel.shard_batch(b[1], mesh))):
-            state, metrics = train_step(state, batch, rng)  # dispatched: the device runs up to a step ahead (pending.add)
+            shapes = tuple(leaf.shape for leaf in jax.tree.leaves(batch))
+            if shapes not in temporaries:  # compiled here, once per batch shape (the call below reuses it),
+                memory.release_freed_memory(step_running=True)  # beside the running step, with no kept memory
+                temporaries[shapes] = memory.note_step_temporaries(
+                    train_step.lower(state, batch, rng).compile().memory_analysis())
+            jax.block_until_ready(state)  # one step at a time: XLA:CPU takes a step's temporaries when it is dispatched
+            memory.between_steps(temporaries[shapes])
+            state, metrics = train_step(state, batch, rng)
             step += 1
             progress.batch += 1
             pending.add(step, epoch, metrics)
