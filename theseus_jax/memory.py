@@ -223,7 +223,8 @@ def between_steps(temporaries: int) -> None:
     temporaries are `LARGE_TEMPORARIES` or more). Then the kept memory goes back to the kernel
     if the resident size passes `keep_limit_bytes`, or would pass it once a step whose
     temporaries are more than all the kept memory (which they cannot fit in) takes a block
-    beside it.
+    beside it; under a cap, once any step's temporaries in new memory would pass
+    `TRIM_SHARE` of it (malloc may leave the kept memory unused: docs/memory-benchmarks.md).
     """
     global _in_use_before_step
     if not _release:
@@ -234,6 +235,8 @@ def between_steps(temporaries: int) -> None:
             time.sleep(0.001)
     rss = rss_bytes()
     unreusable = temporaries if _released_rss and temporaries > rss - _released_rss else 0
+    if _cap_bytes and rss + temporaries > TRIM_SHARE * _cap_bytes:
+        unreusable = temporaries  # under a cap, assume none reused: glibc's best fit may pick a hole without pages
     if rss + unreusable > keep_limit_bytes():
         release_freed_memory(step_running=True)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
