@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.bench_memory import run_child
 
 MIB = 1 << 20
@@ -47,6 +49,7 @@ print(jax_work(json.loads(sys.argv[1]), 4, 1, Path(sys.argv[2]))["live_array_pea
 """
 
 
+@pytest.mark.slow  # a benchmark's figure, 15-30 s of compiling: pytest -m slow
 def test_the_live_arrays_count_each_buffer_once(tmp_path):
     """After the export, `jax.device_get`'s host view of the parameters is a second `jax.Array`
     on the same buffers; the live figure is the train state alone: the parameters and AdamW's
