@@ -115,8 +115,9 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
     live = [0]
 
     def phase_end() -> None:
-        buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays()}  # device_get's host view is a
-        live[0] = max(live[0], sum(buffers.values()))  # second Array on the same buffer: count each buffer once
+        # each buffer once: the export's device_get leaves a second Array on the parameters' buffers
+        buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays()}
+        live[0] = max(live[0], sum(buffers.values()))
         memory.release_freed_memory()
 
     def inputs(b: int, length: int) -> dict[str, Any]:

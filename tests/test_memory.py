@@ -133,7 +133,6 @@ def test_kept_memory_is_at_most_the_largest_steps_temporaries_beyond_the_release
     assert memory.keep_limit_bytes() == min(3_250_000_000, int(0.4 * memory.machine_memory_bytes()))
     memory.set_cap(3)
     assert memory.keep_limit_bytes() == 2_700_000_000
-    monkeypatch.setattr(memory, "_cap_bytes", 0)
 
 
 WAIT_FOR_FREE = """

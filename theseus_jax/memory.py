@@ -234,10 +234,10 @@ def between_steps(temporaries: int) -> None:
         while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
             time.sleep(0.001)
     rss = rss_bytes()
-    unreusable = temporaries if _released_rss and temporaries > rss - _released_rss else 0
-    if _cap_bytes and rss + temporaries > TRIM_SHARE * _cap_bytes:
-        unreusable = temporaries  # under a cap, assume none reused: glibc's best fit may pick a hole without pages
-    if rss + unreusable > keep_limit_bytes():
+    cannot_fit = bool(_released_rss) and temporaries > rss - _released_rss  # more than all the kept memory
+    # near the cap, reuse is not counted on: glibc's best fit may pick a hole without pages
+    near_cap = bool(_cap_bytes) and rss + temporaries > TRIM_SHARE * _cap_bytes
+    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes():
         release_freed_memory(step_running=True)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
