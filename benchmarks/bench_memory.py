@@ -146,7 +146,7 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
     phase_end()
     save_hf_checkpoint(config, jax.device_get(state.params), export_dir)
     phase_end()
-    return {"step_s": times, "live_array_peak_bytes": live[0]}
+    return {"step_s": times, "live_array_peak_bytes": live[0], "step_temporaries_bytes": max(temporaries.values())}
 
 
 def torch_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path, threads: int) -> dict[str, Any]:
@@ -277,14 +277,15 @@ def markdown(rows: list[dict[str, Any]], stage: list[dict[str, Any]], args: argp
             "(AdamW, clipping at 1.0, dropout on), evaluation at each length with twice the batch, export "
             f"(ours `save_hf_checkpoint`, HF `save_pretrained`). HF: " + ", ".join(f"{k} {v}" for k, v in versions.items())
             + ". Step: median length-128 step after the first round (load-dependent; compare paired rows only). "
-            "Live arrays: peak bytes of live `jax.Array` buffers at phase ends, each buffer once (XLA:CPU reports no allocator statistics).",
-            "", "| model | batch | framework | allocator policy | peak RSS GB | L128 step s | live arrays GB |",
-            "|---|---|---|---|---|---|---|",
+            "Live arrays: peak bytes of live `jax.Array` buffers at phase ends, each buffer once (XLA:CPU reports no allocator statistics). "
+            "XLA temporaries: the largest training step's (`memory_analysis().temp_size_in_bytes`).",
+            "", "| model | batch | framework | allocator policy | peak RSS GB | L128 step s | live arrays GB | XLA temporaries GB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
-            live = gb(r["live_array_peak_bytes"]) if "live_array_peak_bytes" in r else "-"
+            live, temporaries = (gb(r[key]) if key in r else "-" for key in ("live_array_peak_bytes", "step_temporaries_bytes"))
             lines.append(f"| {r['model']} | {MODELS[r['model']][1]} | {'ours' if r['framework'] == 'jax' else 'HF PyTorch'} | "
-                         f"{r['policy']} | {gb(r['peak_rss_bytes'])} | {r['step_median_s']:.2f} | {live} |")
+                         f"{r['policy']} | {gb(r['peak_rss_bytes'])} | {r['step_median_s']:.2f} | {live} | {temporaries} |")
     if stage:
         batch = MODELS[args.stage_model][1]
         lines += ["", f"Whole stage: `launch.py {' '.join(STAGE_FLAGS)} --config.cls.data.max_examples={args.stage_examples} "

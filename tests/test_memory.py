@@ -224,26 +224,38 @@ def test_the_memory_scheduler_is_added_unless_the_user_chose_one(flags, expected
     assert with_memory_scheduler(flags) == expected
 
 
+def _classifier_step_parts(vocab: int, hidden: int, layers: int, rows: int, length: int):
+    """A random BERT classifier (heads of 16 dimensions, a 4x feed-forward), AdamW over all of
+    its parameters, and a batch of `rows` x `length` random tokens."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
+    from theseus_jax.training import optimizer
+
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 16,
+                        intermediate_size=4 * hidden, max_position_embeddings=length)
+    net = BertForSequenceClassification(config)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    tx, mask = optimizer.make_optimizer(params, "all", 1e-3)
+    ids = np.random.default_rng(0).integers(0, vocab, (rows, length)).astype(np.int32)
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
+             "labels": np.arange(rows, dtype=np.int32) % 2, "example_mask": np.ones(rows, np.float32)}
+    return net, params, tx, mask, batch
+
+
 def test_the_memory_scheduler_needs_less_for_the_same_step():
     """A 4-layer BERT train step compiled under XLA:CPU's default and memory-optimized
     schedulers: XLA's buffer assignment holds fewer temporary bytes under the latter, and the
     step's loss and parameters are bitwise the same (only the order of operations changes)."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from theseus_jax.memory import MEMORY_SCHEDULER
-    from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
-    from theseus_jax.training import optimizer, steps
+    from theseus_jax.training import steps
 
-    config = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=64)
-    net = BertForSequenceClassification(config)
-    params = net.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    tx, mask = optimizer.make_optimizer(params, "all", 1e-3)
-    ids = np.random.default_rng(0).integers(0, 500, (8, 64)).astype(np.int32)
-    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
-             "labels": np.arange(8, dtype=np.int32) % 2, "example_mask": np.ones(8, np.float32)}
+    net, params, tx, mask, batch = _classifier_step_parts(vocab=500, hidden=64, layers=4, rows=8, length=64)
     results = {}
     for scheduler in ("CPU_SCHEDULER_TYPE_DEFAULT", MEMORY_SCHEDULER):
         state = steps.create_train_state(params, tx)
@@ -257,6 +269,24 @@ def test_the_memory_scheduler_needs_less_for_the_same_step():
     assert temp < 0.9 * default_temp
     assert loss == default_loss
     np.testing.assert_array_equal(new_params, default_params)
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_a_steps_temporaries_hold_the_embedding_gradient_once(accumulation_steps):
+    """A model whose word-embedding table (100k x 32, 12.8 MB) outweighs everything else a
+    step holds: XLA's temporaries must hold its gradient once. Dividing the summed loss's
+    gradients by the example count, or by their norm when clipping (optax's form), wrote a
+    second copy (2.01 tables here before either was changed)."""
+    import jax
+
+    from theseus_jax.training import steps
+
+    net, params, tx, mask, batch = _classifier_step_parts(vocab=100_000, hidden=32, layers=2, rows=4, length=16)
+    step = jax.jit(steps.make_train_step(net, tx, mask, "classification", accumulation_steps=accumulation_steps),
+                   donate_argnums=(0,))
+    compiled = step.lower(steps.create_train_state(params, tx), batch, jax.random.key(1)).compile()
+    table = 100_000 * 32 * 4
+    assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * table
 
 
 def test_peak_and_current_rss_count_a_touched_block():

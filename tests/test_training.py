@@ -126,6 +126,18 @@ def test_learning_rate_decays_to_exactly_zero_under_jit():
     assert values[5:] == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clipping_matches_optax_above_the_threshold_and_is_exact_below(max_norm):
+    grads = {"a": jnp.array(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32), "b": jnp.arange(5.0)}
+    ours, _ = optimizer.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    reference, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for name in grads:
+        if max_norm == 100.0:  # below: untouched, bit for bit
+            np.testing.assert_array_equal(ours[name], grads[name])
+        np.testing.assert_allclose(ours[name], reference[name], rtol=1e-6)
+    assert float(optax.tree.norm(ours)) == pytest.approx(min(max_norm, float(optax.tree.norm(grads))), rel=1e-6)
+
+
 def test_mlm_loss_matches_a_hand_computation():
     logits = jnp.array(np.random.default_rng(0).normal(size=(2, 3, 5)), jnp.float32)
     labels = jnp.array([[1, -100, 4], [-100, -100, 0]])

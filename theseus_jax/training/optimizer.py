@@ -88,6 +88,20 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int = 0)
     return schedule
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax's clipping as one scalar factor, max_norm / max(norm, max_norm) (exactly 1 below
+    the threshold): XLA multiplies it into each Adam update instead of writing every gradient
+    divided by the norm as a second copy (optax's form), 0.77 GB for a 250k x 768 embedding."""
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        norm = optax.tree.norm(updates)
+        scale = max_norm / jnp.maximum(norm, max_norm)
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(
     params: Params,
     trainable: str | Sequence[str],
@@ -98,7 +112,7 @@ def make_optimizer(
     """The optimizer and the trainable mask it was built from."""
     mask = trainable_mask(params, trainable)
     inner = optax.chain(
-        optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
+        clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
         optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay, mask=decay_mask),
     )
     labels = jax.tree.map(lambda train: "train" if train else "freeze", mask)

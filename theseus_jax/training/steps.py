@@ -48,10 +48,20 @@ class Compression:
     num_modules: int
 
 
+def mlm_weights(batch: Batch) -> Array:
+    """1 at the positions the MLM loss counts (labels != -100), else 0."""
+    return (batch["labels"] != IGNORE_INDEX).astype(jnp.float32)
+
+
+def classification_weights(batch: Batch) -> Array:
+    """1 for the real examples of a batch (`example_mask` drops padding rows), else 0."""
+    return batch.get("example_mask", jnp.ones(batch["labels"].shape[0])).astype(jnp.float32)
+
+
 def mlm_loss(logits: Array, batch: Batch) -> tuple[Array, Metrics]:
     """Mean cross entropy over masked positions (labels != -100) only."""
     labels = batch["labels"]
-    weights = (labels != IGNORE_INDEX).astype(jnp.float32)
+    weights = mlm_weights(batch)
     safe_labels = jnp.where(labels == IGNORE_INDEX, 0, labels)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe_labels)
     count = weights.sum()
@@ -63,7 +73,7 @@ def mlm_loss(logits: Array, batch: Batch) -> tuple[Array, Metrics]:
 def classification_loss(logits: Array, batch: Batch, distillation: Distillation | None = None) -> tuple[Array, Metrics]:
     """Mean cross entropy over real examples (`example_mask` drops padding rows); with a
     `distillation` of alpha > 0, mixed with the soft loss against `batch["teacher_logits"]`."""
-    weights = batch.get("example_mask", jnp.ones(logits.shape[0])).astype(jnp.float32)
+    weights = classification_weights(batch)
     if distillation is not None and distillation.alpha > 0:
         losses = distillation_losses(logits, batch["labels"], batch["teacher_logits"], distillation)
     else:
@@ -78,6 +88,7 @@ LOSSES: dict[str, Callable[[Array, Batch], tuple[Array, Metrics]]] = {
     "mlm": mlm_loss,
     "classification": classification_loss,
 }
+WEIGHTS: dict[str, Callable[[Batch], Array]] = {"mlm": mlm_weights, "classification": classification_weights}
 
 
 def _forward(model: nn.Module, params: Any, batch: Batch, **kwargs: Any) -> Array:
@@ -132,13 +143,16 @@ def make_train_step(
             {k: v for k, v in flat.items() if not is_trainable[k]},
         )
 
-    def summed_loss(train_part, frozen_part, batch, dropout_rng, kwargs) -> tuple[Array, Metrics]:
+    def share_of_mean_loss(train_part, frozen_part, batch, count, dropout_rng, kwargs) -> tuple[Array, Metrics]:
+        """This batch's summed loss over the whole batch's `count`: its gradient is already the
+        mean loss's (no pass dividing the gradients, which would hold a second copy of the
+        largest one, e.g. a 250k-token embedding table's)."""
         params = traverse_util.unflatten_dict({**train_part, **frozen_part}, sep="/")
         logits = _forward(model, params, batch, deterministic=False, rngs={"dropout": dropout_rng}, **kwargs)
         _, aux = loss_of(logits, batch)
-        return aux["loss_sum"], aux
+        return aux["loss_sum"] / count, aux
 
-    gradient = jax.grad(summed_loss, has_aux=True)
+    gradient = jax.grad(share_of_mean_loss, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch, rng: Array) -> tuple[TrainState, Metrics]:
         replace_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -152,20 +166,19 @@ def make_train_step(
             metrics["modules_replaced"] = replace_mask.sum()
 
         train_part, frozen_part = split(state.params)
+        count = jnp.maximum(WEIGHTS[objective](batch).sum(), 1.0)
         if accumulation_steps == 1:
-            grads, aux = gradient(train_part, frozen_part, batch, dropout_rng, kwargs)
+            grads, aux = gradient(train_part, frozen_part, batch, count, dropout_rng, kwargs)
         else:
             micro = jax.tree.map(functools.partial(micro_batches, steps=accumulation_steps), batch)
 
             def accumulate(total, xs):
                 micro_batch, i = xs
-                out = gradient(train_part, frozen_part, micro_batch, jax.random.fold_in(dropout_rng, i), kwargs)
+                out = gradient(train_part, frozen_part, micro_batch, count, jax.random.fold_in(dropout_rng, i), kwargs)
                 return jax.tree.map(jnp.add, total, out), None
 
             zeros = (jax.tree.map(jnp.zeros_like, train_part), {k: jnp.zeros(()) for k in ("loss_sum", "count", "correct")})
             (grads, aux), _ = jax.lax.scan(accumulate, zeros, (micro, jnp.arange(accumulation_steps)))
-        count = jnp.maximum(aux["count"], 1.0)
-        grads = jax.tree.map(lambda g: g / count, grads)  # gradient of the mean loss
         # The optimizer sees the whole tree; frozen leaves get zeros it ignores (set_to_zero).
         full_grads = traverse_util.unflatten_dict({**grads, **jax.tree.map(jnp.zeros_like, frozen_part)}, sep="/")
         updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
