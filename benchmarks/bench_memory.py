@@ -131,7 +131,8 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
     for r in range(rounds):
         for length in LENGTHS:
             data = inputs(batch, length)
-            if length not in temporaries:  # compiled here, as the trainer does
+            if length not in temporaries:  # compiled here after a release, as the trainer does
+                memory.release_freed_memory()
                 temporaries[length] = memory.note_step_temporaries(
                     train_step.lower(state, data, rng).compile().memory_analysis())
             start = time.perf_counter()
