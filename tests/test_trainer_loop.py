@@ -2,12 +2,14 @@
 
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from theseus_jax import memory
 from theseus_jax.experiments import trainer
 from theseus_jax.models.bert import BertForSequenceClassification
 from theseus_jax.training import optimizer
@@ -16,13 +18,15 @@ from tiny_bert import TINY
 
 
 class _Loader:
-    """`count` fixed random classification batches of 4 x 12 tokens."""
+    """`count` fixed random classification batches of 4 x 12 tokens (4 x 20 from batch
+    `longer_from` on: a later bucket)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, longer_from: int | None = None) -> None:
         rng = np.random.default_rng(0)
         self.data = []
         for i in range(count):
-            ids = rng.integers(5, TINY.vocab_size, (4, 12)).astype(np.int32)
+            length = 20 if longer_from is not None and i >= longer_from else 12
+            ids = rng.integers(5, TINY.vocab_size, (4, length)).astype(np.int32)
             self.data.append({
                 "input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
                 "labels": rng.integers(0, 2, 4).astype(np.int32), "example_mask": np.ones(4, np.float32),
@@ -141,6 +145,10 @@ def _steps_logged(workdir):
     return [json.loads(line)["step"] for line in (workdir / "steps.jsonl").read_text().splitlines()]
 
 
+def _without_times(history):
+    return [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]
+
+
 def test_max_steps_ends_the_run_mid_epoch_evaluated_tested_and_resumable(tmp_path):
     """2 epochs of 4 batches cut at max_steps=7: steps 1-7 train, validation is evaluated at
     the epoch's end (step 4) and at the stop (step 7, in epoch 2), the test split once at the
@@ -162,6 +170,58 @@ def test_max_steps_ends_the_run_mid_epoch_evaluated_tested_and_resumable(tmp_pat
         trainer.train(killed, tmp_path / "killed")
     assert _steps_logged(tmp_path / "killed") == [1, 2, 3, 4, 5]
     resumed = trainer.train(job(), tmp_path / "killed")
-    without_times = lambda history: [{k: v for k, v in h.items() if k != "elapsed_s"} for h in history]
-    assert without_times(resumed.history) == without_times(whole.history)
+    assert _without_times(resumed.history) == _without_times(whole.history)
     assert _steps_logged(tmp_path / "killed") == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_later_bucket_that_cannot_fit_the_cap_stops_before_its_first_step_with_a_checkpoint(tmp_path, monkeypatch):
+    """Batches 1-3 of length 12, then 20; the step compiled for length 20 reports 1 TB of XLA
+    temporaries against a 100 GB cap: the run saves step 3 and stops before step 4, naming
+    the shape and the sizes (the resident size measured: above 0.1 GB); a rerun without the
+    cap resumes at step 3 to the uninterrupted run's result."""
+    job = lambda: dataclasses.replace(_job(log_every_steps=50, train_batches=6, epochs=1), train_loader=_Loader(6, 3))
+    whole = trainer.train(job(), tmp_path / "whole")
+    measured = memory.note_step_temporaries
+    compiled: list[int] = []
+
+    def second_shape_huge(analysis):
+        compiled.append(measured(analysis))
+        return compiled[-1] if len(compiled) == 1 else 10**12
+
+    monkeypatch.setattr(memory, "note_step_temporaries", second_shape_huge)
+    monkeypatch.setattr(memory, "_cap_bytes", 100 * 10**9)
+    with pytest.raises(memory.MemoryCapExceeded) as stopped:
+        trainer.train(job(), tmp_path / "capped")
+    message = str(stopped.value)
+    match = re.fullmatch(
+        r"loop: a training step of batch shape 4 x 20 needs about (\d+\.\d\d) GB \((\d+\.\d\d) GB resident \+ "
+        r"1000\.00 GB of XLA temporaries\), over max_memory_gb=100, at step 3 of 6, checkpoint saved in "
+        rf"{re.escape(str(tmp_path / 'capped' / 'checkpoints'))}; lower batch_size .*", message)
+    assert match and float(match[2]) > 0.1 and float(match[1]) == pytest.approx(1000 + float(match[2]), abs=0.011), message
+    assert len(compiled) == 2 and compiled[0] > 0  # the first shape's own temporaries
+    assert _steps_logged(tmp_path / "capped") == [1, 2, 3]
+    assert [int(p.name) for p in (tmp_path / "capped" / "checkpoints").iterdir() if p.name.isdigit()] == [3]
+    monkeypatch.undo()
+    resumed = trainer.train(job(), tmp_path / "capped")
+    assert _without_times(resumed.history) == _without_times(whole.history)
+    assert _steps_logged(tmp_path / "capped") == _steps_logged(tmp_path / "whole") == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_peak_past_the_cap_stops_at_the_next_step_with_a_checkpoint(tmp_path, monkeypatch):
+    """Every step fits the cap by its prediction, but the peak resident size read at the
+    step-2 checkpoint's flush is past it (kept memory, glibc's holes): step 3 saves and stops,
+    naming the peak; a rerun without the cap resumes at step 3 to the uninterrupted result."""
+    job = lambda: _job(log_every_steps=50, train_batches=6, checkpoint_every_steps=2)
+    whole = trainer.train(job(), tmp_path / "whole")
+    monkeypatch.setattr(memory, "_cap_bytes", 1000 * 10**9)
+    monkeypatch.setattr(memory, "peak_rss_bytes", lambda: 2000 * 10**9)
+    with pytest.raises(memory.MemoryCapExceeded, match=re.escape(
+            "loop: resident memory reached 2000.00 GB, over max_memory_gb=1000, at step 3 of 6, checkpoint saved in "
+            f"{tmp_path / 'capped' / 'checkpoints'}; lower batch_size")):
+        trainer.train(job(), tmp_path / "capped")
+    assert _steps_logged(tmp_path / "capped") == [1, 2, 3]
+    assert sorted(int(p.name) for p in (tmp_path / "capped" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3]
+    monkeypatch.undo()
+    resumed = trainer.train(job(), tmp_path / "capped")
+    assert _without_times(resumed.history) == _without_times(whole.history)
+    assert _steps_logged(tmp_path / "capped") == [1, 2, 3, 4, 5, 6]

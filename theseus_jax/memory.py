@@ -29,12 +29,15 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Callable, MutableMapping
 
 from theseus_jax.errors import UserError
+
+log = logging.getLogger("theseus_jax")
 
 # mallopt parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -3, -4, -8
@@ -150,15 +153,23 @@ class MemoryCapExceeded(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class OverCap:
-    """The peak resident size that passed the cap (both in bytes)."""
+    """The resident size that passed the cap (both in bytes): reached (`over_cap`), or needed
+    by a step of `batch_shape` whose XLA temporaries are `temporaries` bytes (`step_over_cap`)."""
 
     peak: int
     cap: int
+    temporaries: int = 0
+    batch_shape: tuple[int, ...] = ()
 
     def message(self, where: str) -> str:
-        return (f"resident memory reached {self.peak / 1e9:.2f} GB, over max_memory_gb={self.cap / 1e9:g}, {where}; "
-                "lower batch_size or max_length, raise accumulation_steps, set model.remat=True, or raise "
-                "max_memory_gb, then rerun the same command to resume")
+        if self.batch_shape:
+            size = (f"a training step of batch shape {' x '.join(map(str, self.batch_shape))} needs about "
+                    f"{self.peak / 1e9:.2f} GB ({(self.peak - self.temporaries) / 1e9:.2f} GB resident + "
+                    f"{self.temporaries / 1e9:.2f} GB of XLA temporaries)")
+        else:
+            size = f"resident memory reached {self.peak / 1e9:.2f} GB"
+        return (f"{size}, over max_memory_gb={self.cap / 1e9:g}, {where}; lower batch_size or max_length, raise "
+                "accumulation_steps, set model.remat=True, or raise max_memory_gb, then rerun the same command to resume")
 
 
 def set_cap(gigabytes: float) -> None:
@@ -229,10 +240,7 @@ def between_steps(temporaries: int) -> None:
     global _in_use_before_step
     if not _release:
         return
-    if _in_use_before_step:
-        deadline = time.monotonic() + FREED_WAIT_S
-        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
-            time.sleep(0.001)
+    _wait_for_freed_temporaries()
     rss = rss_bytes()
     cannot_fit = bool(_released_rss) and temporaries > rss - _released_rss  # more than all the kept memory
     # near the cap, reuse is not counted on: glibc's best fit may pick a hole without pages
@@ -242,10 +250,34 @@ def between_steps(temporaries: int) -> None:
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
 
+def _wait_for_freed_temporaries() -> None:
+    """Waits, at most `FREED_WAIT_S`, until malloc's bytes in use are back where they were
+    before the last step was dispatched (XLA:CPU frees its temporaries on its own thread)."""
+    if _in_use_before_step:
+        deadline = time.monotonic() + FREED_WAIT_S
+        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
 def over_cap() -> OverCap | None:
-    """The peak resident size if it passed the cap set by `set_cap`, else None. A prediction
-    before training is not offered: a step's XLA temporaries are known once it is compiled
-    (`note_step_temporaries`), but what else is resident beside them depends on the allocator
-    and the phases (docs/memory-benchmarks.md)."""
+    """The peak resident size if it passed the cap set by `set_cap`, else None: checked after
+    the fact, as what is resident beside a step (kept memory, glibc's holes, evaluations)
+    depends on the allocator and the phases (docs/memory-benchmarks.md)."""
     peak = peak_rss_bytes()
     return OverCap(peak, _cap_bytes) if _cap_bytes and peak > _cap_bytes else None
+
+
+def step_over_cap(temporaries: int, batch_shape: tuple[int, ...]) -> OverCap | None:
+    """Before the first step of a batch shape, once the steps before it are done: the
+    resident size without kept memory plus the step's XLA temporaries (`note_step_temporaries`),
+    if that passes the cap, else None. The temporaries are one block, taken when the step is
+    dispatched, so a run that cannot fit stops before the step rather than after it; glibc's
+    holes may add more, which `over_cap` catches after the fact."""
+    if not _cap_bytes:
+        return None
+    _wait_for_freed_temporaries()
+    release_freed_memory()
+    need = rss_bytes() + temporaries
+    log.info("a training step of batch shape %s needs about %.2f GB (%.2f GB of XLA temporaries); max_memory_gb=%g",
+             " x ".join(map(str, batch_shape)), need / 1e9, temporaries / 1e9, _cap_bytes / 1e9)
+    return OverCap(need, _cap_bytes, temporaries, tuple(batch_shape)) if need > _cap_bytes else None

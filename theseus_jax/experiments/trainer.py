@@ -425,12 +425,19 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         temporaries: dict[tuple[tuple[int, ...], ...], int] = {}  # XLA's temporary bytes per batch shape
         for epoch, batch in prefetch(batches, lambda b: (b[0], parallel.shard_batch(b[1], mesh))):
             shapes = tuple(leaf.shape for leaf in jax.tree.leaves(batch))
-            if shapes not in temporaries:  # compiled here, once per batch shape (the call below reuses it),
+            new_shape = shapes not in temporaries
+            if new_shape:  # compiled here, once per batch shape (the call below reuses it),
                 memory.release_freed_memory(step_running=True)  # beside the running step, with no kept memory
                 temporaries[shapes] = memory.note_step_temporaries(
                     train_step.lower(state, batch, rng).compile().memory_analysis())
             jax.block_until_ready(state)  # one step at a time: XLA:CPU takes a step's temporaries when it is dispatched
             memory.between_steps(temporaries[shapes])
+            if new_shape and (over := memory.step_over_cap(temporaries[shapes], batch["input_ids"].shape)):
+                pending.flush()  # stops before the step: the steps so far are kept, as a signal would keep them
+                if step > (checkpoints.latest_step() or 0):
+                    progress.elapsed_s = elapsed()
+                    checkpoints.save(step, state, progress)
+                raise stopped(over, saved=checkpoints.latest_step() is not None)
             state, metrics = train_step(state, batch, rng)
             step += 1
             progress.batch += 1
