@@ -161,15 +161,17 @@ class OverCap:
     temporaries: int = 0
     batch_shape: tuple[int, ...] = ()
 
+    def size(self) -> str:
+        if not self.batch_shape:
+            return f"resident memory reached {self.peak / 1e9:.2f} GB"
+        return (f"a training step of batch shape {' x '.join(map(str, self.batch_shape))} needs about "
+                f"{self.peak / 1e9:.2f} GB ({(self.peak - self.temporaries) / 1e9:.2f} GB resident + "
+                f"{self.temporaries / 1e9:.2f} GB of XLA temporaries)")
+
     def message(self, where: str) -> str:
-        if self.batch_shape:
-            size = (f"a training step of batch shape {' x '.join(map(str, self.batch_shape))} needs about "
-                    f"{self.peak / 1e9:.2f} GB ({(self.peak - self.temporaries) / 1e9:.2f} GB resident + "
-                    f"{self.temporaries / 1e9:.2f} GB of XLA temporaries)")
-        else:
-            size = f"resident memory reached {self.peak / 1e9:.2f} GB"
-        return (f"{size}, over max_memory_gb={self.cap / 1e9:g}, {where}; lower batch_size or max_length, raise "
-                "accumulation_steps, set model.remat=True, or raise max_memory_gb, then rerun the same command to resume")
+        return (f"{self.size()}, over max_memory_gb={self.cap / 1e9:g}, {where}; lower batch_size or max_length, "
+                "raise accumulation_steps, set model.remat=True, or raise max_memory_gb, then rerun the same command "
+                "to resume")
 
 
 def set_cap(gigabytes: float) -> None:
@@ -240,7 +242,10 @@ def between_steps(temporaries: int) -> None:
     global _in_use_before_step
     if not _release:
         return
-    _wait_for_freed_temporaries()
+    if _in_use_before_step:
+        deadline = time.monotonic() + FREED_WAIT_S
+        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
+            time.sleep(0.001)
     rss = rss_bytes()
     cannot_fit = bool(_released_rss) and temporaries > rss - _released_rss  # more than all the kept memory
     # near the cap, reuse is not counted on: glibc's best fit may pick a hole without pages
@@ -248,15 +253,6 @@ def between_steps(temporaries: int) -> None:
     if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes():
         release_freed_memory(step_running=True)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
-
-
-def _wait_for_freed_temporaries() -> None:
-    """Waits, at most `FREED_WAIT_S`, until malloc's bytes in use are back where they were
-    before the last step was dispatched (XLA:CPU frees its temporaries on its own thread)."""
-    if _in_use_before_step:
-        deadline = time.monotonic() + FREED_WAIT_S
-        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
-            time.sleep(0.001)
 
 
 def over_cap() -> OverCap | None:
@@ -268,16 +264,15 @@ def over_cap() -> OverCap | None:
 
 
 def step_over_cap(temporaries: int, batch_shape: tuple[int, ...]) -> OverCap | None:
-    """Before the first step of a batch shape, once the steps before it are done: the
-    resident size without kept memory plus the step's XLA temporaries (`note_step_temporaries`),
-    if that passes the cap, else None. The temporaries are one block, taken when the step is
-    dispatched, so a run that cannot fit stops before the step rather than after it; glibc's
-    holes may add more, which `over_cap` catches after the fact."""
+    """Before the first step of a batch shape, after `between_steps` (the steps before it and
+    their temporaries are done): the resident size without kept memory plus the step's XLA
+    temporaries (`note_step_temporaries`), if that passes the cap, else None. The temporaries
+    are one block, taken when the step is dispatched, so a run that cannot fit stops before
+    the step rather than after it; glibc's holes may add more, which `over_cap` catches after
+    the fact."""
     if not _cap_bytes:
         return None
-    _wait_for_freed_temporaries()
     release_freed_memory()
-    need = rss_bytes() + temporaries
-    log.info("a training step of batch shape %s needs about %.2f GB (%.2f GB of XLA temporaries); max_memory_gb=%g",
-             " x ".join(map(str, batch_shape)), need / 1e9, temporaries / 1e9, _cap_bytes / 1e9)
-    return OverCap(need, _cap_bytes, temporaries, tuple(batch_shape)) if need > _cap_bytes else None
+    need = OverCap(rss_bytes() + temporaries, _cap_bytes, temporaries, tuple(batch_shape))
+    log.info("%s; max_memory_gb=%g", need.size(), _cap_bytes / 1e9)
+    return need if need.peak > _cap_bytes else None
