@@ -118,6 +118,7 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
         # each buffer once: the export's device_get leaves a second Array on the parameters' buffers
         buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays()}
         live[0] = max(live[0], sum(buffers.values()))
+        memory.drop_staging_caches()  # as the trainer does after loading and evaluations
         memory.release_freed_memory()
 
     def inputs(b: int, length: int) -> dict[str, Any]:
@@ -131,13 +132,16 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
     for r in range(rounds):
         for length in LENGTHS:
             data = inputs(batch, length)
-            if length not in temporaries:  # compiled here after a release, as the trainer does
+            new_shape = length not in temporaries
+            if new_shape:  # compiled here after a release, as the trainer does
                 memory.release_freed_memory()
                 temporaries[length] = memory.note_step_temporaries(
                     train_step.lower(state, data, rng).compile().memory_analysis())
             start = time.perf_counter()
             memory.between_steps(temporaries[length])  # as the trainer does before each step
             state, metrics = train_step(state, data, rng)
+            if new_shape:  # as the trainer does once a shape's first step is dispatched
+                memory.drop_staging_caches()
             jax.block_until_ready(metrics["loss"])
             if r and length == LENGTHS[-1]:
                 times.append(time.perf_counter() - start)

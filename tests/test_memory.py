@@ -301,3 +301,19 @@ def test_peak_and_current_rss_count_a_touched_block():
     assert peak_rss_bytes() >= 128 * MIB and rss_bytes() >= 128 * MIB
     assert abs(peak_rss_bytes() - fields["VmHWM"]) <= 16 * MIB
     assert abs(rss_bytes() - fields["VmRSS"]) <= 16 * MIB
+
+
+def test_without_jaxs_cache_clearing_function_dropping_does_nothing(monkeypatch):
+    """The staging caches are dropped through a private JAX function; where a JAX version
+    lacks it, the drop is a no-op, not an error, and jitted functions keep working."""
+    import jax
+    import jax.numpy as jnp
+    from jax._src import util
+
+    from theseus_jax import memory
+
+    double = jax.jit(lambda x: 2 * x)
+    assert float(double(jnp.float32(1))) == 2.0
+    monkeypatch.delattr(util, "clear_all_caches")
+    memory.drop_staging_caches()
+    assert float(double(jnp.float32(3))) == 6.0

@@ -31,6 +31,8 @@ def test_depth_sweep_names_its_stages_and_reuses_them_on_rerun(tmp_path, germeva
                for t in speeds.values())
     assert {s: speeds[s]["model_dir"] for s in STAGES} == {s: stages[s]["best_model_dir"] for s in STAGES}
     markdown = (workdir / "report.md").read_text()
+    assert "Measured inference speed: the depth sweep below." in markdown.split("## Depth sweep")[0]
+    assert "Inference speed is not measured" not in markdown
     section = markdown.split("## Depth sweep")[1]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "[`cls_" in line]
     assert [r.split("[`")[1].split("`")[0] for r in rows] == STAGES

@@ -1,5 +1,6 @@
 """The training loop's host transfers: step metrics reach the host in chunks only."""
 
+import collections
 import dataclasses
 import json
 import re
@@ -225,3 +226,48 @@ def test_a_peak_past_the_cap_stops_at_the_next_step_with_a_checkpoint(tmp_path, 
     resumed = trainer.train(job(), tmp_path / "capped")
     assert _without_times(resumed.history) == _without_times(whole.history)
     assert _steps_logged(tmp_path / "capped") == [1, 2, 3, 4, 5, 6]
+
+
+def _compiled(run) -> list[str]:
+    """The names of the functions XLA compiled while `run()` ran (JAX's compile events)."""
+    names: list[str] = []
+
+    def listen(event: str, duration: float, **meta) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(meta.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        run()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return names
+
+
+def test_dropping_jaxs_staging_caches_compiles_no_step_shape_twice(tmp_path, monkeypatch):
+    """Three length-12 batches, then three of length 20, two epochs, evaluations and the test
+    pass, each run from empty caches: with JAX's staging caches dropped (after loading, after
+    each new shape's first step, after each evaluation) the training and evaluation steps
+    compile as often as without dropping (once per shape); only a few eager single-primitive
+    executables compile again (at most one per drop); each drop empties JAX's lowering cache."""
+    from jax._src import pjit
+
+    job = lambda: dataclasses.replace(_job(log_every_steps=50, train_batches=6, epochs=2), train_loader=_Loader(6, 3))
+    drops: list[int] = []
+    drop = memory.drop_staging_caches
+
+    def counted_drop() -> None:
+        drop()
+        drops.append(pjit._pjit_lower.cache_info().currsize)
+
+    monkeypatch.setattr(memory, "drop_staging_caches", counted_drop)
+    jax.clear_caches()
+    dropping = collections.Counter(_compiled(lambda: trainer.train(job(), tmp_path / "dropping")))
+    monkeypatch.setattr(memory, "drop_staging_caches", lambda: None)
+    jax.clear_caches()
+    keeping = collections.Counter(_compiled(lambda: trainer.train(job(), tmp_path / "keeping")))
+    assert dropping["jit(train_step)"] == keeping["jit(train_step)"] == 2
+    assert dropping["jit(eval_step)"] == keeping["jit(eval_step)"] >= 1
+    assert set(dropping) == set(keeping) and sum((dropping - keeping).values()) <= len(drops)
+    # after loading, the two new shapes, two validation passes and the test pass
+    assert len(drops) == 6 and set(drops) == {0}

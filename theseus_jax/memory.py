@@ -1,5 +1,5 @@
 """The process's memory: XLA:CPU's schedule, the malloc policy, releasing freed memory between
-phases, the resident size and the memory cap.
+phases, JAX's staging caches, the resident size and the memory cap.
 
 XLA:CPU's default scheduler orders a step's operations so that independent ones can run at
 once, which keeps more of the step's temporary buffers alive together; its memory-optimized
@@ -111,6 +111,20 @@ def release_freed_memory(step_running: bool = False) -> bool:
     if not step_running:
         _released_rss = rss_bytes() if trim else 0
     return released
+
+
+def drop_staging_caches() -> None:
+    """Drops JAX's tracing and lowering caches (jaxprs, MLIR modules and their references to
+    the executables: tens of MB per compiled training shape of a base-size model, kept for
+    the whole process). Each jitted function's dispatch cache keeps its executables, so a
+    shape that has run through its jitted function does not compile again; one compiled only
+    ahead of time (`.lower().compile()`) and not yet called would. A private JAX function
+    (`jax.clear_caches` would drop the executables too): where it is gone, nothing is dropped."""
+    from jax._src import util as jax_util
+
+    clear = getattr(jax_util, "clear_all_caches", None)
+    if clear is not None:
+        clear()
 
 
 def note_step_temporaries(analysis: object) -> int:

@@ -320,9 +320,10 @@ def compare(results: dict[str, Any], cfg: ml_collections.ConfigDict, seeds: list
     return comparison
 
 
-def comparison_table(results: dict[str, Any], comparison: Comparison) -> list[str]:
+def comparison_table(results: dict[str, Any], comparison: Comparison, speeds_below: bool = False) -> list[str]:
     """One row per downstream model, what a reader compares at a glance; every raw value
-    (per seed, std, counts) stays in report.json's `comparison`."""
+    (per seed, std, counts) stays in report.json's `comparison`. `speeds_below`: the report's
+    depth sweep section gives the measured inference speeds."""
     metric, compared = comparison.metric, [s for s in present(results) if s.row]
     peaks = {s.name: summary.peaked_at_cap(results[s.name]) for s in compared}
     shown = any(p is not None for p in peaks.values())  # reports written before the flag lack the column
@@ -358,8 +359,11 @@ def comparison_table(results: dict[str, Any], comparison: Comparison) -> list[st
         f"CR = parameters(predecessor) / parameters(model); RP = test {metric}(model) / test {metric}(predecessor), per "
         "seed then averaged; minus truncated = test metric difference to the truncated predecessor, paired by seed, "
         "called better / worse only when every seed and the interval agree (never better than a collapsed baseline); "
-        "fine-tuning speedup = time until the selected step, predecessor / model. Inference speed is not measured by a "
-        "series: `python -m benchmarks.bench_inference --predecessor P --successor S`. Per-seed values: `report.json`.",
+        "fine-tuning speedup = time until the selected step, predecessor / model. "
+        + ("Measured inference speed: the depth sweep below. " if speeds_below else
+           "Inference speed is not measured by a series: `python -m benchmarks.bench_inference --predecessor P "
+           "--successor S`. ")
+        + "Per-seed values: `report.json`.",
     ]
     if shown:
         notes.append(PEAKED_NOTE)
@@ -454,7 +458,7 @@ def write_series_report(
     for stage in [s for s in results if results[s].get("collapsed")]:
         lines += ["", f"**WARNING**: `{stage}` collapsed: {COLLAPSED} "
                   f"(seeds {summary.collapsed_seeds(results[stage])})."]
-    lines += ["", "## Comparison", "", *comparison_table(results, comparison), ""]
+    lines += ["", "## Comparison", "", *comparison_table(results, comparison, speeds_below=sweep is not None), ""]
     if len(seeds) > 1:
         lines += [f"Test {metric} per seed (in brackets: minus the truncated predecessor's in that seed):", "",
                   *per_seed_table(results, comparison), ""]

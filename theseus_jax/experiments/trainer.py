@@ -177,6 +177,7 @@ def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str
             parts["index"].append(np.asarray(batch["example_index"])[real])
             parts["probabilities"].append(np.asarray(out["probabilities"])[real])
             parts["labels"].append(np.asarray(batch["labels"])[real])
+    memory.drop_staging_caches()  # the batch shapes have all run through eval_step
     memory.release_freed_memory()  # the evaluation's buffers
     result: dict[str, Any] = {"loss": totals["loss_sum"] / max(totals["count"], 1.0)}
     if objective == "mlm":
@@ -357,6 +358,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
         log.info("%s: resuming at step %d (epoch %d, batch %d)", job.name, int(state.step), progress.epoch, progress.batch)
     writer = parallel.is_writer()  # process 0 writes the files; every process trains
     step_log = _StepLog(workdir, int(state.step), enabled=writer)
+    memory.drop_staging_caches()  # initialisation's and conversions' traces
     memory.release_freed_memory()  # loading (checkpoint reads, conversions) ends here
     session_start = time.perf_counter() - progress.elapsed_s
 
@@ -439,6 +441,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                     checkpoints.save(step, state, progress)
                 raise stopped(over, saved=checkpoints.latest_step() is not None)
             state, metrics = train_step(state, batch, rng)
+            if new_shape:  # dispatched: its executable is in train_step's own cache now
+                memory.drop_staging_caches()
             step += 1
             progress.batch += 1
             pending.add(step, epoch, metrics)
