@@ -317,3 +317,47 @@ def test_without_jaxs_cache_clearing_function_dropping_does_nothing(monkeypatch)
     monkeypatch.delattr(util, "clear_all_caches")
     memory.drop_staging_caches()
     assert float(double(jnp.float32(3))) == 6.0
+
+
+TOP_KEPT = """
+import ctypes, sys
+from theseus_jax import memory
+assert memory.configure_memory({memory.MALLOC_POLICY: "phases"}) == "phases"
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+MIB = 1 << 20
+low, guard, top = libc.malloc(256 * MIB), libc.malloc(MIB), libc.malloc(192 * MIB)
+ctypes.memset(low, 1, 256 * MIB)
+ctypes.memset(top, 1, 192 * MIB)
+libc.free(ctypes.c_void_p(low))
+memory.release_freed_memory()  # the low block's pages go back; it stays a free chunk below the guard
+libc.free(ctypes.c_void_p(top))  # this one joins the top of the heap, its pages kept
+memory._released_rss = 0  # no keep limit from that release
+step = int(sys.argv[1]) * MIB
+kept, largest = memory.rss_bytes(), memory.largest_free_chunk_bytes()
+if sys.argv[2] == "between_steps":
+    memory.between_steps(step)
+before = memory.rss_bytes()
+block = libc.malloc(step)  # the step's temporaries
+ctypes.memset(block, 1, step)
+print(largest // MIB, (kept - before) // MIB, (memory.rss_bytes() - kept) // MIB)
+"""
+
+
+@glibc
+@pytest.mark.parametrize("step_mib, release", [(128, True), (320, False)], ids=["fits a free chunk", "fits only the top"])
+def test_kept_memory_at_the_top_goes_when_the_step_fits_a_free_chunk_elsewhere(step_mib, release):
+    """192 MiB kept at the top of the heap, a 256 MiB free chunk below whose pages went back at a
+    release. glibc places a 128 MiB block in that chunk, not the top, so without a release the
+    resident size grows by the block beside the kept memory; `between_steps` returns the top's
+    pages first. A 320 MiB block fits no free chunk and extends the top: the kept memory stays."""
+    run = lambda mode: subprocess.run([sys.executable, "-c", TOP_KEPT, str(step_mib), mode], cwd=REPO,
+                                      capture_output=True, text=True, check=True).stdout.split()
+    largest, _, grown = map(int, run("alone"))
+    assert 250 <= largest < 257  # the low chunk, read from malloc_info
+    _, released, grown_after = map(int, run("between_steps"))
+    if release:
+        assert grown >= 120  # the block came beside the kept memory, not into it
+        assert released >= 180 and grown_after < grown - 150
+    else:
+        assert abs(released) < 16 and grown < 320 - 150  # the block reused the kept top

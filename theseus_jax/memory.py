@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, MutableMapping
@@ -51,6 +52,7 @@ KEPT_STEPS = 1.25  # and once it holds this many steps' temporaries beyond the r
 LARGE_TEMPORARIES = 64 << 20  # steps with smaller temporaries do not wait for them (`between_steps`)
 FREED_WAIT_S = 0.1  # the longest wait for a step's temporaries to be freed (`between_steps`)
 FREED_SLACK = 64 << 20  # what other threads may allocate meanwhile (batches on their way)
+CHUNK_SLACK = 1 << 20  # a free chunk this much larger than a step's temporaries holds them (alignment, headers)
 
 _release = False  # the policy trims
 _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
@@ -239,6 +241,53 @@ def heap_in_use_bytes() -> int:
     return info.uordblks + info.hblkhd
 
 
+@functools.cache
+def _malloc_info() -> Callable[[], str] | None:
+    """glibc's `malloc_info` as a function returning its XML; None where it or
+    `open_memstream` is absent."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_info") or not hasattr(libc, "open_memstream"):
+        return None
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def read() -> str:
+        buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+        stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+        if not stream:
+            return ""
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        text = ctypes.string_at(buffer, size.value).decode(errors="replace")
+        libc.free(buffer)
+        return text
+
+    return read
+
+
+_FREE_CHUNKS = re.compile(r'<(?:size|unsorted) from="\d+" to="(\d+)" total="\d+" count="[1-9]\d*"/>')
+
+
+def largest_free_chunk_bytes() -> int:
+    """The largest free chunk in malloc's bins (each bin's largest, from glibc's `malloc_info`),
+    not counting the top of the heap; 0 where it cannot be read."""
+    read = _malloc_info()
+    return max(map(int, _FREE_CHUNKS.findall(read())), default=0) if read else 0
+
+
+def _top_bypassed(temporaries: int) -> bool:
+    """Whether kept memory at the top of the heap would sit beside the next step's block rather
+    than hold it: glibc takes a block from the best-fitting free chunk in its bins before the top,
+    and such a chunk's pages may have gone back to the kernel at a release."""
+    mallinfo2 = _mallinfo2()
+    if temporaries < LARGE_TEMPORARIES or mallinfo2 is None or mallinfo2().keepcost < LARGE_TEMPORARIES:
+        return False
+    return largest_free_chunk_bytes() >= temporaries + CHUNK_SLACK
+
+
 def between_steps(temporaries: int) -> None:
     """Called once a training step's outputs are ready, before the next one (whose XLA
     temporaries are `temporaries` bytes) is dispatched; only under the trimming policies.
@@ -251,7 +300,9 @@ def between_steps(temporaries: int) -> None:
     if the resident size passes `keep_limit_bytes`, or would pass it once a step whose
     temporaries are more than all the kept memory (which they cannot fit in) takes a block
     beside it; under a cap, once any step's temporaries in new memory would pass
-    `TRIM_SHARE` of it (malloc may leave the kept memory unused: docs/memory-benchmarks.md).
+    `TRIM_SHARE` of it (malloc may leave the kept memory unused: docs/memory-benchmarks.md);
+    and when the kept memory is at the top of the heap while a free chunk elsewhere fits the
+    step, which glibc then takes instead (`_top_bypassed`).
     """
     global _in_use_before_step
     if not _release:
@@ -264,7 +315,7 @@ def between_steps(temporaries: int) -> None:
     cannot_fit = bool(_released_rss) and temporaries > rss - _released_rss  # more than all the kept memory
     # near the cap, reuse is not counted on: glibc's best fit may pick a hole without pages
     near_cap = bool(_cap_bytes) and rss + temporaries > TRIM_SHARE * _cap_bytes
-    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes():
+    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes() or _top_bypassed(temporaries):
         release_freed_memory(step_running=True)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
