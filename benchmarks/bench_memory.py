@@ -118,7 +118,6 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
         # each buffer once: the export's device_get leaves a second Array on the parameters' buffers
         buffers = {x.unsafe_buffer_pointer(): x.nbytes for x in jax.live_arrays()}
         live[0] = max(live[0], sum(buffers.values()))
-        memory.drop_staging_caches()  # as the trainer does after loading and evaluations
         memory.release_freed_memory()
 
     def inputs(b: int, length: int) -> dict[str, Any]:
@@ -128,7 +127,8 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
     times: list[float] = []
     rng = jax.random.key(1)
     temporaries: dict[int, int] = {}
-    phase_end()  # as the trainer does once loading ends
+    memory.drop_staging_caches()  # as the trainer does once loading ends
+    phase_end()
     for r in range(rounds):
         for length in LENGTHS:
             data = inputs(batch, length)

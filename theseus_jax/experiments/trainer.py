@@ -177,7 +177,6 @@ def evaluate(eval_step: Callable, params: Params, loader: Loader, objective: str
             parts["index"].append(np.asarray(batch["example_index"])[real])
             parts["probabilities"].append(np.asarray(out["probabilities"])[real])
             parts["labels"].append(np.asarray(batch["labels"])[real])
-    memory.drop_staging_caches()  # the batch shapes have all run through eval_step
     memory.release_freed_memory()  # the evaluation's buffers
     result: dict[str, Any] = {"loss": totals["loss_sum"] / max(totals["count"], 1.0)}
     if objective == "mlm":
