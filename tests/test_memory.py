@@ -303,9 +303,9 @@ def test_peak_and_current_rss_count_a_touched_block():
     assert abs(rss_bytes() - fields["VmRSS"]) <= 16 * MIB
 
 
-def test_without_jaxs_cache_clearing_function_dropping_does_nothing(monkeypatch):
-    """The staging caches are dropped through a private JAX function; where a JAX version
-    lacks it, the drop is a no-op, not an error, and jitted functions keep working."""
+def test_without_jaxs_cache_registry_dropping_does_nothing(monkeypatch):
+    """The staging caches are dropped through JAX's private registry of caches; where a JAX
+    version lacks it, the drop is a no-op, not an error, and jitted functions keep working."""
     import jax
     import jax.numpy as jnp
     from jax._src import util
@@ -314,50 +314,64 @@ def test_without_jaxs_cache_clearing_function_dropping_does_nothing(monkeypatch)
 
     double = jax.jit(lambda x: 2 * x)
     assert float(double(jnp.float32(1))) == 2.0
-    monkeypatch.delattr(util, "clear_all_caches")
+    monkeypatch.delattr(util, "_caches")
     memory.drop_staging_caches()
     assert float(double(jnp.float32(3))) == 6.0
 
 
-TOP_KEPT = """
+KEPT_BESIDE = """
 import ctypes, sys
 from theseus_jax import memory
 assert memory.configure_memory({memory.MALLOC_POLICY: "phases"}) == "phases"
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 MIB = 1 << 20
-low, guard, top = libc.malloc(256 * MIB), libc.malloc(MIB), libc.malloc(192 * MIB)
-ctypes.memset(low, 1, 256 * MIB)
-ctypes.memset(top, 1, 192 * MIB)
+def touched(mib):
+    block = libc.malloc(mib * MIB)
+    ctypes.memset(block, 1, mib * MIB)
+    return block
+low, guard = touched(256), libc.malloc(MIB)
 libc.free(ctypes.c_void_p(low))
 memory.release_freed_memory()  # the low block's pages go back; it stays a free chunk below the guard
-libc.free(ctypes.c_void_p(top))  # this one joins the top of the heap, its pages kept
-memory._released_rss = 0  # no keep limit from that release
+kept = touched(320)  # too large for the low chunk: taken from the top of the heap
+if sys.argv[2] == "bins":  # a guard above it, too large for the low chunk and never written: freed,
+    libc.malloc(288 * MIB)  # the kept block becomes a chunk in malloc's bins, not the top
+libc.free(ctypes.c_void_p(kept))  # its pages stay: kept memory
 step = int(sys.argv[1]) * MIB
-kept, largest = memory.rss_bytes(), memory.largest_free_chunk_bytes()
-if sys.argv[2] == "between_steps":
-    memory.between_steps(step)
+resident = memory.resident_in_next_block(step)
 before = memory.rss_bytes()
+if sys.argv[3] == "between_steps":
+    memory.between_steps(step)
+after = memory.rss_bytes()
 block = libc.malloc(step)  # the step's temporaries
 ctypes.memset(block, 1, step)
-print(largest // MIB, (kept - before) // MIB, (memory.rss_bytes() - kept) // MIB)
+print(resident // MIB, (before - after) // MIB, (memory.rss_bytes() - after) // MIB)
 """
 
 
 @glibc
-@pytest.mark.parametrize("step_mib, release", [(128, True), (320, False)], ids=["fits a free chunk", "fits only the top"])
-def test_kept_memory_at_the_top_goes_when_the_step_fits_a_free_chunk_elsewhere(step_mib, release):
-    """192 MiB kept at the top of the heap, a 256 MiB free chunk below whose pages went back at a
-    release. glibc places a 128 MiB block in that chunk, not the top, so without a release the
-    resident size grows by the block beside the kept memory; `between_steps` returns the top's
-    pages first. A 320 MiB block fits no free chunk and extends the top: the kept memory stays."""
-    run = lambda mode: subprocess.run([sys.executable, "-c", TOP_KEPT, str(step_mib), mode], cwd=REPO,
-                                      capture_output=True, text=True, check=True).stdout.split()
-    largest, _, grown = map(int, run("alone"))
-    assert 250 <= largest < 257  # the low chunk, read from malloc_info
-    _, released, grown_after = map(int, run("between_steps"))
+@pytest.mark.parametrize("layout, step_mib, resident_mib, release", [
+    ("top", 128, 0, True), ("bins", 128, 0, True), ("bins", 448, 0, True), ("top", 448, 320, False),
+    ("bins", 288, 288, False),
+], ids=["top, fits the free chunk", "bins, fits the free chunk", "bins, fits neither", "top, fits only the top",
+        "bins, fits the kept chunk"])
+def test_kept_memory_goes_when_the_step_would_take_new_pages_beside_it(layout, step_mib, resident_mib, release):
+    """320 MiB of freed memory kept with its pages, at the top of the heap or in a chunk of
+    malloc's bins, and a 256 MiB free chunk whose pages went back at a release. glibc gives a
+    block the best-fitting chunk: a 128 MiB block goes to the chunk without pages, beside the
+    kept memory; a 448 MiB block fits neither chunk and takes the top (extending the kept top,
+    or beside the kept chunk). `resident_in_next_block` tells how much of the block has pages
+    (counted independently: the resident size's growth when the block is written), and
+    `between_steps` returns the kept memory only when the block would not reuse it."""
+    run = lambda mode: list(map(int, subprocess.run(
+        [sys.executable, "-c", KEPT_BESIDE, str(step_mib), layout, mode], cwd=REPO,
+        capture_output=True, text=True, check=True).stdout.split()))
+    resident, _, grown = run("alone")
+    assert abs(resident - resident_mib) < 8
+    assert abs(grown - (step_mib - resident_mib)) < 16  # the block's pages without memory, written
+    _, released, grown_after = run("between_steps")
     if release:
-        assert grown >= 120  # the block came beside the kept memory, not into it
-        assert released >= 180 and grown_after < grown - 150
+        assert released >= 300  # the kept 320 MiB went back ...
+        assert abs(grown_after - step_mib) < 16  # ... and the block took as many new pages as before
     else:
-        assert abs(released) < 16 and grown < 320 - 150  # the block reused the kept top
+        assert abs(released) < 16 and abs(grown_after - grown) < 16

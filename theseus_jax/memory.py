@@ -16,7 +16,8 @@ again. The policies (`THESEUS_KEEP_FREED_MEMORY`):
   (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export, a compilation),
   and between steps (`between_steps`) once the kept memory passes the keep limit
   (`keep_limit_bytes`: about one step's XLA temporaries), or would pass it beside a larger
-  step: the steps of a phase reuse their memory at `keep`'s speed;
+  step, or when malloc would give the next step new pages beside it: the steps of a phase
+  reuse their memory at `keep`'s speed;
 - `lean`: as `phases`, with blocks over 32 MiB (glibc's largest mmap threshold) mapped and
   returned at once: no holes from them, at the price of faulting them in every step;
 - `0`: glibc's defaults.
@@ -30,11 +31,13 @@ import ctypes.util
 import dataclasses
 import functools
 import logging
+import mmap
 import os
-import re
 import time
 from pathlib import Path
 from typing import Callable, MutableMapping
+
+import numpy as np
 
 from theseus_jax.errors import UserError
 
@@ -52,7 +55,6 @@ KEPT_STEPS = 1.25  # and once it holds this many steps' temporaries beyond the r
 LARGE_TEMPORARIES = 64 << 20  # steps with smaller temporaries do not wait for them (`between_steps`)
 FREED_WAIT_S = 0.1  # the longest wait for a step's temporaries to be freed (`between_steps`)
 FREED_SLACK = 64 << 20  # what other threads may allocate meanwhile (batches on their way)
-CHUNK_SLACK = 1 << 20  # a free chunk this much larger than a step's temporaries holds them (alignment, headers)
 
 _release = False  # the policy trims
 _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
@@ -120,13 +122,17 @@ def drop_staging_caches() -> None:
     the executables: tens of MB per compiled training shape of a base-size model, kept for
     the whole process). Each jitted function's dispatch cache keeps its executables, so a
     shape that has run through its jitted function does not compile again; one compiled only
-    ahead of time (`.lower().compile()`) and not yet called would. A private JAX function
-    (`jax.clear_caches` would drop the executables too): where it is gone, nothing is dropped."""
-    from jax._src import util as jax_util
+    ahead of time (`.lower().compile()`) and not yet called would. Eager operations' jitted
+    callables stay too: small, and every one would compile again after each drop. Private JAX
+    names (`jax.clear_caches` would drop the executables too): where they are gone, nothing
+    is dropped."""
+    from jax._src import dispatch, util as jax_util
 
-    clear = getattr(jax_util, "clear_all_caches", None)
-    if clear is not None:
-        clear()
+    caches = getattr(jax_util, "_caches", None)
+    eager = getattr(dispatch, "xla_primitive_callable", None)
+    for cache in list(caches or ()):
+        if cache is not eager:
+            cache.cache_clear()
 
 
 def note_step_temporaries(analysis: object) -> int:
@@ -241,51 +247,47 @@ def heap_in_use_bytes() -> int:
     return info.uordblks + info.hblkhd
 
 
-@functools.cache
-def _malloc_info() -> Callable[[], str] | None:
-    """glibc's `malloc_info` as a function returning its XML; None where it or
-    `open_memstream` is absent."""
+def resident_in_next_block(size: int) -> int | None:
+    """How many bytes of a `size`-byte block malloc would hand out now are already in memory:
+    one is taken the way XLA:CPU takes a step's temporaries (`posix_memalign`, 64-byte aligned),
+    its pages are counted (`mincore`) and it is given back, into the free chunk it came from,
+    which glibc's best fit then gives the step. Nothing else is taken from malloc meanwhile
+    (the page vector is mapped outside its heap): a block left beside the chunk would keep it
+    from joining its free neighbours again. None where glibc's functions are absent."""
     libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_info") or not hasattr(libc, "open_memstream"):
+    if libc is None or not hasattr(libc, "posix_memalign") or not hasattr(libc, "mincore"):
         return None
-    libc.open_memstream.restype = ctypes.c_void_p
-    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    libc.free.argtypes = [ctypes.c_void_p]
-
-    def read() -> str:
-        buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
-        stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
-        if not stream:
-            return ""
-        libc.malloc_info(0, stream)
-        libc.fclose(stream)
-        text = ctypes.string_at(buffer, size.value).decode(errors="replace")
-        libc.free(buffer)
-        return text
-
-    return read
-
-
-_FREE_CHUNKS = re.compile(r'<(?:size|unsorted) from="\d+" to="(\d+)" total="\d+" count="[1-9]\d*"/>')
+    posix_memalign, mincore, free = libc.posix_memalign, libc.mincore, libc.free  # ctypes caches each on first use
+    page = os.sysconf("SC_PAGE_SIZE")
+    vector = mmap.mmap(-1, size // page + 1)
+    view = (ctypes.c_ubyte * len(vector)).from_buffer(vector)
+    block, alignment, length, pages = ctypes.c_void_p(), ctypes.c_size_t(64), ctypes.c_size_t(size), 0
+    try:
+        if posix_memalign(ctypes.byref(block), alignment, length) != 0:
+            return None
+        start = -(-block.value // page) * page
+        pages = (block.value + size - start) // page
+        if mincore(ctypes.c_void_p(start), ctypes.c_size_t(pages * page), view) != 0:
+            return None
+    finally:
+        if block.value:
+            free(block)
+        del view
+    resident = int((np.frombuffer(vector, np.uint8, count=pages) & 1).sum()) * page
+    vector.close()
+    return resident
 
 
-def largest_free_chunk_bytes() -> int:
-    """The largest free chunk in malloc's bins (each bin's largest, from glibc's `malloc_info`),
-    not counting the top of the heap; 0 where it cannot be read."""
-    read = _malloc_info()
-    return max(map(int, _FREE_CHUNKS.findall(read())), default=0) if read else 0
-
-
-def _top_bypassed(temporaries: int) -> bool:
-    """Whether kept memory at the top of the heap would sit beside the next step's block rather
-    than hold it: glibc takes a block from the best-fitting free chunk in its bins before the top,
-    and such a chunk's pages may have gone back to the kernel at a release."""
-    mallinfo2 = _mallinfo2()
-    if temporaries < LARGE_TEMPORARIES or mallinfo2 is None or mallinfo2().keepcost < LARGE_TEMPORARIES:
+def _beside_kept_memory(temporaries: int, kept: int) -> bool:
+    """Whether the next step's block would take pages anew while `kept` bytes of freed memory
+    stay in memory elsewhere: glibc gives a block the best-fitting free chunk (or the top of
+    the heap), which may be one whose pages went back at a release, not the kept one."""
+    if temporaries < LARGE_TEMPORARIES or kept < LARGE_TEMPORARIES:
         return False
-    return largest_free_chunk_bytes() >= temporaries + CHUNK_SLACK
+    resident = resident_in_next_block(temporaries)
+    if resident is None:
+        return False
+    return temporaries - resident >= LARGE_TEMPORARIES and kept - resident >= LARGE_TEMPORARIES
 
 
 def between_steps(temporaries: int) -> None:
@@ -301,8 +303,8 @@ def between_steps(temporaries: int) -> None:
     temporaries are more than all the kept memory (which they cannot fit in) takes a block
     beside it; under a cap, once any step's temporaries in new memory would pass
     `TRIM_SHARE` of it (malloc may leave the kept memory unused: docs/memory-benchmarks.md);
-    and when the kept memory is at the top of the heap while a free chunk elsewhere fits the
-    step, which glibc then takes instead (`_top_bypassed`).
+    and when the block malloc would give the step lies on pages without memory while the kept
+    memory stays elsewhere (`_beside_kept_memory`).
     """
     global _in_use_before_step
     if not _release:
@@ -312,10 +314,11 @@ def between_steps(temporaries: int) -> None:
         while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
             time.sleep(0.001)
     rss = rss_bytes()
-    cannot_fit = bool(_released_rss) and temporaries > rss - _released_rss  # more than all the kept memory
+    kept = rss - _released_rss  # all of it where nothing was released yet
+    cannot_fit = bool(_released_rss) and temporaries > kept  # more than all the kept memory
     # near the cap, reuse is not counted on: glibc's best fit may pick a hole without pages
     near_cap = bool(_cap_bytes) and rss + temporaries > TRIM_SHARE * _cap_bytes
-    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes() or _top_bypassed(temporaries):
+    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes() or _beside_kept_memory(temporaries, kept):
         release_freed_memory(step_running=True)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
