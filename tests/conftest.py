@@ -1,12 +1,48 @@
-"""Shared fixtures: torch and tiny Hugging Face BERT checkpoints for parity tests."""
+"""Shared fixtures: the suite's compilation cache, torch and tiny Hugging Face BERT checkpoints
+for parity tests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The tests check results, not the speed of XLA:CPU's code: without LLVM's expensive passes a tiny
+# model's training step compiles in about 30% less time on 2 cores (BENCHMARKS.md, "Test
+# suite"). Set before JAX starts its backend; launch.py processes the tests start inherit it.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_llvm_disable_expensive_passes=true".strip()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory) -> Iterator[Path]:
+    """One cache of XLA executables for the whole suite, in its own folder (not the user's
+    ~/.cache): many tests train the same tiny models in launch.py processes, and compiling
+    their training steps again (seconds each on 2 cores) is about half of those tests' time."""
+    import jax
+
+    folder = tmp_path_factory.mktemp("xla_cache")
+    before = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)  # launch.py keeps a folder already chosen
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    yield folder
+    jax.config.update("jax_compilation_cache_dir", None)
+    if before is None:
+        del os.environ["JAX_COMPILATION_CACHE_DIR"]
+    else:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = before
+
+
+@pytest.fixture
+def without_compilation_cache() -> Iterator[None]:
+    """For tests that count compilations: every executable from XLA, none from the suite's cache."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
 
 
 @pytest.fixture(scope="session")
