@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import gc
 import logging
 import mmap
 import os
@@ -247,33 +248,64 @@ def heap_in_use_bytes() -> int:
     return info.uordblks + info.hblkhd
 
 
-def resident_in_next_block(size: int) -> int | None:
-    """How many bytes of a `size`-byte block malloc would hand out now are already in memory:
-    one is taken the way XLA:CPU takes a step's temporaries (`posix_memalign`, 64-byte aligned),
-    its pages are counted (`mincore`) and it is given back, into the free chunk it came from,
-    which glibc's best fit then gives the step. Nothing else is taken from malloc meanwhile
-    (the page vector is mapped outside its heap): a block left beside the chunk would keep it
-    from joining its free neighbours again. None where glibc's functions are absent."""
+XLA_ALIGNMENT = 64  # XLA:CPU takes its buffers with posix_memalign at this alignment
+_SIZE_T = ctypes.sizeof(ctypes.c_size_t)
+_MIN_CHUNK = 4 * _SIZE_T  # glibc's MINSIZE
+
+
+def _memalign_request(size: int, alignment: int = XLA_ALIGNMENT) -> int:
+    """The request glibc's `posix_memalign(size, alignment)` passes to its best-fit search:
+    the chunk for `size` (its size header added, rounded to 2 * size_t) plus room to align it.
+    A `malloc` of this many bytes is given the same free chunk."""
+    chunk = max(_MIN_CHUNK, (size + _SIZE_T + 2 * _SIZE_T - 1) & -(2 * _SIZE_T))
+    return chunk + alignment + _MIN_CHUNK
+
+
+@functools.cache
+def _block_functions() -> tuple[Callable, Callable, Callable] | None:
+    """glibc's malloc, mincore and free, looked up once: ctypes stores a function in the
+    library object on first use, an allocation that must not happen while a probe block is held."""
     libc = _libc()
-    if libc is None or not hasattr(libc, "posix_memalign") or not hasattr(libc, "mincore"):
+    if libc is None or not all(hasattr(libc, name) for name in ("malloc", "mincore", "free")):
         return None
-    posix_memalign, mincore, free = libc.posix_memalign, libc.mincore, libc.free  # ctypes caches each on first use
-    page = os.sysconf("SC_PAGE_SIZE")
-    vector = mmap.mmap(-1, size // page + 1)
+    malloc, mincore, free = libc.malloc, libc.mincore, libc.free
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    free.restype, free.argtypes = None, (ctypes.c_void_p,)
+    return malloc, mincore, free
+
+
+def resident_in_next_block(size: int) -> int | None:
+    """How many bytes of the block malloc would hand out now for a `size`-byte XLA:CPU buffer
+    (`posix_memalign`, 64-byte aligned) are already in memory: a block of the same best-fit
+    request is taken with plain `malloc`, its pages are counted (`mincore`) and it is given
+    back. Taken so, it leaves nothing behind: `posix_memalign` would hand the slack around the
+    aligned block back as small chunks beside it, which keep it from joining its free
+    neighbours again, so the next block of that size would go elsewhere. Nothing else is taken
+    from malloc meanwhile (the page vector is mapped outside its heap, collection waits). None
+    where glibc's functions are absent."""
+    functions = _block_functions()
+    if functions is None:
+        return None
+    malloc, mincore, free = functions
+    request, page = _memalign_request(size), os.sysconf("SC_PAGE_SIZE")
+    vector = mmap.mmap(-1, request // page + 1)
     view = (ctypes.c_ubyte * len(vector)).from_buffer(vector)
-    block, alignment, length, pages = ctypes.c_void_p(), ctypes.c_size_t(64), ctypes.c_size_t(size), 0
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        if posix_memalign(ctypes.byref(block), alignment, length) != 0:
+        block = malloc(request)
+        if not block:
             return None
-        start = -(-block.value // page) * page
-        pages = (block.value + size - start) // page
-        if mincore(ctypes.c_void_p(start), ctypes.c_size_t(pages * page), view) != 0:
-            return None
+        start = -(-block // page) * page
+        pages = (block + request - start) // page
+        counted = mincore(start, pages * page, view) == 0
+        free(block)
     finally:
-        if block.value:
-            free(block)
-        del view
-    resident = int((np.frombuffer(vector, np.uint8, count=pages) & 1).sum()) * page
+        if collecting:
+            gc.enable()
+    del view
+    resident = int((np.frombuffer(vector, np.uint8, count=pages) & 1).sum()) * page if counted else None
     vector.close()
     return resident
 
