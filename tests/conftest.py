@@ -10,17 +10,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The tests check results, not the speed of XLA:CPU's code: without LLVM's expensive passes a tiny
-# model's training step compiles in about 30% less time on 2 cores (BENCHMARKS.md, "Test
-# suite"). Set before JAX starts its backend; launch.py processes the tests start inherit it.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_llvm_disable_expensive_passes=true".strip()
+# The tests check results, not the speed of XLA:CPU's code: without LLVM's expensive passes and
+# its optimizer (-O0) a tiny model's stage compiles in about half the time on 2 cores
+# (BENCHMARKS.md, "Test suite"). Set before JAX starts its backend; launch.py processes the
+# tests start inherit it.
+os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""), "--xla_llvm_disable_expensive_passes=true", "--xla_backend_optimization_level=0",
+]).strip()
+
+
+WORKER_MEMORY_BYTES = 6 << 30  # a worker and the launch.py process its test starts, at their peaks
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: a worker per core (most of a test's time is one thread compiling), as many as
+    the machine's memory holds."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(os.cpu_count() or 1, memory // WORKER_MEMORY_BYTES))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory) -> Iterator[Path]:
-    """One cache of XLA executables for the whole suite, in its own folder (not the user's
+    """One cache of XLA executables per test worker, in its own folder (not the user's
     ~/.cache): many tests train the same tiny models in launch.py processes, and compiling
-    their training steps again (seconds each on 2 cores) is about half of those tests' time."""
+    their training steps again (seconds each on 2 cores) is about half of those tests' time.
+    Not shared between workers: JAX writes a cache file in place, where another worker could
+    read it half-written."""
     import jax
 
     folder = tmp_path_factory.mktemp("xla_cache")
