@@ -105,13 +105,30 @@ def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
     return policy
 
 
+def _await_freed_temporaries() -> None:
+    """Waits, at most `FREED_WAIT_S`, until malloc's bytes in use are back where they were
+    before the last training step was dispatched (`between_steps`): XLA:CPU frees a step's
+    temporaries on its own thread just after the step's outputs are ready."""
+    global _in_use_before_step
+    if _in_use_before_step:
+        deadline = time.monotonic() + FREED_WAIT_S
+        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
+            time.sleep(0.001)
+    _in_use_before_step = 0
+
+
 def release_freed_memory(step_running: bool = False) -> bool:
     """Returns the free pages of malloc's heap to the kernel (glibc `malloc_trim`) under the
     "phases" and "lean" policies; called when an evaluation, a checkpoint or an export ends,
-    and before a compilation. Unless a step is running, the resident size after it is the
-    process without kept memory (`keep_limit_bytes`). True when something was released."""
+    and before a compilation. Unless a step is running, the last step's temporaries are
+    awaited first, and the resident size after it is the process without kept memory
+    (`keep_limit_bytes`; counted with a step's temporaries not yet freed, a kept step's
+    block would seem too large for the kept memory, and go back before every large step).
+    True when something was released."""
     global _released_rss
     trim = getattr(_libc(), "malloc_trim", None) if _release else None
+    if trim and not step_running:
+        _await_freed_temporaries()
     released = bool(trim and trim(0))
     if not step_running:
         _released_rss = rss_bytes() if trim else 0
@@ -291,17 +308,17 @@ def resident_in_next_block(size: int) -> int | None:
     request, page = _memalign_request(size), os.sysconf("SC_PAGE_SIZE")
     vector = mmap.mmap(-1, request // page + 1)
     view = (ctypes.c_ubyte * len(vector)).from_buffer(vector)
-    collecting = gc.isenabled()
+    block, pages, counted, collecting = 0, 0, False, gc.isenabled()
     gc.disable()
     try:
-        block = malloc(request)
-        if not block:
-            return None
-        start = -(-block // page) * page
-        pages = (block + request - start) // page
-        counted = mincore(start, pages * page, view) == 0
-        free(block)
+        block = malloc(request) or 0
+        if block:
+            start = -(-block // page) * page
+            pages = (block + request - start) // page
+            counted = mincore(start, pages * page, view) == 0
     finally:
+        if block:
+            free(block)
         if collecting:
             gc.enable()
     del view
@@ -328,9 +345,9 @@ def between_steps(temporaries: int) -> None:
 
     XLA:CPU frees a step's temporaries on its own thread just after the step's outputs are
     ready, and takes the next step's when that step is dispatched: dispatched before the free,
-    it gets a block of its own beside them. So this first waits, at most `FREED_WAIT_S`, until
-    malloc's bytes in use are back where they were before the last step (where the steps'
-    temporaries are `LARGE_TEMPORARIES` or more). Then the kept memory goes back to the kernel
+    it gets a block of its own beside them. So this first waits for them
+    (`_await_freed_temporaries`, where the steps' temporaries are `LARGE_TEMPORARIES` or
+    more). Then the kept memory goes back to the kernel
     if the resident size passes `keep_limit_bytes`, or would pass it once a step whose
     temporaries are more than all the kept memory (which they cannot fit in) takes a block
     beside it; under a cap, once any step's temporaries in new memory would pass
@@ -341,10 +358,7 @@ def between_steps(temporaries: int) -> None:
     global _in_use_before_step
     if not _release:
         return
-    if _in_use_before_step:
-        deadline = time.monotonic() + FREED_WAIT_S
-        while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
-            time.sleep(0.001)
+    _await_freed_temporaries()
     rss = rss_bytes()
     kept = rss - _released_rss  # all of it where nothing was released yet
     cannot_fit = bool(_released_rss) and temporaries > kept  # more than all the kept memory
