@@ -153,23 +153,30 @@ before = memory.heap_in_use_bytes()
 if sys.argv[2] == "free":
     threading.Timer(0.05, lambda: libc.free(ctypes.c_void_p(block))).start()
 start = time.perf_counter()
-memory.between_steps(temporaries)
-print(time.perf_counter() - start, before - memory.heap_in_use_bytes())
+if sys.argv[3] == "between_steps":
+    memory.between_steps(temporaries)
+else:  # a phase ends: the resident size after the release is the process without kept memory
+    memory.release_freed_memory()
+print(time.perf_counter() - start, before - memory.heap_in_use_bytes(), memory._released_rss)
 """
 
 
 @glibc
 @pytest.mark.parametrize("freed", [True, False], ids=["freed", "never freed"])
-def test_the_next_step_waits_for_the_last_steps_temporaries(freed):
+@pytest.mark.parametrize("then", ["between_steps", "release"])
+def test_the_next_step_and_a_phase_end_wait_for_the_last_steps_temporaries(freed, then):
     """XLA:CPU frees a step's temporaries on its own thread just after the step's outputs are
-    ready: the next step waits until malloc (mallinfo2) has them back, up to FREED_WAIT_S."""
+    ready: the next step, and a release at a phase's end, wait until malloc (mallinfo2) has
+    them back, up to FREED_WAIT_S. The release then measures the process without them."""
     wait = "30" if freed else "0.2"
-    out = subprocess.run([sys.executable, "-c", WAIT_FOR_FREE, wait, "free" if freed else "keep"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-c", WAIT_FOR_FREE, wait, "free" if freed else "keep", then], cwd=REPO,
                          capture_output=True, text=True, check=True)
-    waited, returned = out.stdout.split()
+    waited, returned, released_rss = out.stdout.split()
     assert float(waited) >= (0.045 if freed else 0.2)
     assert float(waited) < 30
     assert (int(returned) >= 250 * MIB) == freed
+    if then == "release":  # the process (a Python interpreter) without the 256 MiB block, or with it
+        assert (int(released_rss) < 200 * MIB) == freed
 
 
 LARGER_STEP = HEAP_KEPT + """
