@@ -24,9 +24,10 @@ WORKER_MEMORY_BYTES = 6 << 30  # a worker and the launch.py process its test sta
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: a worker per core (most of a test's time is one thread compiling), as many as
-    the machine's memory holds."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(1, min(os.cpu_count() or 1, memory // WORKER_MEMORY_BYTES))
+    the memory this process may use holds (the machine's, or its cgroup's limit)."""
+    from theseus_jax.memory import machine_memory_bytes
+
+    return max(1, min(os.cpu_count() or 1, machine_memory_bytes() // WORKER_MEMORY_BYTES))
 
 
 @pytest.fixture(scope="session", autouse=True)

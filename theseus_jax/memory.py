@@ -54,7 +54,7 @@ TRIM_SHARE = 0.9  # under a cap, kept memory is returned once the resident size 
 RAM_SHARE = 0.4  # without a cap, once it passes this share of the machine's memory
 KEPT_STEPS = 1.25  # and once it holds this many steps' temporaries beyond the resident size after a release
 LARGE_TEMPORARIES = 64 << 20  # steps with smaller temporaries do not wait for them (`between_steps`)
-FREED_WAIT_S = 0.1  # the longest wait for a step's temporaries to be freed (`between_steps`)
+FREED_WAIT_S = 0.1  # the longest wait for a step's temporaries to be freed (`_await_freed_temporaries`)
 FREED_SLACK = 64 << 20  # what other threads may allocate meanwhile (batches on their way)
 
 _release = False  # the policy trims
