@@ -133,7 +133,7 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
         for length in LENGTHS:
             data = inputs(batch, length)
             new_shape = length not in temporaries
-            if new_shape:  # compiled here after a release, as the trainer does
+            if new_shape:  # compiled here after a release (the trainer's runs beside its running step)
                 memory.release_freed_memory()
                 temporaries[length] = memory.note_step_temporaries(
                     train_step.lower(state, data, rng).compile().memory_analysis())

@@ -346,7 +346,7 @@ if sys.argv[2] == "bins":  # a guard above it, too large for the low chunk and n
     libc.malloc(288 * MIB)  # the kept block becomes a chunk in malloc's bins, not the top
 libc.free(ctypes.c_void_p(kept))  # its pages stay: kept memory
 step = int(sys.argv[1]) * MIB
-resident = memory.resident_in_next_block(step)
+resident = memory.next_block(step).resident
 before = memory.rss_bytes()
 if sys.argv[3] == "between_steps":
     memory.between_steps(step)
@@ -359,21 +359,22 @@ print(resident // MIB, (before - after) // MIB, (memory.rss_bytes() - after) // 
 
 
 @glibc
-@pytest.mark.parametrize("layout, step_mib, resident_mib, release, python_malloc", [
-    ("top", 128, 0, True, "pymalloc"), ("bins", 128, 0, True, "pymalloc"), ("bins", 448, 0, True, "pymalloc"),
-    ("top", 448, 320, False, "pymalloc"), ("bins", 288, 288, False, "pymalloc"), ("bins", 128, 0, True, "malloc"),
+@pytest.mark.parametrize("layout, step_mib, resident_mib, outcome, python_malloc", [
+    ("top", 128, 0, "steered", "pymalloc"), ("bins", 128, 0, "steered", "pymalloc"),
+    ("bins", 448, 0, "released", "pymalloc"), ("top", 448, 320, "kept", "pymalloc"),
+    ("bins", 288, 288, "kept", "pymalloc"), ("bins", 128, 0, "steered", "malloc"),
 ], ids=["top, fits the free chunk", "bins, fits the free chunk", "bins, fits neither", "top, fits only the top",
         "bins, fits the kept chunk", "bins, fits the free chunk, every Python object from malloc"])
-def test_kept_memory_goes_when_the_step_would_take_new_pages_beside_it(layout, step_mib, resident_mib, release,
-                                                                       python_malloc):
+def test_the_step_reuses_kept_memory_or_it_goes_back(layout, step_mib, resident_mib, outcome, python_malloc):
     """320 MiB of freed memory kept with its pages, at the top of the heap or in a chunk of
     malloc's bins, and a 256 MiB free chunk whose pages went back at a release. glibc gives a
     block the best-fitting chunk: a 128 MiB block goes to the chunk without pages, beside the
     kept memory; a 448 MiB block fits neither chunk and takes the top (extending the kept top,
-    or beside the kept chunk). `resident_in_next_block` tells how much of the block has pages
-    (counted independently: the resident size's growth when the block is written; the probe
-    must leave the heap as it found it, or the block goes elsewhere), and `between_steps`
-    returns the kept memory only when the block would not reuse it."""
+    or beside the kept chunk). `next_block` tells how much of the block has pages (counted
+    independently: the resident size's growth when the block is written; the probe must leave
+    the heap as it found it, or the block goes elsewhere). `between_steps` holds the chunk
+    without pages while the step runs, so the 128 MiB block takes the kept memory; it returns
+    the kept memory only where no chunk with pages fits the block."""
     env = {**os.environ, "PYTHONMALLOC": python_malloc}
     run = lambda mode: list(map(int, subprocess.run(
         [sys.executable, "-c", KEPT_BESIDE, str(step_mib), layout, mode], cwd=REPO, env=env,
@@ -382,8 +383,48 @@ def test_kept_memory_goes_when_the_step_would_take_new_pages_beside_it(layout, s
     assert abs(resident - resident_mib) < 8
     assert abs(grown - (step_mib - resident_mib)) < 16  # the block's pages without memory, written
     _, released, grown_after = run("between_steps")
-    if release:
+    if outcome == "released":
         assert released >= 300  # the kept 320 MiB went back ...
         assert abs(grown_after - step_mib) < 16  # ... and the block took as many new pages as before
+    elif outcome == "steered":
+        assert abs(released) < 16 and abs(grown_after) < 16  # nothing went back; the block reused kept pages
     else:
         assert abs(released) < 16 and abs(grown_after - grown) < 16
+
+
+PADDED = """
+import ctypes, sys
+from theseus_jax import memory
+assert memory.configure_memory({memory.MALLOC_POLICY: "phases"}) == "phases"
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+step = 256 << 20
+def step_block():  # the step's temporaries, taken as XLA:CPU takes them, and written
+    block = ctypes.c_void_p()
+    assert libc.posix_memalign(ctypes.byref(block), ctypes.c_size_t(64), ctypes.c_size_t(step)) == 0
+    ctypes.memset(block, 1, step)
+    return block
+memory.release_freed_memory()
+if sys.argv[1] == "between_steps":
+    memory.between_steps(step)
+block = step_block()  # from the top of the heap
+outlives = libc.malloc(4 << 20)  # a small allocation made during the step, from the top: right after the block
+libc.free(block)
+if sys.argv[1] == "between_steps":
+    memory.between_steps(step)
+before = memory.rss_bytes()
+step_block()
+print((memory.rss_bytes() - before) >> 20)
+"""
+
+
+@glibc
+@pytest.mark.parametrize("mode, new_mib", [("alone", 256), ("between_steps", 0)])
+def test_a_step_block_with_an_allocation_right_after_it_is_taken_again(mode, new_mib):
+    """A step's block taken from the top of the heap, and an allocation made during the step
+    that outlives it, right after the block: the freed chunk is just the block's size, and
+    `posix_memalign` of the same size searches for 96 bytes more, so the next step's block goes
+    to new pages (counted: the resident size's growth when it is written). The pad
+    `between_steps` holds before the block joins its freed chunk, and the same block is taken again."""
+    out = subprocess.run([sys.executable, "-c", PADDED, mode], cwd=REPO, capture_output=True, text=True, check=True)
+    assert abs(int(out.stdout) - new_mib) < 16

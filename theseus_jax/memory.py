@@ -16,8 +16,9 @@ again. The policies (`THESEUS_KEEP_FREED_MEMORY`):
   (`malloc_trim`) when a phase ends (an evaluation, a checkpoint, an export, a compilation),
   and between steps (`between_steps`) once the kept memory passes the keep limit
   (`keep_limit_bytes`: about one step's XLA temporaries), or would pass it beside a larger
-  step, or when malloc would give the next step new pages beside it: the steps of a phase
-  reuse their memory at `keep`'s speed;
+  step, or when malloc would give the next step new pages beside it and no free chunk with
+  pages fits it. Each step's block is placed where the next one of its size fits again (a
+  pad before it): the steps of a phase reuse their memory at `keep`'s speed;
 - `lean`: as `phases`, with blocks over 32 MiB (glibc's largest mmap threshold) mapped and
   returned at once: no holes from them, at the price of faulting them in every step;
 - `0`: glibc's defaults.
@@ -56,12 +57,16 @@ KEPT_STEPS = 1.25  # and once it holds this many steps' temporaries beyond the r
 LARGE_TEMPORARIES = 64 << 20  # steps with smaller temporaries do not wait for them (`between_steps`)
 FREED_WAIT_S = 0.1  # the longest wait for a step's temporaries to be freed (`_await_freed_temporaries`)
 FREED_SLACK = 64 << 20  # what other threads may allocate meanwhile (batches on their way)
+STEER_TRIES = 4  # free chunks without pages held before the kept memory goes back instead (`_steer_next_block`)
+PAD_BYTES = 4096  # held before a step's block (`_pad_next_block`): above glibc's tcache and fastbin sizes
 
 _release = False  # the policy trims
 _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
 _step_temporaries = 0  # the largest XLA temporary allocation of the training steps compiled so far
 _released_rss = 0  # the resident size after the last release between phases: the process without kept memory
 _in_use_before_step = 0  # malloc's bytes in use before the last step was dispatched (`between_steps`)
+_pad_blocks = False  # the policy keeps freed memory for steps in malloc's heap ("phases"): `_pad_next_block`
+_held: list[int] = []  # blocks held while the last step ran, freed once it is done (`_free_held`)
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
@@ -85,7 +90,7 @@ def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
     THESEUS_KEEP_FREED_MEMORY (`POLICIES`; "1" or unset: "phases"). launch.py and the
     benchmarks call it before JAX's first computation. Returns the malloc policy in force ("0"
     where there is no glibc `mallopt`)."""
-    global _release
+    global _release, _pad_blocks
     policy = environ.get(MALLOC_POLICY, "phases").strip() or "phases"
     policy = "phases" if policy == "1" else policy
     if policy not in POLICIES:
@@ -101,20 +106,22 @@ def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
         settings += ((M_MMAP_MAX, 0),)
     if not all(mallopt(param, value) == 1 for param, value in settings):
         return "0"
-    _release = policy in ("phases", "lean")
+    _release, _pad_blocks = policy in ("phases", "lean"), policy == "phases"
     return policy
 
 
 def _await_freed_temporaries() -> None:
     """Waits, at most `FREED_WAIT_S`, until malloc's bytes in use are back where they were
     before the last training step was dispatched (`between_steps`): XLA:CPU frees a step's
-    temporaries on its own thread just after the step's outputs are ready."""
+    temporaries on its own thread just after the step's outputs are ready. Then frees the blocks
+    held while it ran (`_free_held`), which join its freed block."""
     global _in_use_before_step
     if _in_use_before_step:
         deadline = time.monotonic() + FREED_WAIT_S
         while heap_in_use_bytes() > _in_use_before_step + FREED_SLACK and time.monotonic() < deadline:
             time.sleep(0.001)
     _in_use_before_step = 0
+    _free_held()
 
 
 def release_freed_memory(step_running: bool = False) -> bool:
@@ -270,41 +277,55 @@ _SIZE_T = ctypes.sizeof(ctypes.c_size_t)
 _MIN_CHUNK = 4 * _SIZE_T  # glibc's MINSIZE
 
 
+def _chunk_bytes(request: int) -> int:
+    """The size of the chunk glibc's malloc gives a `request`-byte block: the request plus its
+    size header, rounded up to 2 * size_t, at least MINSIZE. The next chunk's block starts this
+    many bytes after this one's."""
+    return max(_MIN_CHUNK, (request + _SIZE_T + 2 * _SIZE_T - 1) & -(2 * _SIZE_T))
+
+
 def _memalign_request(size: int, alignment: int = XLA_ALIGNMENT) -> int:
     """The request glibc's `posix_memalign(size, alignment)` passes to its best-fit search:
-    the chunk for `size` (its size header added, rounded to 2 * size_t) plus room to align it.
-    A `malloc` of this many bytes is given the same free chunk."""
-    chunk = max(_MIN_CHUNK, (size + _SIZE_T + 2 * _SIZE_T - 1) & -(2 * _SIZE_T))
-    return chunk + alignment + _MIN_CHUNK
+    the chunk for `size` plus room to align it. A `malloc` of this many bytes is given the same
+    free chunk."""
+    return _chunk_bytes(size) + alignment + _MIN_CHUNK
 
 
 @functools.cache
-def _block_functions() -> tuple[Callable, Callable, Callable] | None:
-    """glibc's malloc, mincore and free, looked up once: ctypes stores a function in the
+def _block_functions() -> tuple[Callable, Callable, Callable, Callable] | None:
+    """glibc's malloc, realloc, mincore and free, looked up once: ctypes stores a function in the
     library object on first use, an allocation that must not happen while a probe block is held."""
     libc = _libc()
-    if libc is None or not all(hasattr(libc, name) for name in ("malloc", "mincore", "free")):
+    if libc is None or not all(hasattr(libc, name) for name in ("malloc", "realloc", "mincore", "free")):
         return None
-    malloc, mincore, free = libc.malloc, libc.mincore, libc.free
+    malloc, realloc, mincore, free = libc.malloc, libc.realloc, libc.mincore, libc.free
     malloc.restype, malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    realloc.restype, realloc.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_size_t)
     mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
     free.restype, free.argtypes = None, (ctypes.c_void_p,)
-    return malloc, mincore, free
+    return malloc, realloc, mincore, free
 
 
-def resident_in_next_block(size: int) -> int | None:
-    """How many bytes of the block malloc would hand out now for a `size`-byte XLA:CPU buffer
-    (`posix_memalign`, 64-byte aligned) are already in memory: a block of the same best-fit
-    request is taken with plain `malloc`, its pages are counted (`mincore`) and it is given
-    back. Taken so, it leaves nothing behind: `posix_memalign` would hand the slack around the
-    aligned block back as small chunks beside it, which keep it from joining its free
-    neighbours again, so the next block of that size would go elsewhere. Nothing else is taken
-    from malloc meanwhile (the page vector is mapped outside its heap, collection waits). None
-    where glibc's functions are absent."""
+@dataclasses.dataclass(frozen=True)
+class NextBlock:
+    """Where malloc would put a block now (its address) and how many of its bytes have pages."""
+
+    address: int
+    resident: int
+
+
+def next_block(size: int) -> NextBlock | None:
+    """The block malloc would hand out now for a `size`-byte XLA:CPU buffer (`posix_memalign`,
+    64-byte aligned): a block of the same best-fit request is taken with plain `malloc`, its
+    pages are counted (`mincore`) and it is given back. Taken so, it leaves nothing behind:
+    `posix_memalign` would hand the slack around the aligned block back as small chunks beside
+    it, which keep it from joining its free neighbours again, so the next block of that size
+    would go elsewhere. Nothing else is taken from malloc meanwhile (the page vector is mapped
+    outside its heap, collection waits). None where glibc's functions are absent."""
     functions = _block_functions()
     if functions is None:
         return None
-    malloc, mincore, free = functions
+    malloc, _, mincore, free = functions
     request, page = _memalign_request(size), os.sysconf("SC_PAGE_SIZE")
     vector = mmap.mmap(-1, request // page + 1)
     view = (ctypes.c_ubyte * len(vector)).from_buffer(vector)
@@ -324,19 +345,77 @@ def resident_in_next_block(size: int) -> int | None:
     del view
     resident = int((np.frombuffer(vector, np.uint8, count=pages) & 1).sum()) * page if counted else None
     vector.close()
-    return resident
+    return NextBlock(block, resident) if resident is not None else None
 
 
-def _beside_kept_memory(temporaries: int, kept: int) -> bool:
-    """Whether the next step's block would take pages anew while `kept` bytes of freed memory
-    stay in memory elsewhere: glibc gives a block the best-fitting free chunk (or the top of
-    the heap), which may be one whose pages went back at a release, not the kept one."""
+def _hold(request: int) -> int:
+    """Takes a `request`-byte block from malloc and holds it until the next step is done
+    (`_free_held`); 0 where malloc gives none."""
+    block = _block_functions()[0](request) or 0
+    if block:
+        _held.append(block)
+    return block
+
+
+def _free_held() -> None:
+    """Frees the blocks held while the last step ran (`_steer_next_block`, `_pad_next_block`)."""
+    while _held:
+        _block_functions()[3](_held.pop())
+
+
+def _next_block_address(size: int) -> int:
+    """Where malloc would put the next step's block now, as `next_block` finds it, without counting pages."""
+    malloc, _, _, free = _block_functions()
+    block = malloc(_memalign_request(size)) or 0
+    free(block)
+    return block
+
+
+def _steer_next_block(temporaries: int, kept: int) -> bool:
+    """Keeps the next step's block out of free chunks without pages while `kept` bytes of freed
+    memory stay in memory elsewhere; True where it would still take pages anew beside them.
+    glibc gives a block the best-fitting free chunk, which may be one whose pages went back at
+    a release, not the kept one: such a chunk is held while the step runs (its pages stay
+    without memory), and the block goes to the next best fit, up to `STEER_TRIES` times.
+    Without this, the kept memory would go back, and the next step of another size would fault
+    it in again."""
     if temporaries < LARGE_TEMPORARIES or kept < LARGE_TEMPORARIES:
         return False
-    resident = resident_in_next_block(temporaries)
-    if resident is None:
-        return False
-    return temporaries - resident >= LARGE_TEMPORARIES and kept - resident >= LARGE_TEMPORARIES
+    request, block = _memalign_request(temporaries), next_block(temporaries)
+    for _ in range(STEER_TRIES):
+        if block is None or temporaries - block.resident < LARGE_TEMPORARIES or kept - block.resident < LARGE_TEMPORARIES:
+            return False
+        held = _hold(request)
+        if not held:
+            return True
+        after = next_block(temporaries) if held == block.address else None
+        if after is None or after.address == held + _chunk_bytes(request):  # the top of the heap: no other chunk fits
+            _block_functions()[3](_held.pop())
+            return True
+        block = after
+    return True
+
+
+def _pad_next_block(temporaries: int) -> None:
+    """Holds a small block (`PAD_BYTES`) where the next step's block would start, so that block
+    starts just after it, 64-byte aligned. Freed after the step, the pad joins the block's
+    freed chunk: `posix_memalign` searches for the block's size plus 96 bytes of alignment
+    slack, so a chunk of just the block's size (where a small allocation that outlives the
+    step lies right after it) would not take the same block again, which would go to new pages."""
+    if temporaries < LARGE_TEMPORARIES or _block_functions() is None:
+        return
+    malloc, realloc, _, free = _block_functions()
+    start = malloc(_memalign_request(temporaries)) or 0  # the chunk the block would take
+    if not start:
+        return
+    pad = PAD_BYTES + (-(start + PAD_BYTES)) % XLA_ALIGNMENT  # the pad's chunk: the block's start is aligned
+    shrunk = realloc(start, pad - 2 * _SIZE_T)  # glibc shrinks in place; the tail joins the free chunk after it
+    if shrunk != start:
+        free(shrunk or start)
+        return
+    _held.append(start)
+    if _next_block_address(temporaries) != start + pad:  # the rest of the chunk is too small: the block goes elsewhere
+        free(_held.pop())
 
 
 def between_steps(temporaries: int) -> None:
@@ -353,7 +432,8 @@ def between_steps(temporaries: int) -> None:
     beside it; under a cap, once any step's temporaries in new memory would pass
     `TRIM_SHARE` of it (malloc may leave the kept memory unused: docs/memory-benchmarks.md);
     and when the block malloc would give the step lies on pages without memory while the kept
-    memory stays elsewhere (`_beside_kept_memory`).
+    memory stays elsewhere and no other free chunk with pages fits it (`_steer_next_block`).
+    Under "phases", a pad is held before the block (`_pad_next_block`).
     """
     global _in_use_before_step
     if not _release:
@@ -364,8 +444,11 @@ def between_steps(temporaries: int) -> None:
     cannot_fit = bool(_released_rss) and temporaries > kept  # more than all the kept memory
     # near the cap, reuse is not counted on: glibc's best fit may pick a hole without pages
     near_cap = bool(_cap_bytes) and rss + temporaries > TRIM_SHARE * _cap_bytes
-    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes() or _beside_kept_memory(temporaries, kept):
+    if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes() or _steer_next_block(temporaries, kept):
+        _free_held()
         release_freed_memory(step_running=True)
+    if _pad_blocks:
+        _pad_next_block(temporaries)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
 
