@@ -65,7 +65,7 @@ _cap_bytes = 0  # max_memory_gb in bytes; 0 = no cap
 _step_temporaries = 0  # the largest XLA temporary allocation of the training steps compiled so far
 _released_rss = 0  # the resident size after the last release between phases: the process without kept memory
 _in_use_before_step = 0  # malloc's bytes in use before the last step was dispatched (`between_steps`)
-_pad_blocks = False  # the policy keeps freed memory for steps in malloc's heap ("phases"): `_pad_next_block`
+_place_blocks = False  # steps' blocks stay in malloc's heap ("phases"), where `between_steps` places them
 _held: list[int] = []  # blocks held while the last step ran, freed once it is done (`_free_held`)
 
 @functools.cache
@@ -90,7 +90,7 @@ def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
     THESEUS_KEEP_FREED_MEMORY (`POLICIES`; "1" or unset: "phases"). launch.py and the
     benchmarks call it before JAX's first computation. Returns the malloc policy in force ("0"
     where there is no glibc `mallopt`)."""
-    global _release, _pad_blocks
+    global _release, _place_blocks
     policy = environ.get(MALLOC_POLICY, "phases").strip() or "phases"
     policy = "phases" if policy == "1" else policy
     if policy not in POLICIES:
@@ -106,7 +106,7 @@ def configure_memory(environ: MutableMapping[str, str] = os.environ) -> str:
         settings += ((M_MMAP_MAX, 0),)
     if not all(mallopt(param, value) == 1 for param, value in settings):
         return "0"
-    _release, _pad_blocks = policy in ("phases", "lean"), policy == "phases"
+    _release, _place_blocks = policy in ("phases", "lean"), policy == "phases"
     return policy
 
 
@@ -357,10 +357,15 @@ def _hold(request: int) -> int:
     return block
 
 
+def _unhold() -> None:
+    """Frees the block held last."""
+    _block_functions()[3](_held.pop())
+
+
 def _free_held() -> None:
     """Frees the blocks held while the last step ran (`_steer_next_block`, `_pad_next_block`)."""
     while _held:
-        _block_functions()[3](_held.pop())
+        _unhold()
 
 
 def _next_block_address(size: int) -> int:
@@ -378,19 +383,19 @@ def _steer_next_block(temporaries: int, kept: int) -> bool:
     a release, not the kept one: such a chunk is held while the step runs (its pages stay
     without memory), and the block goes to the next best fit, up to `STEER_TRIES` times.
     Without this, the kept memory would go back, and the next step of another size would fault
-    it in again."""
+    it in again. Under "lean" the block is mapped apart from the heap: nothing to steer."""
     if temporaries < LARGE_TEMPORARIES or kept < LARGE_TEMPORARIES:
         return False
     request, block = _memalign_request(temporaries), next_block(temporaries)
     for _ in range(STEER_TRIES):
         if block is None or temporaries - block.resident < LARGE_TEMPORARIES or kept - block.resident < LARGE_TEMPORARIES:
             return False
-        held = _hold(request)
+        held = _hold(request) if _place_blocks else 0
         if not held:
             return True
         after = next_block(temporaries) if held == block.address else None
         if after is None or after.address == held + _chunk_bytes(request):  # the top of the heap: no other chunk fits
-            _block_functions()[3](_held.pop())
+            _unhold()
             return True
         block = after
     return True
@@ -404,18 +409,16 @@ def _pad_next_block(temporaries: int) -> None:
     step lies right after it) would not take the same block again, which would go to new pages."""
     if temporaries < LARGE_TEMPORARIES or _block_functions() is None:
         return
-    malloc, realloc, _, free = _block_functions()
-    start = malloc(_memalign_request(temporaries)) or 0  # the chunk the block would take
+    start = _hold(_memalign_request(temporaries))  # the chunk the block would take
     if not start:
         return
     pad = PAD_BYTES + (-(start + PAD_BYTES)) % XLA_ALIGNMENT  # the pad's chunk: the block's start is aligned
-    shrunk = realloc(start, pad - 2 * _SIZE_T)  # glibc shrinks in place; the tail joins the free chunk after it
-    if shrunk != start:
-        free(shrunk or start)
-        return
-    _held.append(start)
-    if _next_block_address(temporaries) != start + pad:  # the rest of the chunk is too small: the block goes elsewhere
-        free(_held.pop())
+    shrunk = _block_functions()[1](start, pad - 2 * _SIZE_T)  # glibc shrinks in place; the tail joins the free chunk after it
+    if shrunk != start:  # moved (freeing start) or refused (keeping it): whichever is ours goes
+        _held[-1] = shrunk or start
+        _unhold()
+    elif _next_block_address(temporaries) != start + pad:  # the rest of the chunk is too small: the block goes elsewhere
+        _unhold()
 
 
 def between_steps(temporaries: int) -> None:
@@ -447,7 +450,7 @@ def between_steps(temporaries: int) -> None:
     if rss + (temporaries if cannot_fit or near_cap else 0) > keep_limit_bytes() or _steer_next_block(temporaries, kept):
         _free_held()
         release_freed_memory(step_running=True)
-    if _pad_blocks:
+    if _place_blocks:
         _pad_next_block(temporaries)
     _in_use_before_step = heap_in_use_bytes() if _step_temporaries >= LARGE_TEMPORARIES else 0
 
