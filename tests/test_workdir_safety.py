@@ -149,6 +149,38 @@ def test_a_checkpoint_killed_while_written_leaves_no_temporary_folder_behind(tmp
     assert state["w"].tolist() == [0.0, 1.0, 2.0]
 
 
+def test_the_checkpoints_own_wait_is_not_reported_as_a_slow_save(tmp_path, monkeypatch, caplog):
+    """Each save waits for its write (memory); orbax counts that wait at the next save and warns
+    "Waiting for previous save to complete", advising fewer checkpoints. The warning is dropped;
+    with the filter off, the same saves raise it (orbax's threshold lowered to any wait)."""
+    import jax.numpy as jnp
+    import orbax.checkpoint.checkpoint_manager as manager_module
+
+    from theseus_jax.experiments import checkpoints
+
+    monkeypatch.setattr(manager_module, "_WAIT_FOR_PREV_SAVE_WARNING_THRESHOLD_SECS", -1.0)
+
+    def warnings(directory):
+        caplog.clear()
+        saving = Checkpoints(directory)
+        for step in (1, 2, 3):
+            saving.save(step, {"w": jnp.arange(3.0) * step}, Progress(batch=step))
+        saving.close()
+        return [r for r in caplog.records if "Waiting for previous save" in r.getMessage()]
+
+    absl_logger, own_wait = logging.getLogger("absl"), checkpoints._OWN_WAIT
+    with caplog.at_level(logging.WARNING):
+        assert warnings(tmp_path / "filtered") == []
+        let_through = logging.Filter()  # passes every record
+        absl_logger.removeFilter(own_wait)
+        monkeypatch.setattr(checkpoints, "_OWN_WAIT", let_through)
+        try:
+            assert len(warnings(tmp_path / "unfiltered")) >= 2
+        finally:
+            absl_logger.removeFilter(let_through)
+            absl_logger.addFilter(own_wait)
+
+
 def test_a_failed_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "report.json"
     atomic.write_text(path, "old")

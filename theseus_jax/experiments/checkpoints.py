@@ -30,6 +30,20 @@ from theseus_jax.experiments.workdir_lock import LOCK_FILES
 log = logging.getLogger("theseus_jax")
 
 
+class _OwnWaitWarning(logging.Filter):
+    """Drops orbax's "Waiting for previous save to complete took N seconds" warning.
+
+    `Checkpoints.save` waits for each write on purpose (memory, below). Orbax adds that wait to
+    the next save's count and warns at every checkpoint, advising fewer checkpoints for a wait
+    that is ours, not a slow write overlapping training."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Waiting for previous save to complete")
+
+
+_OWN_WAIT = _OwnWaitWarning()
+
+
 @dataclasses.dataclass
 class Progress:
     """Where the training loop stands; everything needed to resume besides the state."""
@@ -54,6 +68,7 @@ class Checkpoints:
     """Periodic checkpoints with a keep-N policy, restored on restart."""
 
     def __init__(self, directory: Path, keep: int = 2) -> None:
+        logging.getLogger("absl").addFilter(_OWN_WAIT)  # orbax logs through absl; added once
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
