@@ -3,6 +3,7 @@ after a crash and from checkpoints older than that rule), learning rate per seed
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 
@@ -419,6 +420,53 @@ def test_rate_choice_first_seed_runs_the_first_seed_first(tmp_path, monkeypatch)
     ]
 
 
+def test_a_series_numbers_its_runs_out_of_the_planned_total_and_a_rerun_numbers_them_alike(tmp_path, monkeypatch, caplog):
+    """A sweep of the teacher and two students at depths 2 and 1 (5 stages), seeds 0,1,2, two
+    rates, `rate_choice=first_seed`: 5 x (2 + 1 + 1) = 20 runs, numbered in the order they run
+    (seed-major); a rerun reuses them under the same numbers."""
+    from theseus_jax.experiments import pipelines, report
+
+    def fake_train(stage, cfg, workdir, model, teacher_dir):
+        lr = cfg.cls.learning_rate
+        record = summary.RunRecord(
+            name=stage.name, objective="mlm", metric="macro_f1", selection="validation", seed=cfg.seed, learning_rate=lr,
+            history=[], best=None, time_until_best_s=1.0, total_time_s=2.0, parameters={}, run_dir=str(workdir),
+            best_model_dir=str(workdir / "best"), selected_step=1, validation={"macro_f1": 0.9 if lr == 3e-3 else 0.5},
+            test={"macro_f1": 0.5},
+        ).to_json()
+        workdir.mkdir(parents=True)
+        (workdir / "report.json").write_text(json.dumps(record))  # as a finished run leaves it
+        return record
+
+    monkeypatch.setattr(pipelines, "_train", fake_train)
+    monkeypatch.setattr(report, "compare", lambda results, cfg, seeds: report.Comparison("macro_f1", "validation", seeds))
+    monkeypatch.setattr(report, "write_series_report", lambda *args: None)
+    monkeypatch.setattr(report, "write_stage_report", lambda *args: None)
+    monkeypatch.setattr(pipelines, "_speeds", lambda *args, **kwargs: {})
+    cfg = ml_collections.ConfigDict({
+        "seeds": "0,1,2", "rate_choice": "first_seed", "selection": "validation", "cls_model": "predecessor",
+        "cls": {"learning_rate": 1e-4, "learning_rates": "1e-4,3e-3"},
+        "compression": {"num_successor_layers": 2, "depths": "2,1"},
+        "series": {"stages": "cls_predecessor,cls_truncated,cls_compress"},
+    })
+    with caplog.at_level(logging.INFO, logger="theseus_jax"):
+        pipelines.series(cfg, tmp_path)
+    first = [m for m in caplog.messages if "(run " in m]
+    seed_0 = [(name, lr) for name in ("cls_predecessor", "cls_truncated_L2", "cls_compress_L2", "cls_truncated_L1",
+                                      "cls_compress_L1") for lr in ("0.0001", "0.003")]
+    later = [(name, seed) for seed in (1, 2) for name, _ in seed_0[::2]]
+    expected = [f"{name}: seed 0, learning rate {lr} (run {i} of 20)" for i, (name, lr) in enumerate(seed_0, 1)]
+    expected += [f"{name}: seed {seed}, learning rate 0.003 (run {i} of 20)" for i, (name, seed) in enumerate(later, 11)]
+    assert [m for m in first if "learning rate" in m] == expected
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="theseus_jax"):
+        pipelines.series(cfg, tmp_path)
+    reused = {re.search(r"\(run (\d+) of 20\)", m).group(1): m.split(":")[0] for m in caplog.messages if "reusing" in m}
+    assert reused == {str(i): m.split(":")[0] for i, m in enumerate(expected, 1)}
+    assert not [m for m in caplog.messages if "learning rate" in m]  # nothing trained again
+
+
 def _germeval_file(path, n, seed):
     rng = np.random.default_rng(seed)
     lines = [f"tweet {seed} {i} {'du Idiot' if i % 3 == 0 else 'schönes Wetter'} {rng.integers(1e9)}\t"
@@ -461,7 +509,7 @@ def test_a_series_with_several_seeds_runs_seed_major_and_reports_after_each_seed
 
     calls, reports = [], []
 
-    def fake_stage(stage, cfg, workdir, previous, seeds):
+    def fake_stage(stage, cfg, workdir, previous, seeds, count):
         calls.append((stage.name, list(seeds), {s: pipelines._source(stage.starts, cfg, previous, s) for s in seeds}))
         return {"per_seed": [{"seed": s, "best_model_dir": f"{stage.name}/{s}"} for s in seeds]}
 
@@ -469,6 +517,7 @@ def test_a_series_with_several_seeds_runs_seed_major_and_reports_after_each_seed
     monkeypatch.setattr(report, "compare", lambda results, cfg, seeds: report.Comparison("macro_f1", "validation", seeds))
     monkeypatch.setattr(report, "write_series_report", lambda wd, results, comparison, cfg, speeds: reports.append(comparison.seeds))
     cfg = ml_collections.ConfigDict({"seeds": "3,1", "cls_model": "predecessor", "compression": {"depths": ""},
+                                     "cls": {"learning_rate": 1e-4, "learning_rates": ""},
                                      "series": {"stages": "cls_predecessor,cls_compress,cls_truncated"}})
     out = pipelines.series(cfg, tmp_path)
     assert [(name, seeds) for name, seeds, _ in calls] == [

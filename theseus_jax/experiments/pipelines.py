@@ -326,16 +326,44 @@ def _rates(seed: int, rates: list[float], first: int, runs: dict[int, list[dict[
     return [summary.choose_learning_rate(runs[first])["learning_rate"]]
 
 
+@dataclasses.dataclass
+class RunCount:
+    """Numbers a study's runs in the order they start or are reused ("run 3 of 28"), so a series
+    of many hours says where it stands; a resume numbers the reused runs as before."""
+
+    total: int
+    seen: list[tuple[str, int, float]] = dataclasses.field(default_factory=list)
+
+    def number(self, stage: str, seed: int, rate: float) -> int:
+        if (stage, seed, rate) not in self.seen:
+            self.seen.append((stage, seed, rate))
+        return self.seen.index((stage, seed, rate)) + 1
+
+
+def planned_runs(chosen: list[Stage], cfg: ml_collections.ConfigDict) -> int:
+    """The runs the stages will make over the configured seeds: every rate for each seed, or
+    with `rate_choice=first_seed` every rate for the first seed and one for each later seed."""
+    seeds = len(summary.parse_seeds(cfg.seeds))
+    later = seeds - 1
+    total = 0
+    for stage in chosen:
+        rates = len(summary.learning_rates(_settings(cfg, stage.objective)))
+        total += rates + later * (1 if cfg.get("rate_choice") == "first_seed" else rates)
+    return total
+
+
 def run_stage(
     stage: Stage, cfg: ml_collections.ConfigDict, workdir: Path, previous: dict[str, Any] | None = None,
-    seeds: list[int] | None = None,
+    seeds: list[int] | None = None, count: RunCount | None = None,
 ) -> dict[str, Any]:
     """The stage for every seed (`seeds`: the first of the configured ones, in a seed-major
     series) and learning rate, from the model its `starts` name (`previous`: the records of the
     stages before it in a series), then the stage's record (the learning rate chosen per seed on
     the selection split; with `rate_choice=first_seed` the later seeds run only the first seed's
-    choice). A finished run (its report.json) is reused, not redone."""
+    choice). A finished run (its report.json) is reused, not redone. `count` numbers the runs
+    across a series (the stage's own runs without one)."""
     previous = previous or {}
+    count = count or RunCount(planned_runs([stage], cfg))
     if stage.depth:
         cfg = ml_collections.ConfigDict(cfg.to_dict())
         cfg.compression.num_successor_layers = stage.depth
@@ -348,8 +376,9 @@ def run_stage(
         runs[seed] = []
         for rate in _rates(seed, rates, configured[0], runs, first_seed):
             folder = workdir / (f"seed_{seed}" if len(configured) > 1 else "") / (f"lr_{rate:g}" if len(rates) > 1 else "")
+            place = f"run {count.number(stage.name, seed, rate)} of {count.total}"
             if (folder / "report.json").exists():
-                log.info("%s: already finished, reusing %s", stage.name, folder / "report.json")
+                log.info("%s: already finished, reusing %s (%s)", stage.name, folder / "report.json", place)
                 stored = summary.RunRecord.from_json(json.loads((folder / "report.json").read_text())).to_json()
                 finished = summary.with_current_collapse(stored)
                 card = folder / "best" / model_card.CARD_FILE
@@ -358,6 +387,8 @@ def run_stage(
                     _write_card(finished, folder, cfg)
                 runs[seed].append(finished)
                 continue
+            if count.total > 1:
+                log.info("%s: seed %d, learning rate %g (%s)", stage.name, seed, rate, place)
             run_cfg = ml_collections.ConfigDict(cfg.to_dict())
             run_cfg.seed = seed
             _settings(run_cfg, stage.objective).learning_rate = rate
@@ -379,10 +410,11 @@ def series(cfg: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     depths = stages.parse_depths(cfg.compression.depths)
     chosen = stages.series(config_schema.series_stages(cfg), depths)
     seeds = summary.parse_seeds(cfg.seeds)
+    count = RunCount(planned_runs(chosen, cfg))
     for done in range(1, len(seeds) + 1):  # seed-major; each pass reuses the seeds before it
         results: dict[str, Any] = {}
         for stage in chosen:
-            results[stage.name] = run_stage(stage, cfg, workdir / stage.name, results, seeds[:done])
+            results[stage.name] = run_stage(stage, cfg, workdir / stage.name, results, seeds[:done], count)
         comparison = report.compare(results, cfg, seeds[:done])
         if parallel.is_writer():
             speeds = _speeds(cfg, workdir, results, measure=False) if depths else None
