@@ -1,6 +1,7 @@
 """The depth sweep's Pareto table from hand-made per-seed records, checked against a hand
 computation: means, standard deviations, RP, paired gains, verdicts and the sentence."""
 
+import json
 import math
 
 import pytest
@@ -90,3 +91,46 @@ def test_markdown_and_figure(tmp_path):
     assert plots.plot_pareto(tmp_path, points, "macro_f1") == ["series_pareto.png"]
     assert (tmp_path / "series_pareto.png").stat().st_size > 0
     assert plots.plot_pareto(tmp_path, {"cls_predecessor": points["cls_predecessor"]}, "macro_f1") == []
+
+
+def _run_dir(root, name, seed, history, rates=None):
+    """A finished run's folder as the trainer leaves it: report.json's history (step, value) and,
+    for a Theseus run, steps.jsonl's replacement rate per step."""
+    folder = root / name / f"seed_{seed}"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps(
+        {"history": [{"epoch": i, "step": step, "validation": {"macro_f1": value}} for i, (step, value) in enumerate(history)]}))
+    if rates is not None:
+        (folder / "steps.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": 0.5, "replace_rate": p}) + "\n"
+                                                    for i, p in enumerate(rates)))
+    return str(folder)
+
+
+def test_learning_curves_per_depth_from_each_seeds_chosen_run(tmp_path):
+    """Two depths, truncated and Theseus, two seeds: each seed's chosen run's validation values
+    per evaluation, its selected step, and the first step where p reaches 1 (Theseus only);
+    deepest first, the teacher left out; the figure has a panel per depth."""
+    truncated_3 = [(10, 0.50), (20, 0.60), (30, 0.55)]
+    compress_3 = [(10, 0.40), (20, 0.70)]
+    rates = [0.1, 0.4, 0.7, 1.0, 1.0]  # p = 1 from step 4
+    stage = lambda seeds: {"objective": "classification", "per_seed": seeds}
+    entry = lambda seed, step, run_dir: {"seed": seed, "selected_step": step, "run_dir": run_dir}
+    results = {
+        "cls_predecessor": stage([entry(0, 10, _run_dir(tmp_path, "teacher", 0, [(10, 0.8)]))]),
+        "cls_truncated_L2": stage([entry(0, 20, _run_dir(tmp_path, "t2", 0, [(10, 0.3)])),
+                                   entry(1, 10, _run_dir(tmp_path, "t2", 1, [(10, 0.35)]))]),
+        "cls_truncated_L3": stage([entry(0, 20, _run_dir(tmp_path, "t3", 0, truncated_3))]),
+        "cls_compress_L3": stage([entry(0, 20, _run_dir(tmp_path, "c3", 0, compress_3, rates)),
+                                  entry(1, 99, _run_dir(tmp_path, "c3", 1, compress_3, [0.1, 0.5]))]),
+    }
+    curves = plots.depth_curves(results, "macro_f1")
+    assert list(curves) == [3, 2] and list(curves[3]) == ["cls_truncated", "cls_compress"]
+    assert curves[3]["cls_truncated"] == [plots.Curve(0, [10, 20, 30], [0.50, 0.60, 0.55], (20, 0.60), None)]
+    assert curves[3]["cls_compress"] == [
+        plots.Curve(0, [10, 20], [0.40, 0.70], (20, 0.70), 4),
+        plots.Curve(1, [10, 20], [0.40, 0.70], None, None),  # step 99 not evaluated; p never reached 1
+    ]
+    assert [c.seed for c in curves[2]["cls_truncated"]] == [0, 1] and curves[2]["cls_truncated"][0].selected is None
+    assert plots.plot_depths(tmp_path, curves, "macro_f1") == ["series_depths.png"]
+    assert (tmp_path / "series_depths.png").stat().st_size > 0
+    assert plots.plot_depths(tmp_path, {}, "macro_f1") == []

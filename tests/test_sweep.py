@@ -1,6 +1,7 @@
 """The depth sweep end to end (launch.py, a tiny random 4-layer BERT at depths 2 and 1): its
 stages are named per depth, the teacher runs once, the report carries the Pareto table, the
-figure and measured speeds, and a rerun reuses every finished run and the measurement."""
+figures and measured speeds, the log numbers the runs, and a rerun reuses every finished run
+and the measurement under the same numbers."""
 
 import json
 import re
@@ -16,7 +17,9 @@ STAGES = ["cls_predecessor", "cls_truncated_L2", "cls_compress_L2", "cls_truncat
 
 def test_depth_sweep_names_its_stages_and_reuses_them_on_rerun(tmp_path, germeval_tsv):
     workdir = tmp_path / "sweep"
-    _ok(_launch(workdir, germeval_tsv, *SWEEP))
+    first = _ok(_launch(workdir, germeval_tsv, *SWEEP))
+    numbered = [re.search(rf"{s}: seed 0, learning rate \S+ \(run (\d) of 5\)", first.stderr) for s in STAGES]
+    assert [m and m.group(1) for m in numbered] == ["1", "2", "3", "4", "5"]  # one seed, one rate: a run per stage
     report = json.loads((workdir / "report.json").read_text())
     stages = report["stages"]
     assert list(stages) == STAGES
@@ -41,10 +44,12 @@ def test_depth_sweep_names_its_stages_and_reuses_them_on_rerun(tmp_path, germeva
     assert all(r.endswith("| 1 of 1 |") for r in rows)
     assert "of the teacher (RP >= 0.99)" in section and "![series_pareto.png](series_pareto.png)" in markdown
     assert (workdir / "series_pareto.png").stat().st_size > 0
+    assert "![series_depths.png](series_depths.png)" in markdown and (workdir / "series_depths.png").stat().st_size > 0
+    assert "series_depths.png" in report["plots"]
 
     finished = {p: p.stat().st_mtime_ns for p in [*workdir.glob("*/report.json"), workdir / "throughput.json"]}
     rerun = _ok(_launch(workdir, germeval_tsv, *SWEEP))
-    assert all(f"{s}: already finished, reusing" in rerun.stderr for s in STAGES)
+    assert all(re.search(rf"{s}: already finished, reusing \S+ \(run {i} of 5\)", rerun.stderr) for i, s in enumerate(STAGES, 1))
     assert not re.search(r"step \d+ of \d+, loss", rerun.stderr)  # nothing trained
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     again = json.loads((workdir / "report.json").read_text())

@@ -1,14 +1,17 @@
 """Plots beside the reports: a run's metric, loss and replacement rate; a series' (or a
-screening's) validation metric per training step; a series' test metric per seed. Pure
-point extraction (`series_points`, `seed_points`) is kept apart from drawing."""
+screening's) validation metric per training step; a series' test metric per seed; a depth
+sweep's Pareto figure and learning curves per depth. Point extraction (`series_points`,
+`seed_points`, `depth_curves`) is kept apart from drawing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from theseus_jax import atomic
+from theseus_jax.experiments.stages import find
 
 
 def read_steps(workdir: Path) -> list[dict[str, float]]:
@@ -181,3 +184,74 @@ def plot_pareto(workdir: Path, points: dict[str, dict[str, list]], metric: str, 
     atomic.save_figure(fig, workdir / "series_pareto.png", dpi=110)
     plt.close(fig)
     return ["series_pareto.png"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One seed's chosen run: its validation metric per evaluation, the selected one, and for a
+    Theseus run the first step at which every module runs its successor (p = 1)."""
+
+    seed: int
+    steps: list[int]
+    values: list[float]
+    selected: tuple[int, float] | None
+    successor_alone_from: int | None = None
+
+
+def depth_curves(results: dict[str, Any], metric: str) -> dict[int, dict[str, list[Curve]]]:
+    """A depth sweep's learning curves, deepest first: per depth and method (stage kind), each
+    seed's chosen run read from its report.json (and steps.jsonl for p). Whether the gain over
+    truncation shrinks with depth shows here: a student still rising at the cap, or one that
+    fell when the successor took over."""
+    curves: dict[int, dict[str, list[Curve]]] = {}
+    for name, r in results.items():
+        stage = find(name)
+        if not (stage and stage.depth) or r["objective"] != "classification":
+            continue
+        for entry in r["per_seed"]:
+            report = Path(entry["run_dir"]) / "report.json"
+            if not report.exists():
+                continue
+            history = json.loads(report.read_text())["history"]
+            values = {h["step"]: h["validation"][metric] for h in history}
+            step = entry["selected_step"]
+            alone = next((s["step"] for s in read_steps(entry["run_dir"]) if s.get("replace_rate", 0.0) >= 1.0), None)
+            curves.setdefault(stage.depth, {}).setdefault(stage.kind, []).append(Curve(
+                seed=entry["seed"], steps=list(values), values=list(values.values()),
+                selected=(step, values[step]) if step in values else None,
+                successor_alone_from=alone if stage.compresses else None,
+            ))
+    return dict(sorted(curves.items(), reverse=True))
+
+
+def plot_depths(workdir: Path, curves: dict[int, dict[str, list[Curve]]], metric: str) -> list[str]:
+    """A panel per depth: every seed's validation curve per method, its selected step starred,
+    and where the Theseus runs' successor starts to train alone (dotted)."""
+    if not curves:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = dict(zip(dict.fromkeys(k for by_method in curves.values() for k in by_method), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves) + 0.6, 3.4), sharey=True, squeeze=False)
+    for ax, (depth, by_method) in zip(axes[0], curves.items()):
+        for method, runs in by_method.items():
+            for i, c in enumerate(runs):
+                ax.plot(c.steps, c.values, ".-", ms=3, lw=1, alpha=0.8, color=colours[method], label=method if i == 0 else None)
+                if c.selected is not None:
+                    ax.plot(*c.selected, "*", ms=9, color=colours[method], markeredgecolor="black")
+            alone = sorted({c.successor_alone_from for c in runs if c.successor_alone_from is not None})
+            for j, step in enumerate(alone):
+                ax.axvline(step, ls=":", color=colours[method], label=f"{method}: p = 1" if j == 0 else None)
+        ax.set_title(f"{depth} layers", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f"validation {metric}")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("depth sweep: validation per evaluation, every seed's chosen run (star: selected)", fontsize=10)
+    fig.tight_layout()
+    atomic.save_figure(fig, workdir / "series_depths.png", dpi=110)
+    plt.close(fig)
+    return ["series_depths.png"]

@@ -426,6 +426,7 @@ def write_series_report(
     sweep = None if speeds is None else pareto.rows(sweep_models(results, comparison, speeds))
     if sweep is not None:
         figures += plots.plot_pareto(workdir, pareto.points(sweep), metric)
+        figures += plots.plot_depths(workdir, plots.depth_curves(results, metric), metric)
     extra = {} if sweep is None else {"sweep": {"rows": [r.to_json() for r in sweep],
                                                 "throughput": {name: t.to_json() for name, t in speeds.items()}}}
     atomic.write_text(
