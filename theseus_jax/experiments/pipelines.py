@@ -343,12 +343,11 @@ class RunCount:
 def planned_runs(chosen: list[Stage], cfg: ml_collections.ConfigDict) -> int:
     """The runs the stages will make over the configured seeds: every rate for each seed, or
     with `rate_choice=first_seed` every rate for the first seed and one for each later seed."""
-    seeds = len(summary.parse_seeds(cfg.seeds))
-    later = seeds - 1
+    later_seeds = len(summary.parse_seeds(cfg.seeds)) - 1
     total = 0
     for stage in chosen:
         rates = len(summary.learning_rates(_settings(cfg, stage.objective)))
-        total += rates + later * (1 if cfg.get("rate_choice") == "first_seed" else rates)
+        total += rates + later_seeds * (1 if cfg.get("rate_choice") == "first_seed" else rates)
     return total
 
 

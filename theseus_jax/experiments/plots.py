@@ -215,11 +215,13 @@ def depth_curves(results: dict[str, Any], metric: str) -> dict[int, dict[str, li
             history = json.loads(report.read_text())["history"]
             values = {h["step"]: h["validation"][metric] for h in history}
             step = entry["selected_step"]
-            alone = next((s["step"] for s in read_steps(entry["run_dir"]) if s.get("replace_rate", 0.0) >= 1.0), None)
+            alone = None  # the first step with p = 1 (Theseus runs log p per step)
+            if stage.compresses:
+                alone = next((s["step"] for s in read_steps(entry["run_dir"]) if s.get("replace_rate", 0.0) >= 1.0), None)
             curves.setdefault(stage.depth, {}).setdefault(stage.kind, []).append(Curve(
                 seed=entry["seed"], steps=list(values), values=list(values.values()),
                 selected=(step, values[step]) if step in values else None,
-                successor_alone_from=alone if stage.compresses else None,
+                successor_alone_from=alone,
             ))
     return dict(sorted(curves.items(), reverse=True))
 
@@ -234,7 +236,8 @@ def plot_depths(workdir: Path, curves: dict[int, dict[str, list[Curve]]], metric
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(dict.fromkeys(k for by_method in curves.values() for k in by_method), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    methods = dict.fromkeys(method for by_method in curves.values() for method in by_method)
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves) + 0.6, 3.4), sharey=True, squeeze=False)
     for ax, (depth, by_method) in zip(axes[0], curves.items()):
         for method, runs in by_method.items():
