@@ -324,7 +324,10 @@ def test_rules_for_unused_parts_are_skipped():
     config.lm.data.train_path = str(REPO / "README.md")
     config.model.random_config = ml_collections.ConfigDict({"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2})
     config.compression.num_successor_layers = 3
-    validate_config(config)
+    validate_config(config)  # no classification data, 3 successor layers for 4: both unused
+    config.pipeline = "lm_compress"  # the same config where compression is used
+    with pytest.raises(UserError, match=r"num_successor_layers=3: does not divide the predecessor's 4 layers"):
+        validate_config(config)
 
 
 def _subprocess(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
