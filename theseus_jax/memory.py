@@ -386,11 +386,13 @@ def _steer_next_block(temporaries: int, kept: int) -> bool:
     it in again. Under "lean" the block is mapped apart from the heap: nothing to steer."""
     if temporaries < LARGE_TEMPORARIES or kept < LARGE_TEMPORARIES:
         return False
+    if not _place_blocks:  # the probe would map a fresh block without pages: the kept memory goes back
+        return True
     request, block = _memalign_request(temporaries), next_block(temporaries)
     for _ in range(STEER_TRIES):
         if block is None or temporaries - block.resident < LARGE_TEMPORARIES or kept - block.resident < LARGE_TEMPORARIES:
             return False
-        held = _hold(request) if _place_blocks else 0
+        held = _hold(request)
         if not held:
             return True
         after = next_block(temporaries) if held == block.address else None
