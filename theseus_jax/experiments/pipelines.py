@@ -332,12 +332,10 @@ class RunCount:
     of many hours says where it stands; a resume numbers the reused runs as before."""
 
     total: int
-    seen: list[tuple[str, int, float]] = dataclasses.field(default_factory=list)
+    numbers: dict[tuple[str, int, float], int] = dataclasses.field(default_factory=dict)
 
     def number(self, stage: str, seed: int, rate: float) -> int:
-        if (stage, seed, rate) not in self.seen:
-            self.seen.append((stage, seed, rate))
-        return self.seen.index((stage, seed, rate)) + 1
+        return self.numbers.setdefault((stage, seed, rate), len(self.numbers) + 1)
 
 
 def planned_runs(chosen: list[Stage], cfg: ml_collections.ConfigDict) -> int:
