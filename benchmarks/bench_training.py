@@ -73,6 +73,7 @@ def model_shape(name: str, layers: int | None = None) -> dict[str, int]:
 def make_case(name: str, args: argparse.Namespace, model: dict[str, int]) -> Case:
     """The case `name` (one of CASES) of `model` with args' batch, length and dtype."""
     case: Case = {"name": name, "model": model, "batch": args.batch, "length": args.length, "dtype": args.dtype,
+                  "hf_dtype": args.hf_dtype,
                   "objective": "mlm" if name.endswith("mlm") else "classification"}
     layers = model["num_hidden_layers"]
     if name == "forward":
@@ -184,6 +185,11 @@ def run_candidates(case: Case, args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def hf_precision(args: argparse.Namespace) -> str:
+    """How HF's side computes, in the words of the section."""
+    return "float32" if args.hf_dtype == "float32" else f"{args.hf_dtype} autocast (float32 weights and optimizer)"
+
+
 def setting(args: argparse.Namespace, model: dict[str, int]) -> str:
     """The model, batch and length the cases ran with."""
     return (f"{args.model} shape ({model['num_hidden_layers']} layers, hidden {model['hidden_size']}, FFN "
@@ -205,7 +211,7 @@ def markdown(rows: list[Row], args: argparse.Namespace, model: dict[str, int], m
     optimizers = sorted({r["hf_optimizer"] for r in rows if r["hf_optimizer"]})
     ceilings = [r["ceiling_gflops"] for r in rows]
     lines = [
-        f"Machine: {machine}; {args.threads} threads per framework; {args.dtype}; 1-minute load average "
+        f"Machine: {machine}; {args.threads} threads per framework; ours {args.dtype}, HF {hf_precision(args)}; 1-minute load average "
         f"{load[0]:.1f} before, {load[1]:.1f} after. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         f"{setting(args, model)}, all positions attended, dropout on in training. "
         f"Per case: a fresh JAX worker and a fresh HF worker, first step (JAX: compile + step), then {args.rounds} "
@@ -251,6 +257,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=None)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute dtype")
+    parser.add_argument("--hf-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="HF's: bfloat16 runs its forward under torch.autocast (Trainer's bf16=True)")
     parser.add_argument("--output", help="BENCHMARKS.md to write the section into")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--notes", type=existing_file, help="Markdown appended to the section")

@@ -2,7 +2,8 @@
 Hugging Face PyTorch, each served by a long-lived worker process (`benchmarks.protocol`).
 
 A case is a dict: `kind` ("train" or "forward"), `objective` ("classification" or "mlm"),
-`model` (BertConfig fields), `batch`, `length`, `dtype`, and for Theseus
+`model` (BertConfig fields), `batch`, `length`, `dtype` (ours), `hf_dtype` (HF's: "bfloat16" runs
+its forward under `torch.autocast`, as HF's Trainer does with `bf16=True`), and for Theseus
 `theseus = {"p": ..., "successors": n}` (successor layers trainable, everything else
 frozen, as in the original method), otherwise optionally `trainable` (an optimizer preset
 or regexes; default "all"); a forward case lists `layers` to time alternately. Candidate
@@ -183,6 +184,18 @@ def torch_adamw(trained: list[tuple[str, Any]]) -> Any:
         return torch.optim.AdamW(groups, lr=2e-5, eps=1e-6, foreach=True)
 
 
+def torch_autocast(case: Case, device: str) -> Any:
+    """The context HF's forward runs in: bfloat16 autocast for `hf_dtype="bfloat16"` (where
+    PyTorch's CPU matmuls reach AMX), otherwise none."""
+    import contextlib
+
+    import torch
+
+    if case.get("hf_dtype", "float32") == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=getattr(torch, case["hf_dtype"]))
+
+
 def torch_case(case: Case, device: str) -> Callable[[list[bool] | None], float]:
     """One HF training step (AdamW, global-norm clipping at 1.0, same freezing) -> seconds."""
     import torch
@@ -230,7 +243,8 @@ def torch_case(case: Case, device: str) -> Callable[[list[bool] | None], float]:
     def run(mask: list[bool] | None) -> float:
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_of(mask)
+        with torch_autocast(case, device):
+            loss = loss_of(mask)
         if loss.requires_grad:  # a Theseus step with no successor drawn trains nothing
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -256,7 +270,7 @@ def torch_forwards(case: Case, device: str) -> dict[int, Callable[[], float]]:
 
         def run(model=model) -> float:
             start = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch_autocast(case, device):
                 model(**raw).logits.cpu()
             return time.perf_counter() - start
 

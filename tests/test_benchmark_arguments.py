@@ -34,6 +34,20 @@ def test_quick_is_the_small_model_unless_another_is_named():
     assert bench_training.parse_args([]).model == "bert-base"
 
 
+def test_hf_bfloat16_computes_its_forward_in_bfloat16_under_autocast():
+    torch = pytest.importorskip("torch")
+    from benchmarks import training_workers
+
+    case = bench_training.make_case("full-cls", bench_training.parse_args(["--hf-dtype", "bfloat16"]), bench_training.BERT_BASE)
+    assert (case["dtype"], case["hf_dtype"]) == ("float32", "bfloat16")
+    weight = torch.ones(4, 4, requires_grad=True)
+    with training_workers.torch_autocast(case, "cpu"):
+        out = torch.ones(2, 4) @ weight
+    assert out.dtype == torch.bfloat16 and weight.dtype == torch.float32  # the weights stay float32
+    with training_workers.torch_autocast(case | {"hf_dtype": "float32"}, "cpu"):
+        assert (torch.ones(2, 4) @ weight).dtype == torch.float32
+
+
 @pytest.mark.slow  # two JAX workers compile a 1-layer step: about 30 s
 def test_candidates_write_their_section(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
