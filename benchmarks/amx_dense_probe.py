@@ -7,8 +7,8 @@ units (BENCHMARKS.md, "HF in bfloat16 on an Intel Xeon with AMX"). Every product
 `jax.pure_callback` to `torch.matmul` on bfloat16 operands, with float32 results. Attention's
 products, LayerNorm, softmax, the loss and AdamW stay in XLA, in float32. The plain model and
 the routed one are compiled in one process and timed in alternation, the forward and then a
-training step in each round. A host callback is no way to ship this (it serialises with XLA's
-threads and copies its operands); it measures what a custom call into oneDNN could reach.
+training step in each round. A host callback is no way to ship this (XLA's threads wait while
+torch's run, and each result is copied back); it measures what a custom call into oneDNN could reach.
 
     python -m benchmarks.amx_dense_probe --model bert-base --rounds 5
 """

@@ -17,6 +17,7 @@ drew, the driver hands them to the PyTorch worker.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -187,8 +188,6 @@ def torch_adamw(trained: list[tuple[str, Any]]) -> Any:
 def torch_autocast(case: Case, device: str) -> Any:
     """The context HF's forward runs in: bfloat16 autocast for `hf_dtype="bfloat16"` (where
     PyTorch's CPU matmuls reach AMX), otherwise none."""
-    import contextlib
-
     import torch
 
     if case.get("hf_dtype", "float32") == "float32":
