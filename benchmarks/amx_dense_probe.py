@@ -31,6 +31,7 @@ import numpy as np
 
 from benchmarks.bench_training import MODELS
 from benchmarks.protocol import paired_ratio
+from benchmarks.training_workers import jax_inputs
 from theseus_jax import memory
 from theseus_jax.errors import ArgumentParser, run_cli
 from theseus_jax.models import dense
@@ -89,12 +90,9 @@ def dense_products(matmul: Callable[[Array, Array], Array]) -> Iterator[None]:
         dense._matmul = original
 
 
-def inputs(batch: int, length: int, vocab: int) -> dict[str, np.ndarray]:
-    """Fixed random token ids and labels."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, vocab, (batch, length)).astype(np.int32)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
-            "labels": rng.integers(0, 2, batch).astype(np.int32), "example_mask": np.ones(batch, np.float32)}
+def inputs(batch: int, length: int, fields: dict[str, int]) -> dict[str, np.ndarray]:
+    """The classification batch `bench_training` times, for our step."""
+    return jax_inputs({"batch": batch, "length": length, "model": fields, "objective": "classification"})
 
 
 def compile_model(config: BertConfig, params: Any, batch: dict[str, np.ndarray], routed: bool) -> tuple[Any, Any, Any]:
@@ -122,7 +120,7 @@ def measure(model_name: str, layers: int | None, batch_size: int, length: int, r
     fields = MODELS[model_name] | ({"num_hidden_layers": layers} if layers else {})
     config = BertConfig(**fields)
     params = BertForSequenceClassification(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    batch = inputs(batch_size, length, fields["vocab_size"])
+    batch = inputs(batch_size, length, fields)
     sides = {name: list(compile_model(config, params, batch, name == "torch")) for name in ("float32", "torch")}
     logits = {name: np.asarray(side[0](params)) for name, side in sides.items()}
     times: dict[str, dict[str, list[float]]] = {name: {"forward": [], "step": []} for name in sides}

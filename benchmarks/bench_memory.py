@@ -42,7 +42,7 @@ from typing import Any, Sequence
 from benchmarks.arguments import comma_choices
 from benchmarks.bench_training import BERT_BASE, E5_SMALL, QUICK_MODEL
 from benchmarks.protocol import REPO, thread_env
-from benchmarks.training_workers import case_inputs
+from benchmarks.training_workers import case_inputs, jax_inputs
 from theseus_jax.errors import ArgumentParser, run_cli
 
 XLMR_BASE = BERT_BASE | {"vocab_size": 250002, "max_position_embeddings": 514, "type_vocab_size": 1}  # 278M parameters
@@ -98,7 +98,6 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
     memory.configure_memory()  # as launch.py does, before JAX starts its threads
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from theseus_jax.convert import save_hf_checkpoint
     from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
@@ -121,8 +120,7 @@ def jax_work(model: dict[str, int], batch: int, rounds: int, export_dir: Path) -
         memory.release_freed_memory()
 
     def inputs(b: int, length: int) -> dict[str, Any]:
-        raw = case_inputs({"batch": b, "length": length, "model": model, "objective": "classification"})
-        return {k: v.astype(np.int32) for k, v in raw.items()} | {"example_mask": np.ones(b, np.float32)}
+        return jax_inputs({"batch": b, "length": length, "model": model, "objective": "classification"})
 
     times: list[float] = []
     rng = jax.random.key(1)

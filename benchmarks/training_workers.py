@@ -56,6 +56,20 @@ def case_inputs(case: Case) -> dict[str, np.ndarray]:
 # --- JAX ---------------------------------------------------------------------------------
 
 
+def jax_inputs(case: Case) -> dict[str, np.ndarray]:
+    """`case_inputs` as our training step takes them: int32, MLM positions into the flattened batch."""
+    raw = case_inputs(case)
+    batch = {k: raw[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    if case["objective"] == "mlm":
+        length = raw["input_ids"].shape[1]  # ours index the flattened batch (one micro-batch)
+        batch["masked_positions"] = (raw["masked_positions"] + length * np.arange(len(raw["input_ids"]))[:, None]).astype(np.int32)
+        batch["labels"] = raw["masked_labels"].astype(np.int32)
+    else:
+        batch["labels"] = raw["labels"].astype(np.int32)
+        batch["example_mask"] = np.ones(case["batch"], np.float32)
+    return batch
+
+
 def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], float]:
     """(run one step -> seconds, mask of step k, compile seconds) for a training case."""
     import jax
@@ -68,16 +82,7 @@ def jax_case(case: Case) -> tuple[Callable[[], float], Callable[[int], Any], flo
     config = BertConfig(**case["model"] | no_dropout, dtype=case["dtype"])
     objective = case["objective"]
     params = HEADS[objective](config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    raw = case_inputs(case)
-    batch = {k: raw[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    if objective == "mlm":
-        length = raw["input_ids"].shape[1]  # ours index the flattened batch (one micro-batch)
-        batch["masked_positions"] = (raw["masked_positions"] + length * np.arange(len(raw["input_ids"]))[:, None]).astype(np.int32)
-        batch["labels"] = raw["masked_labels"].astype(np.int32)
-    else:
-        batch["labels"] = raw["labels"].astype(np.int32)
-        batch["example_mask"] = np.ones(case["batch"], np.float32)
-    batch = jax.device_put(batch)
+    batch = jax.device_put(jax_inputs(case))
     rng = jax.random.key(1)
     spec = case.get("theseus")
     if spec:

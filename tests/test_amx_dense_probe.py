@@ -15,7 +15,7 @@ def test_routed_products_match_float32_to_bfloat16_precision():
     config = BertConfig(vocab_size=1200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForSequenceClassification(config)
-    batch = amx_dense_probe.inputs(3, 16, config.vocab_size)
+    batch = amx_dense_probe.inputs(3, 16, {"vocab_size": config.vocab_size})
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
 
     def loss(p):
