@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -31,12 +30,10 @@ import numpy as np
 
 from benchmarks.bench_training import MODELS
 from benchmarks.protocol import paired_ratio
-from benchmarks.training_workers import jax_inputs
+from benchmarks.training_workers import Case, jax_case, jax_forwards, jax_inputs
 from theseus_jax import memory
 from theseus_jax.errors import ArgumentParser, run_cli
 from theseus_jax.models import dense
-from theseus_jax.models.bert import BertConfig, BertForSequenceClassification
-from theseus_jax.training import optimizer, steps
 
 Array = jax.Array
 
@@ -95,43 +92,33 @@ def inputs(batch: int, length: int, fields: dict[str, int]) -> dict[str, np.ndar
     return jax_inputs({"batch": batch, "length": length, "model": fields, "objective": "classification"})
 
 
-def compile_model(config: BertConfig, params: Any, batch: dict[str, np.ndarray], routed: bool) -> tuple[Any, Any, Any]:
-    """(forward, training step, train state), compiled with the Dense products on torch if `routed`."""
-    model = BertForSequenceClassification(config)
-    tx, mask = optimizer.make_optimizer(params, "all", 2e-5)
-    state = steps.create_train_state(jax.tree.map(jnp.copy, params), tx)
-    with dense_products(torch_matmul) if routed else contextlib.nullcontext():
-        forward = jax.jit(lambda p: model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
-                                                batch["token_type_ids"])).lower(params).compile()
-        step = jax.jit(steps.make_train_step(model, tx, mask, "classification"), donate_argnums=(0,))
-        step = step.lower(state, batch, jax.random.key(1)).compile()
-    return forward, step, state
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
+def compile_sides(case: Case) -> dict[str, tuple[Callable[[], float], Callable[[], float], Callable[[], Any]]]:
+    """Per side ("float32", "torch": Dense products on torch): (timed forward, timed training step,
+    logits), compiled by the JAX workers `bench_training` times, the torch side under the swap."""
+    layers = case["model"]["num_hidden_layers"]
+    sides = {}
+    for name in ("float32", "torch"):
+        with dense_products(torch_matmul) if name == "torch" else contextlib.nullcontext():
+            step, _, _ = jax_case(case)
+            forwards, _ = jax_forwards(case | {"layers": [layers]})
+        forward = forwards[layers]
+        sides[name] = (forward, step, forward.logits)  # type: ignore[attr-defined]
+    return sides
 
 
 def measure(model_name: str, layers: int | None, batch_size: int, length: int, rounds: int) -> dict[str, Any]:
-    """Per side ("float32", "torch"): forward and step seconds per round (the first, warm-up
-    round dropped from the medians), and the largest logit difference between the two."""
+    """Per side: forward and step seconds per round (the first, warm-up round dropped from the
+    medians), and the largest logit difference between the two."""
     fields = MODELS[model_name] | ({"num_hidden_layers": layers} if layers else {})
-    config = BertConfig(**fields)
-    params = BertForSequenceClassification(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    batch = inputs(batch_size, length, fields)
-    sides = {name: list(compile_model(config, params, batch, name == "torch")) for name in ("float32", "torch")}
-    logits = {name: np.asarray(side[0](params)) for name, side in sides.items()}
+    case = {"kind": "train", "objective": "classification", "model": fields, "batch": batch_size,
+            "length": length, "dtype": "float32"}
+    sides = compile_sides(case)
+    logits = {name: np.asarray(side[2]()) for name, side in sides.items()}
     times: dict[str, dict[str, list[float]]] = {name: {"forward": [], "step": []} for name in sides}
-    for round_ in range(rounds + 1):
-        for name, side in sides.items():
-            forward, step, _ = side
-            times[name]["forward"].append(timed(lambda: forward(params)))
-            start = time.perf_counter()
-            side[2], metrics = step(side[2], batch, jax.random.key(round_))
-            jax.block_until_ready(metrics["loss"])
-            times[name]["step"].append(time.perf_counter() - start)
+    for _ in range(rounds + 1):
+        for name, (forward, step, _) in sides.items():
+            times[name]["forward"].append(forward())
+            times[name]["step"].append(step())
     result: dict[str, Any] = {"model": model_name, "layers": fields["num_hidden_layers"], "batch": batch_size,
                               "length": length, "rounds": rounds, "times": times,
                               "max_logit_difference": float(np.abs(logits["torch"] - logits["float32"]).max()),

@@ -35,3 +35,21 @@ def test_routed_products_match_float32_to_bfloat16_precision():
         scale = max(float(np.abs(want).max()), 1e-3 * largest)
         error = float(np.abs(np.asarray(routed_leaves[path]) - np.asarray(want)).max())
         assert error <= 0.03 * scale, (jax.tree_util.keystr(path), error, scale)
+
+
+def test_the_timed_sides_differ_only_in_the_dense_products():
+    """compile_sides builds the float32 side plainly and the torch side under the swap: both
+    compute the same logits to bfloat16's precision, and only the torch side rounds."""
+    case = {"kind": "train", "objective": "classification", "batch": 2, "length": 16, "dtype": "float32",
+            "model": {"vocab_size": 1200, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                      "intermediate_size": 128}}
+    sides = amx_dense_probe.compile_sides(case)
+    plain, routed = (np.asarray(sides[name][2]()) for name in ("float32", "torch"))
+    reference = BertForSequenceClassification(BertConfig(**case["model"]))
+    params = reference.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    batch = amx_dense_probe.inputs(2, 16, case["model"])
+    want = reference.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-6)
+    assert 0 < np.abs(routed - want).max() <= 0.02 * np.abs(want).max() + 1e-3
+    for forward, step, _ in sides.values():
+        assert forward() > 0 and step() > 0
