@@ -271,3 +271,14 @@ def test_dropping_jaxs_staging_caches_compiles_no_step_shape_twice(tmp_path, mon
     assert dropping == keeping
     # after loading and after the two new shapes' first steps
     assert len(drops) == 3 and set(drops) == {0}
+
+
+@pytest.mark.parametrize("remaining, per_step, said", [
+    (1492, 1.41, "35 min of steps to the cap"),  # 2,103.7 s
+    (3000, 1.5, "1 h 15 min of steps to the cap"),  # 4,500 s
+    (7200, 1.0, "2 h 00 min of steps to the cap"),
+    (10, 1.0, "under a minute of steps to the cap"),  # 10 s rounds to 0 min
+    (0, 1.3, "at the cap"),
+])
+def test_time_to_cap_in_the_log_line(remaining, per_step, said):
+    assert trainer.time_to_cap(remaining, per_step) == said

@@ -317,11 +317,26 @@ class _PendingMetrics:
         if not self.bar.disable:
             self.bar.set_postfix({k: f"{scalars[k]:.3g}" for k in ("loss", "replace_rate") if k in scalars} | {"RSS": rss})
         else:
+            per_step = (now - previous) / len(steps)
             log.info(
-                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step, RSS %s", self.name, self.epoch + 1, steps[-1],
-                self.total_steps, scalars["loss"],
-                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", (now - previous) / len(steps), rss,
+                "%s: epoch %d, step %d of %d, loss %.4f%s, %.2f s/step (%s), RSS %s", self.name, self.epoch + 1,
+                steps[-1], self.total_steps, scalars["loss"],
+                f", p {scalars['replace_rate']:.2f}" if "replace_rate" in scalars else "", per_step,
+                time_to_cap(self.total_steps - steps[-1], per_step), rss,
             )
+
+
+def time_to_cap(remaining_steps: int, seconds_per_step: float) -> str:
+    """The training time left to the step cap at the current speed, for the log line of a run
+    without a progress bar: an upper bound where early stopping ends the run first (evaluations
+    not counted)."""
+    if remaining_steps == 0:
+        return "at the cap"
+    minutes = round(remaining_steps * seconds_per_step / 60)
+    if minutes < 1:
+        return "under a minute of steps to the cap"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min of steps to the cap" if hours else f"{minutes} min of steps to the cap"
 
 
 def train(job: TrainingJob, workdir: Path) -> Progress:
