@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.bench_training import MODELS
 from benchmarks.protocol import paired_ratio
-from benchmarks.training_workers import Case, jax_case, jax_forwards, jax_inputs
+from benchmarks.training_workers import Case, jax_case, jax_forwards
 from theseus_jax import memory
 from theseus_jax.errors import ArgumentParser, run_cli
 from theseus_jax.models import dense
@@ -85,11 +85,6 @@ def dense_products(matmul: Callable[[Array, Array], Array]) -> Iterator[None]:
         yield
     finally:
         dense._matmul = original
-
-
-def inputs(batch: int, length: int, fields: dict[str, int]) -> dict[str, np.ndarray]:
-    """The classification batch `bench_training` times, for our step."""
-    return jax_inputs({"batch": batch, "length": length, "model": fields, "objective": "classification"})
 
 
 def compile_sides(case: Case) -> dict[str, tuple[Callable[[], float], Callable[[], float], Callable[[], Any]]]:

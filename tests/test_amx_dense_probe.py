@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 from benchmarks import amx_dense_probe  # noqa: E402
+from benchmarks.training_workers import jax_inputs  # noqa: E402
 from theseus_jax.models.bert import BertConfig, BertForSequenceClassification  # noqa: E402
 
 
@@ -15,7 +16,7 @@ def test_routed_products_match_float32_to_bfloat16_precision():
     config = BertConfig(vocab_size=1200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForSequenceClassification(config)
-    batch = amx_dense_probe.inputs(3, 16, {"vocab_size": config.vocab_size})
+    batch = jax_inputs({"batch": 3, "length": 16, "model": {"vocab_size": config.vocab_size}, "objective": "classification"})
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
 
     def loss(p):
@@ -47,7 +48,7 @@ def test_the_timed_sides_differ_only_in_the_dense_products():
     plain, routed = (np.asarray(sides[name][2]()) for name in ("float32", "torch"))
     reference = BertForSequenceClassification(BertConfig(**case["model"]))
     params = reference.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    batch = amx_dense_probe.inputs(2, 16, case["model"])
+    batch = jax_inputs(case)
     want = reference.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-6)
     assert 0 < np.abs(routed - want).max() <= 0.02 * np.abs(want).max() + 1e-3
