@@ -87,17 +87,17 @@ def dense_products(matmul: Callable[[Array, Array], Array]) -> Iterator[None]:
         dense._matmul = original
 
 
-def compile_sides(case: Case) -> dict[str, tuple[Callable[[], float], Callable[[], float], Callable[[], Any]]]:
-    """Per side ("float32", "torch": Dense products on torch): (timed forward, timed training step,
-    logits), compiled by the JAX workers `bench_training` times, the torch side under the swap."""
+def compile_sides(case: Case) -> dict[str, tuple[Callable[[], float], Callable[[], float]]]:
+    """Per side ("float32", "torch": Dense products on torch): (timed forward, its `logits()` beside
+    it; timed training step), compiled by the JAX workers `bench_training` times, the torch side
+    under the swap."""
     layers = case["model"]["num_hidden_layers"]
     sides = {}
     for name in ("float32", "torch"):
         with dense_products(torch_matmul) if name == "torch" else contextlib.nullcontext():
             step, _, _ = jax_case(case)
             forwards, _ = jax_forwards(case | {"layers": [layers]})
-        forward = forwards[layers]
-        sides[name] = (forward, step, forward.logits)  # type: ignore[attr-defined]
+        sides[name] = (forwards[layers], step)
     return sides
 
 
@@ -108,10 +108,10 @@ def measure(model_name: str, layers: int | None, batch_size: int, length: int, r
     case = {"kind": "train", "objective": "classification", "model": fields, "batch": batch_size,
             "length": length, "dtype": "float32"}
     sides = compile_sides(case)
-    logits = {name: np.asarray(side[2]()) for name, side in sides.items()}
+    logits = {name: np.asarray(forward.logits()) for name, (forward, _) in sides.items()}  # type: ignore[attr-defined]
     times: dict[str, dict[str, list[float]]] = {name: {"forward": [], "step": []} for name in sides}
     for _ in range(rounds + 1):
-        for name, (forward, step, _) in sides.items():
+        for name, (forward, step) in sides.items():
             times[name]["forward"].append(forward())
             times[name]["step"].append(step())
     result: dict[str, Any] = {"model": model_name, "layers": fields["num_hidden_layers"], "batch": batch_size,
