@@ -205,6 +205,30 @@ def test_a_signal_saves_the_step_in_flight_and_the_rerun_resumes_to_the_same_res
     assert best(workdir) == best(reference)
 
 
+def test_a_stopped_run_leaves_the_stop_out_of_its_times(tmp_path, germeval_tsv, reference):
+    """SIGSTOP at step 15 (as `kill -STOP` or SLURM's suspend), SIGCONT 12 s later: epoch 2
+    (steps 12-22), where the stop fell, takes about as long by the run's clock as epoch 3,
+    where a wall clock would add the 12 s (tests/test_run_clock.py times the clock itself)."""
+    workdir, stop_s = tmp_path / "stopped", 12.0
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(_command(workdir, germeval_tsv, *RESUMED_RUN), cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=stderr, env=dict(os.environ, THESEUS_KILL_AT="train_step:15:STOP"))
+    try:
+        deadline = time.time() + 300
+        while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert process.poll() is None and time.time() < deadline, "the run did not stop itself at step 15"
+            time.sleep(0.1)
+        time.sleep(stop_s)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    elapsed = {h["step"]: h["elapsed_s"] for h in json.loads((workdir / "report.json").read_text())["history"]}
+    assert sorted(elapsed) == [11, 22, 33]
+    assert (elapsed[22] - elapsed[11]) - (elapsed[33] - elapsed[22]) < stop_s / 2
+    assert _history(workdir) == _history(reference)
+
+
 def test_a_memory_cap_no_step_fits_stops_before_training_and_a_rerun_without_it_runs_whole(tmp_path, germeval_tsv,
                                                                                           reference):
     """max_memory_gb below any process's size: once the first step is compiled, the resident

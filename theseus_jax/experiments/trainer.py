@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import signal
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -39,6 +38,7 @@ from theseus_jax.errors import UserError
 from theseus_jax.evaluation.metrics import classification_metrics, perplexity
 from theseus_jax.experiments import preemption
 from theseus_jax.experiments.checkpoints import Checkpoints, Progress
+from theseus_jax.experiments.run_clock import RunClock
 from theseus_jax.models.bert import BertConfig
 from theseus_jax.training import parallel, steps
 from theseus_jax.training.distillation import Distillation
@@ -278,12 +278,15 @@ class _PendingMetrics:
     at). Without a terminal (a run under nohup or a scheduler: no bar) each flush logs one
     progress line."""
 
-    def __init__(self, name: str, checkpoint_dir: Path, step_log: "_StepLog", step: int, total_steps: int) -> None:
+    def __init__(
+        self, name: str, checkpoint_dir: Path, step_log: "_StepLog", step: int, total_steps: int, clock: RunClock
+    ) -> None:
         self.name, self.checkpoint_dir, self.step_log, self.total_steps = name, checkpoint_dir, step_log, total_steps
+        self.clock = clock
         self.steps: list[int] = []
         self.metrics: list[dict[str, jax.Array]] = []
         self.bar = tqdm(total=total_steps, initial=step, desc=name, disable=None)
-        self.last_flush = time.perf_counter()  # reset after evaluations: s/step counts training only
+        self.last_flush = clock()  # reset after evaluations: s/step counts training only
         self.epoch = 0
         self.over_cap: memory.OverCap | None = None  # the memory cap's verdict: it stays once passed
 
@@ -310,7 +313,7 @@ class _PendingMetrics:
                 )
             self.step_log.write(step, scalars)
             self.bar.update(1)
-        now = time.perf_counter()
+        now = self.clock()
         previous, self.last_flush = self.last_flush, now
         rss = f"{memory.rss_bytes() / 1e9:.1f} GB (peak {memory.peak_rss_bytes() / 1e9:.1f})"
         self.over_cap = self.over_cap or memory.over_cap()
@@ -374,10 +377,6 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     step_log = _StepLog(workdir, int(state.step), enabled=writer)
     memory.drop_staging_caches()  # initialisation's and conversions' traces
     memory.release_freed_memory()  # loading (checkpoint reads, conversions) ends here
-    session_start = time.perf_counter() - progress.elapsed_s
-
-    def elapsed() -> float:
-        return time.perf_counter() - session_start
 
     def evaluate_split(params: Params, loader: Loader, split: str, at_step: int) -> Evaluation:
         """`evaluate` over the mesh, its metrics logged at `at_step` (the step `params` come from)."""
@@ -423,7 +422,8 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
     if job.early_stopping_patience and replacing_at(job.compression, total_steps - 1):
         log.warning("%s: early stopping is off: it counts evaluations after the replacement phase, and p stays "
                     "below 1 here (compression.replacing_steps ends the phase)", job.name)
-    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, step, total_steps)
+    elapsed = RunClock(progress.elapsed_s)  # the run's seconds so far, a stopped process's stops left out
+    pending = _PendingMetrics(job.name, workdir / "checkpoints", step_log, step, total_steps, elapsed)
 
     def stopped(signum: int | memory.OverCap, saved: bool) -> Exception:
         where = f"at step {step} of {total_steps}" + (f", checkpoint saved in {workdir / 'checkpoints'}" if saved else "")
@@ -471,7 +471,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
                 pending.flush()
             if now.evaluate:
                 run_evaluation(epoch)
-                pending.last_flush = time.perf_counter()  # s/step counts training only
+                pending.last_flush = elapsed()  # s/step counts training only
             if now.epoch_end:
                 progress.epoch, progress.batch = epoch + 1, 0
             if now.save or progress.stopped_early:
@@ -492,6 +492,7 @@ def train(job: TrainingJob, workdir: Path) -> Progress:
             log.info("%s: selected step %d: validation %s=%.4f, test %s=%.4f", job.name, progress.best["step"],
                      job.metric, progress.best["validation"][job.metric], job.metric, metrics[job.metric])
     finally:
+        elapsed.close()
         checkpoints.close()
         step_log.close()
     return progress
