@@ -35,12 +35,12 @@ def test_a_gap_counts_as_stopped_when_the_process_used_under_half_of_it(gap_s, c
 CHILD = """
     import re, sys, time
     from theseus_jax.experiments.run_clock import RunClock
-    clock = RunClock(start_s=10.0, tick_s=0.05, gap_s=0.2)
+    clock = RunClock(start_s=10.0, tick_s=0.05, gap_s=0.3)
     start = time.perf_counter()
     print("ready", flush=True)
     sys.stdin.readline()
     if {compute}:
-        re.match(r"(a+)+$", "a" * 25 + "b")  # C code holding the GIL for about a second
+        re.match(r"(a+)+$", "a" * 26 + "b")  # C code holding the GIL for 2 s (Intel Xeon, 2026)
     print(time.perf_counter() - start, clock() - 10.0, flush=True)
     clock.close()
 """
@@ -70,12 +70,12 @@ def test_a_stopped_process_leaves_its_stop_out():
     time.sleep(0.3)
     wall, clock = _report(child)
     assert wall > stopped + 0.5
-    assert wall - clock == pytest.approx(stopped, abs=0.15)
+    assert wall - clock == pytest.approx(stopped, abs=0.3)
 
 
 def test_a_process_computing_while_holding_the_gil_counts_all_of_it():
     wall, clock = _report(_child(compute=True))
-    assert wall > 0.4  # the heartbeat was late by more than gap_s
+    assert wall > 0.6  # the heartbeat was late by twice gap_s
     assert clock == pytest.approx(wall, abs=0.05)
 
 
