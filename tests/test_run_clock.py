@@ -35,7 +35,7 @@ def test_a_gap_counts_as_stopped_when_the_process_used_under_half_of_it(gap_s, c
 CHILD = """
     import re, sys, time
     from theseus_jax.experiments.run_clock import RunClock
-    clock = RunClock(start_s=10.0, tick_s=0.05, gap_s=0.3)
+    clock = RunClock(start_s=10.0, tick_s=0.05, min_gap_s=0.3)
     start = time.perf_counter()
     print("ready", flush=True)
     sys.stdin.readline()
@@ -75,7 +75,7 @@ def test_a_stopped_process_leaves_its_stop_out():
 
 def test_a_process_computing_while_holding_the_gil_counts_all_of_it():
     wall, clock = _report(_child(compute=True))
-    assert wall > 0.6  # the heartbeat was late by twice gap_s
+    assert wall > 0.6  # the heartbeat was late by twice min_gap_s
     assert clock == pytest.approx(wall, abs=0.05)
 
 

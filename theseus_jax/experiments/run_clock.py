@@ -3,11 +3,12 @@
 A run's time until its best step gives the fine-tuning speed-up. A process stopped with
 SIGSTOP (`kill -STOP` while a benchmark takes the cores, SLURM's `scontrol suspend`) would
 count the whole stop on a plain wall clock, and its model would look that much slower. A
-heartbeat thread wakes every `tick_s`; a wake-up that comes over `gap_s` late while the
-process used less CPU than half the gap means the process got no time (stopped, or starved
-by other processes): that gap, less one tick, is left out. A gap the process spent computing
-(a long call holding the GIL uses at least one core) counts. Stops shorter than `gap_s`, or
-than twice the CPU seconds the process's threads use in one tick, count as running.
+heartbeat thread wakes every `tick_s`; an interval between two wake-ups longer than
+`min_gap_s` in which the process used less CPU than half of it means the process got no time
+(stopped, or starved by other processes): that interval, less one tick, is left out. An
+interval the process spent computing (a long call holding the GIL uses at least one core)
+counts. Stops shorter than `min_gap_s`, or than twice the CPU seconds the process's threads
+use in one tick, count as running.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class RunClock:
     """`clock()` is the seconds since `start` (a resumed run's seconds so far), stops left out;
     `close()` ends the heartbeat."""
 
-    def __init__(self, start_s: float = 0.0, tick_s: float = 0.5, gap_s: float = 5.0) -> None:
-        self.tick_s, self.gap_s = tick_s, gap_s
+    def __init__(self, start_s: float = 0.0, tick_s: float = 0.5, min_gap_s: float = 5.0) -> None:
+        self.tick_s, self.min_gap_s = tick_s, min_gap_s
         self._origin = time.perf_counter() - start_s
         self._stopped = 0.0
         self._last, self._last_cpu = time.perf_counter(), time.process_time()
@@ -46,7 +47,7 @@ class RunClock:
     def _tick(self) -> None:
         with self._lock:
             now, cpu = time.perf_counter(), time.process_time()
-            self._stopped += stopped_seconds(now - self._last, cpu - self._last_cpu, self.tick_s, self.gap_s)
+            self._stopped += stopped_seconds(now - self._last, cpu - self._last_cpu, self.tick_s, self.min_gap_s)
             self._last, self._last_cpu = now, cpu
 
     def __call__(self) -> float:
